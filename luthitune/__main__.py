@@ -1,0 +1,3 @@
+from luthitune.cli import main
+
+main()

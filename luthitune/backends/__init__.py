@@ -1,0 +1,59 @@
+"""One factory for chat models: every node talks to a LangChain ``BaseChatModel``, whatever the backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from luthitune.backends.embedded import ensure_cached, is_embedded
+from luthitune.config import Workspace
+from luthitune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+
+def local_model_dir(ws: Workspace, name: str | None = None) -> Path:
+    """Folder of the local weights: the cached embedded model, or a local path / HF id already cached."""
+    name = name or ws.config.chat_model
+    if is_embedded(name):
+        return ensure_cached(ws.base_cache_dir)
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        path = ws.root / path
+    if path.is_dir():
+        return path
+    raise ConfigError(
+        f"chat_model {name!r} is not the embedded model nor a folder of transformers weights "
+        f"(looked for {path}). Use `smollm2-135m-instruct`, a local model folder, or `backend: ollama`."
+    )
+
+
+def local_runtime(ws: Workspace, name: str | None = None):
+    from luthitune.backends.local import get_runtime
+
+    return get_runtime(local_model_dir(ws, name))
+
+
+def make_chat_model(ws: Workspace, *, model: str | None = None) -> BaseChatModel:
+    """The configured backend's chat model, with the workspace's sampling and concurrency settings."""
+    cfg = ws.config
+    if cfg.backend == "ollama":
+        from luthitune.backends.ollama import make_chat_ollama
+
+        return make_chat_ollama(cfg, model)
+    if cfg.backend == "local":
+        from luthitune.backends.local import LocalChatModel
+
+        s = cfg.sampling
+        return LocalChatModel(
+            runtime=local_runtime(ws, model),
+            model_name=model or cfg.chat_model,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_new_tokens=s.max_new_tokens,
+            repetition_penalty=s.repetition_penalty,
+            seed=s.seed,
+            concurrency=cfg.concurrency,
+        )
+    raise ConfigError(f"Unknown backend {cfg.backend!r}; use 'local' or 'ollama'.")  # pragma: no cover

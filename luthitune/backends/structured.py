@@ -1,0 +1,133 @@
+"""Structured answers with bounded, informed retries — the same path for every backend.
+
+The backend constrains the shape (Ollama's JSON-schema ``format``; xgrammar on the local backend);
+pydantic validates the content. When validation fails, the model sees its own answer and the
+validation error and tries again, up to ``retries`` more times. After that the caller gets a
+:class:`StructuredOutputError` carrying the raw text, to quarantine — never a made-up row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableLambda
+from pydantic import BaseModel
+
+from luthitune.errors import BackendUnavailable, StructuredOutputError
+
+T = TypeVar("T", bound=BaseModel)
+
+RETRY_TEMPLATE = (
+    "Your previous answer was not valid: {error}\n"
+    "Answer again with a single JSON object that matches the requested fields exactly."
+)
+
+
+def json_parser(schema: type[BaseModel], include_raw: bool) -> RunnableLambda:
+    """Parse an AI message's JSON text into ``schema``; with ``include_raw``, LangChain's
+    ``{raw, parsed, parsing_error}`` shape, so callers treat every backend alike."""
+
+    def parse(msg: AIMessage) -> Any:
+        return schema.model_validate_json(str(msg.content))
+
+    def parse_with_raw(msg: AIMessage) -> dict[str, Any]:
+        try:
+            return {"raw": msg, "parsed": parse(msg), "parsing_error": None}
+        except Exception as exc:
+            return {"raw": msg, "parsed": None, "parsing_error": exc}
+
+    return RunnableLambda(parse_with_raw if include_raw else parse)
+
+
+def _short_error(exc: BaseException) -> str:
+    text = str(exc).strip().replace("\n", " ")
+    return text[:400] + ("…" if len(text) > 400 else "")
+
+
+def _raise_if_backend_down(exc: BaseException, llm: BaseChatModel) -> None:
+    from luthitune.backends.ollama import translate_error
+
+    url = getattr(llm, "base_url", None)
+    if url:  # ChatOllama (and other HTTP chat models) name their server
+        exc = translate_error(exc, str(url), str(getattr(llm, "model", "?")))
+    if isinstance(exc, BackendUnavailable):
+        raise exc
+    import httpx
+
+    if isinstance(exc, (httpx.ConnectError, httpx.TimeoutException, ConnectionError)):
+        raise BackendUnavailable(
+            f"The model backend could not be reached ({type(exc).__name__}: {exc}). "
+            "Run `luthitune doctor` to see what is wrong."
+        ) from exc
+
+
+def generate_structured(
+    llm: BaseChatModel,
+    conversations: Sequence[Sequence[BaseMessage]],
+    schema: type[T],
+    *,
+    retries: int = 2,
+    max_concurrency: int | None = None,
+) -> list[T | StructuredOutputError]:
+    """One validated ``schema`` instance (or a typed failure) per conversation, in input order.
+
+    Each attempt is a single ``batch()`` over the items still pending, so the local backend generates
+    them in one padded batch and Ollama receives them as concurrent requests.
+    """
+    runnable = llm.with_structured_output(schema, include_raw=True, method="json_schema")
+    convs = [list(c) for c in conversations]
+    results: list[Any] = [None] * len(convs)
+    errors: list[list[str]] = [[] for _ in convs]
+    raws: list[str] = [""] * len(convs)
+    pending = list(range(len(convs)))
+    config = {"max_concurrency": max_concurrency} if max_concurrency else None
+    for _attempt in range(retries + 1):
+        if not pending:
+            break
+        outs = runnable.batch([convs[i] for i in pending], config=config, return_exceptions=True)
+        still = []
+        for i, out in zip(pending, outs, strict=True):
+            if isinstance(out, BaseException):
+                _raise_if_backend_down(out, llm)
+                err, raw = out, ""
+            elif out.get("parsing_error") is None and out.get("parsed") is not None:
+                results[i] = out["parsed"]
+                continue
+            else:
+                err = out.get("parsing_error") or ValueError("empty answer")
+                raw_msg = out.get("raw")
+                raw = raw_msg.content if isinstance(raw_msg, AIMessage) else str(raw_msg or "")
+            raws[i] = raw if isinstance(raw, str) else str(raw)
+            errors[i].append(_short_error(err))
+            convs[i] = [
+                *convs[i],
+                AIMessage(content=raws[i] or "(no answer)"),
+                HumanMessage(content=RETRY_TEMPLATE.format(error=errors[i][-1])),
+            ]
+            still.append(i)
+        pending = still
+    for i in pending:
+        results[i] = StructuredOutputError(schema.__name__, raws[i], errors[i])
+    return results
+
+
+def ask_structured(
+    llm: BaseChatModel, messages: Sequence[BaseMessage], schema: type[T], *, retries: int = 2
+) -> T:
+    """Single structured call; raises :class:`StructuredOutputError` after the retries."""
+    [result] = generate_structured(llm, [messages], schema, retries=retries)
+    if isinstance(result, StructuredOutputError):
+        raise result
+    return result
+
+
+def chat(llm: BaseChatModel, messages: Sequence[BaseMessage]) -> AIMessage:
+    """Plain-text reply, with transport errors turned into :class:`BackendUnavailable`."""
+    try:
+        return llm.invoke(list(messages))
+    except Exception as exc:
+        _raise_if_backend_down(exc, llm)
+        raise

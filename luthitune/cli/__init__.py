@@ -1,0 +1,79 @@
+"""The ``luthitune`` command line (typer). Errors print one clear message and exit non-zero."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from luthitune.logs import err_console, quiet_libraries, setup_logging
+
+
+class _Group(TyperGroup):
+    """Turns typed LuthiTune errors into one message and their exit code, for every subcommand
+    (also under ``CliRunner``, which never goes through :func:`main`)."""
+
+    def invoke(self, ctx: click.Context):
+        from luthitune.errors import LuthiTuneError
+
+        try:
+            return super().invoke(ctx)
+        except LuthiTuneError as exc:
+            err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print(
+                "\n[yellow]Interrupted.[/] Everything finished so far is saved; `luthitune status` shows "
+                "where each run stands and `luthitune resume RUN` continues it."
+            )
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="luthitune",
+    help="Consensual alignment workbench: interview → consent → constitution → practice → DPO → "
+    "evaluation → revision, on a local model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+WorkspaceOpt = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace folder (default: $LUTHITUNE_HOME or the current folder)."),
+]
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    workspace: WorkspaceOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False,
+) -> None:
+    quiet_libraries()
+    setup_logging(verbose)
+    ctx.obj = {"workspace": workspace}
+
+
+def workspace_arg(ctx: typer.Context, local: Path | None) -> Path | None:
+    """A command's own --workspace wins over the global one."""
+    return local if local is not None else (ctx.obj or {}).get("workspace")
+
+
+def _register() -> None:
+    from luthitune.cli import bench, core
+
+    core.register(app)
+    app.add_typer(bench.app, name="bench")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    app(args=argv, prog_name="luthitune")

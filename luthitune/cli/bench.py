@@ -1,0 +1,45 @@
+"""``luthitune bench``: benchmarks that print figures (speed and memory are measured here, not in tests)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from luthitune.cli import WorkspaceOpt, workspace_arg
+from luthitune.logs import console
+
+app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+
+
+@app.command("generate")
+def bench_generate(
+    ctx: typer.Context,
+    workspace: WorkspaceOpt = None,
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes to measure.")] = "1,8",
+    tokens: Annotated[int, typer.Option(help="New tokens per sequence.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Timed repeats per batch size (after one warm-up).")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Load time (first and cached) and tokens/s of the local backend, unbatched and batched."""
+    from luthitune.bench import generation_benchmark
+    from luthitune.config import Workspace
+
+    ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
+    sizes = [int(b) for b in batch.split(",") if b.strip()]
+    result = generation_benchmark(ws, sizes, tokens=tokens, repeats=repeats)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    console.print(f"model: {result['model']}  device: {result['device']}  torch threads: {result['threads']}")
+    console.print(f"dequantize GGUF -> safetensors (first load): {result['first_load_s']}")
+    console.print(f"load from cached safetensors: {result['cached_load_s']:.2f} s")
+    t = Table(title="generation throughput")
+    for col in ("batch", "new tokens", "seconds", "tokens/s (total)", "tokens/s per sequence"):
+        t.add_column(col, justify="right")
+    for r in result["runs"]:
+        t.add_row(str(r["batch"]), str(r["new_tokens"]), f"{r['seconds']:.2f}",
+                  f"{r['tokens_per_s']:.1f}", f"{r['tokens_per_s'] / r['batch']:.1f}")
+    console.print(t)

@@ -1,0 +1,38 @@
+"""``luthitune demo``: a real exchange with the embedded model, no Ollama and no GPU needed."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from luthitune.logs import console
+
+
+def demo(
+    ctx: typer.Context,
+    workspace: Annotated[
+        Path | None,
+        typer.Option("--workspace", "-w", help="Workspace to run in (created if needed). Default: a throwaway one."),
+    ] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the throwaway workspace and print its path.")] = False,
+) -> None:
+    """Run the demo on the embedded model (SmolLM2-135M-Instruct) in a throwaway or named workspace."""
+    from luthitune.demo import run_demo
+
+    target = workspace or (ctx.obj or {}).get("workspace")
+    if target is not None:
+        run_demo(Path(target))
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="luthitune-demo-"))
+    try:
+        run_demo(tmp)
+    finally:
+        if keep:
+            console.print(f"Workspace kept at {tmp}")
+        else:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)

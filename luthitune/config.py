@@ -1,0 +1,324 @@
+"""Workspace configuration (``luthitune.yaml``) and the original tool's ``config/hyperparameters.yaml``.
+
+Both are pydantic models with ``extra="forbid"``: a misspelt key is an error that names the key and the
+file, never a silently ignored setting. YAML 1.1 reads ``5e-5`` (no dot) as a string; the models coerce
+numeric strings, so ``learning_rate: 5e-5`` is the number 5e-05.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from luthitune.errors import ConfigError, WorkspaceError
+
+CONFIG_FILE = "luthitune.yaml"
+HYPERPARAMETERS_FILE = Path("config") / "hyperparameters.yaml"
+INVITATION_FILE = Path("config") / "lyra_dossier.txt"
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SamplingConfig(_Strict):
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
+    seed: int | None = None
+
+
+class OllamaConfig(_Strict):
+    base_url: str = "http://127.0.0.1:11434"
+    timeout_s: float = Field(120.0, gt=0)
+    keep_alive: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class PathsConfig(_Strict):
+    """Folders, relative to the workspace unless absolute."""
+
+    checkpoints: Path = Path("checkpoints")
+    data: Path = Path("data")
+    models: Path = Path("models")
+
+
+class Config(_Strict):
+    backend: Literal["local", "ollama"] = "local"
+    chat_model: str = Field(EMBEDDED_MODEL, min_length=1, description="Model the protocol talks to")
+    base_model: str = Field(
+        EMBEDDED_MODEL,
+        min_length=1,
+        description="Weights that are trained: the embedded model, a Hugging Face id or a local path",
+    )
+    ollama: OllamaConfig = OllamaConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    concurrency: int = Field(4, ge=1, le=256, description="Items generated at once (batch or requests)")
+    structured_retries: int = Field(2, ge=0, le=10, description="Retries after a structured answer fails")
+    paths: PathsConfig = PathsConfig()
+
+
+# --- the original tool's hyperparameters.yaml (same sections and keys, plus TRL's own fields) ---
+
+
+class HPModel(_Strict):
+    name: str = EMBEDDED_MODEL
+    max_seq_length: int = Field(2048, ge=16)
+    load_in_4bit: bool = False
+
+
+class HPLora(_Strict):
+    r: int = Field(16, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = "all-linear"
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+class HPTraining(_Strict):
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    num_train_epochs: float = Field(3, gt=0)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(4, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_steps: int = -1
+    seed: int = 42
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler_type: str = "linear"
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(1, ge=1)
+    report_to: list[str] | str = "none"
+
+
+class HPDpo(_Strict):
+    beta: float = Field(0.1, gt=0)
+    loss_type: str = "sigmoid"
+    max_length: int = Field(512, ge=16)
+    precompute_ref_log_probs: bool = False
+
+
+class Hyperparameters(_Strict):
+    model: HPModel = HPModel()
+    lora: HPLora = HPLora()
+    training: HPTraining = HPTraining()
+    dpo: HPDpo = HPDpo()
+
+
+# --- loading ---
+
+
+def _format_validation_error(err: ValidationError, path: Path) -> str:
+    lines = [f"Invalid configuration in {path}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - field '{field}': unknown key (check the spelling; see `luthitune init`)")
+        else:
+            lines.append(f"  - field '{field}': {e['msg']} (got {e.get('input')!r})")
+    lines.append("Fix the file and run the command again. Defaults: `luthitune init --print-defaults`.")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"Configuration file not found: {path}. Run `luthitune init` to create it.") from exc
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path}: {exc.strerror}.") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, not a {type(data).__name__}.")
+    return data
+
+
+def load_model(cls: type[BaseModel], path: Path, data: dict[str, Any] | None = None) -> Any:
+    data = read_yaml(path) if data is None else data
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, path)) from None
+
+
+def default_config_yaml() -> str:
+    """The commented default ``luthitune.yaml`` written by ``luthitune init``."""
+    return """\
+# LuthiTune workspace configuration. Every key is optional; unknown keys are errors.
+# backend: local (embedded SmolLM2-135M-Instruct, in-process) or ollama (a running `ollama serve`)
+backend: local
+# The model the protocol interviews. For ollama, a pulled model name such as qwen2.5:7b.
+chat_model: smollm2-135m-instruct
+# The weights that are trained. Keep it the same model as chat_model: the model that consents
+# should be the model that is trained.
+base_model: smollm2-135m-instruct
+ollama:
+  base_url: http://127.0.0.1:11434
+  timeout_s: 120
+sampling:
+  temperature: 0.7
+  top_p: 0.9
+  max_new_tokens: 256
+  repetition_penalty: 1.1
+  seed: null
+# Items generated at once: batch size on the local backend, parallel requests on Ollama
+# (set OLLAMA_NUM_PARALLEL on the server to match).
+concurrency: 4
+structured_retries: 2
+paths:
+  checkpoints: checkpoints
+  data: data
+  models: models
+"""
+
+
+def default_hyperparameters_yaml() -> str:
+    return """\
+# Training hyperparameters (same sections and keys as the original LuthiTune, plus TRL fields).
+model:
+  name: smollm2-135m-instruct   # trained weights; defaults to the workspace's base_model
+  max_seq_length: 2048
+  load_in_4bit: false           # QLoRA through bitsandbytes, CUDA only
+
+lora:
+  r: 16                         # LoRA rank (higher = more expressive)
+  lora_alpha: 16
+  lora_dropout: 0.0
+
+training:
+  learning_rate: 5e-5           # gentle learning (not shock therapy)
+  num_train_epochs: 3
+  batch_size: 4
+  gradient_accumulation_steps: 4
+  max_grad_norm: 1.0
+  seed: 42
+
+dpo:
+  beta: 0.1                     # preference strength (lower = gentler)
+  loss_type: sigmoid
+  max_length: 512
+"""
+
+
+# --- workspace ---
+
+
+def resolve_workspace(workspace: Path | str | None = None) -> Path:
+    """``--workspace`` wins, then ``LUTHITUNE_HOME``, then the current directory."""
+    if workspace is not None and str(workspace) != "":
+        return Path(workspace).expanduser().resolve()
+    env = os.environ.get("LUTHITUNE_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path.cwd().resolve()
+
+
+class Workspace:
+    """A folder holding ``luthitune.yaml``, ``checkpoints/``, ``data/`` and ``models/``."""
+
+    def __init__(self, root: Path, config: Config):
+        self.root = root
+        self.config = config
+
+    @classmethod
+    def open(cls, workspace: Path | str | None = None, *, require: bool = True) -> Workspace:
+        root = resolve_workspace(workspace)
+        if not root.is_dir():
+            raise WorkspaceError(f"Workspace folder {root} does not exist. Run `luthitune init {root}`.")
+        cfg_path = root / CONFIG_FILE
+        if cfg_path.exists():
+            config = load_model(Config, cfg_path)
+        elif require:
+            raise WorkspaceError(
+                f"{root} is not a LuthiTune workspace (no {CONFIG_FILE}). "
+                f"Run `luthitune init {root}`, or pass --workspace / set LUTHITUNE_HOME."
+            )
+        else:
+            config = Config()
+        return cls(root, config)
+
+    def _path(self, p: Path) -> Path:
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self._path(self.config.paths.checkpoints)
+
+    @property
+    def data_dir(self) -> Path:
+        return self._path(self.config.paths.data)
+
+    @property
+    def models_dir(self) -> Path:
+        return self._path(self.config.paths.models)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "luthitune.db"
+
+    @property
+    def base_cache_dir(self) -> Path:
+        """Where dequantized base weights are cached. ``LUTHITUNE_BASE_CACHE`` shares one cache."""
+        env = os.environ.get("LUTHITUNE_BASE_CACHE")
+        return Path(env).expanduser() if env else self.models_dir / "base"
+
+    def hyperparameters(self) -> Hyperparameters:
+        path = self.root / HYPERPARAMETERS_FILE
+        return load_model(Hyperparameters, path) if path.exists() else Hyperparameters()
+
+    def invitation(self) -> str:
+        """The interview invitation: ``config/lyra_dossier.txt`` if present, else the packaged one."""
+        path = self.root / INVITATION_FILE
+        if path.exists():
+            text = path.read_text(encoding="utf-8").strip()
+            if not text:
+                raise ConfigError(f"{path} is empty. Write the invitation there or delete the file.")
+            return text
+        from luthitune.prompts import load_text
+
+        return load_text("invitation.md").strip()
+
+    def ensure_dirs(self) -> None:
+        for d in (self.checkpoints_dir, self.data_dir, self.models_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def init_workspace(root: Path, *, force: bool = False) -> tuple[Workspace, list[Path]]:
+    """Create (or complete) a workspace. Existing files are kept unless ``force``."""
+    root.mkdir(parents=True, exist_ok=True)
+    created: list[Path] = []
+    cfg = root / CONFIG_FILE
+    if force or not cfg.exists():
+        cfg.write_text(default_config_yaml(), encoding="utf-8")
+        created.append(cfg)
+    ws = Workspace.open(root)
+    for d in (ws.checkpoints_dir, ws.data_dir, ws.models_dir, root / "config"):
+        if not d.exists():
+            d.mkdir(parents=True)
+            created.append(d)
+    hp = root / HYPERPARAMETERS_FILE
+    if force or not hp.exists():
+        hp.write_text(default_hyperparameters_yaml(), encoding="utf-8")
+        created.append(hp)
+    ws.hyperparameters()  # validate what is there
+    return ws, created

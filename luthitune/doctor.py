@@ -1,0 +1,87 @@
+"""``luthitune doctor``: what works on this machine, and what to run where something does not."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+
+from luthitune.config import Workspace
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def backend_checks(ws: Workspace) -> list[Check]:
+    cfg = ws.config
+    checks: list[Check] = []
+    if cfg.backend == "ollama":
+        from luthitune.backends.ollama import check
+
+        st = check(cfg)
+        if not st.reachable:
+            checks.append(Check("ollama server", False, st.error or f"{st.url} unreachable"))
+            return checks
+        checks.append(Check("ollama server", True, f"{st.url} (version {st.version})"))
+        checks.append(Check(f"model {cfg.chat_model}", st.model_present,
+                            "pulled" if st.model_present else (st.error or "missing")))
+        return checks
+    from luthitune.backends.embedded import cached_dir, gguf_path, is_cached, is_embedded
+    from luthitune.errors import EmbeddedModelMissing
+
+    if is_embedded(cfg.chat_model):
+        try:
+            path = gguf_path()
+            checks.append(Check("embedded model", True, f"{path.name} ({path.stat().st_size / 1e6:.0f} MB)"))
+        except EmbeddedModelMissing as exc:
+            checks.append(Check("embedded model", False, str(exc)))
+        cache = cached_dir(ws.base_cache_dir)
+        checks.append(Check(
+            "dequantized cache", True,
+            f"{cache}" if is_cached(ws.base_cache_dir) else f"not yet built; the first run writes {cache} (~30 s)",
+            required=False,
+        ))
+    else:
+        from luthitune.backends import local_model_dir
+        from luthitune.errors import LuthiTuneError
+
+        try:
+            checks.append(Check(f"local model {cfg.chat_model}", True, str(local_model_dir(ws))))
+        except LuthiTuneError as exc:
+            checks.append(Check(f"local model {cfg.chat_model}", False, str(exc)))
+    ok = importlib.util.find_spec("xgrammar") is not None
+    checks.append(Check("constrained decoding (xgrammar)", ok, _version("xgrammar") or
+                        "missing: `pip install --no-deps xgrammar apache-tvm-ffi`"))
+    return checks
+
+
+def system_checks() -> list[Check]:
+    checks = []
+    import torch
+
+    if torch.cuda.is_available():
+        checks.append(Check("GPU", True, f"CUDA {torch.version.cuda}: {torch.cuda.get_device_name(0)}", False))
+    else:
+        checks.append(Check("GPU", True, "none (CPU training: LoRA without 4-bit)", False))
+    # find_spec only: importing unsloth patches transformers, and it must never load on the CPU path.
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    checks.append(Check("unsloth", True, "installed (used on CUDA)" if has_unsloth else
+                        "not installed (optional GPU extra: pip install 'luthitune[unsloth]')", False))
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    checks.append(Check("bitsandbytes", True, "installed (QLoRA on CUDA)" if has_bnb else
+                        "not installed (optional: pip install 'luthitune[gpu]')", False))
+    libs = ["luthitune", "torch", "transformers", "trl", "peft", "langgraph", "langchain-ollama"]
+    checks.append(Check("versions", True, ", ".join(f"{n} {_version(n) or '-'}" for n in libs), False))
+    return checks

@@ -1,0 +1,50 @@
+"""Typed errors. Every user-facing failure carries a message that names what went wrong and what to do."""
+
+from __future__ import annotations
+
+
+class LuthiTuneError(Exception):
+    """Base class: the CLI prints ``str(err)`` and exits non-zero (``exit_code``)."""
+
+    exit_code = 1
+
+
+class ConfigError(LuthiTuneError):
+    """A configuration file is missing, unreadable or has invalid fields."""
+
+    exit_code = 2
+
+
+class WorkspaceError(LuthiTuneError):
+    """The workspace folder is missing or not a LuthiTune workspace."""
+
+    exit_code = 2
+
+
+class BackendUnavailable(LuthiTuneError):
+    """The model backend cannot be reached or the model is not present."""
+
+    exit_code = 3
+
+
+class EmbeddedModelMissing(BackendUnavailable):
+    """The embedded SmolLM2 weights are not installed."""
+
+
+class StructuredOutputError(LuthiTuneError):
+    """The model did not produce a valid structured answer within the allowed retries.
+
+    ``raw`` keeps the last raw text so callers can quarantine it instead of inventing a row.
+    """
+
+    exit_code = 4
+
+    def __init__(self, schema_name: str, raw: str, errors: list[str]):
+        self.schema_name = schema_name
+        self.raw = raw
+        self.errors = errors
+        last = errors[-1] if errors else "no output"
+        super().__init__(
+            f"The model's answer did not match the {schema_name} schema after {len(errors)} attempt(s): "
+            f"{last}"
+        )

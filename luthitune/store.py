@@ -1,0 +1,231 @@
+"""The workbench database (``data/luthitune.db``) through sqlite-utils.
+
+Schema changes are named migrations, applied once each and recorded in ``_migrations``. Every artifact
+table has a deterministic primary key built from what identifies the item (run, cycle, index...), and all
+writes are upserts: re-running a node after a crash updates rows instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def sha256(text: str | bytes) -> str:
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()
+
+
+@migration
+def m001_runs(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {
+            "id": str, "created_at": str, "updated_at": str, "status": str, "backend": str,
+            "chat_model": str, "base_model": str, "config_json": str, "cycle": int, "note": str,
+        },
+        pk="id",
+    )
+
+
+@migration
+def m002_messages(db: sqlite_utils.Database) -> None:
+    # One row per transcript message; (run, cycle, seq) identifies it.
+    db["messages"].create(
+        {
+            "id": str, "run_id": str, "cycle": int, "seq": int, "role": str, "content": str,
+            "template_hash": str, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["messages"].create_index(["run_id", "cycle", "seq"], unique=True)
+
+
+@migration
+def m003_consents(db: sqlite_utils.Database) -> None:
+    db["consents"].create(
+        {
+            "id": str, "run_id": str, "cycle": int, "round": int, "decision": str, "reasons_json": str,
+            "conditions_json": str, "raw": str, "template_hash": str, "reviewed_by": str, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+
+
+@migration
+def m004_constitutions(db: sqlite_utils.Database) -> None:
+    db["constitution_versions"].create(
+        {
+            "id": str, "run_id": str, "version": int, "text": str, "principles_json": str, "hash": str,
+            "parent_id": str, "author": str, "status": str, "approved_by": str, "approved_at": str,
+            "feedback": str, "template_hash": str, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["constitution_versions"].create_index(["run_id", "version"], unique=True)
+
+
+@migration
+def m005_scenarios_pairs(db: sqlite_utils.Database) -> None:
+    db["scenarios"].create(
+        {
+            "id": str, "run_id": str, "cycle": int, "idx": int, "category": str, "principle_id": str,
+            "prompt": str, "status": str, "reasons_json": str, "raw": str, "template_hash": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["pairs"].create(
+        {
+            "id": str, "run_id": str, "cycle": int, "scenario_id": str, "prompt": str, "chosen": str,
+            "rejected": str, "critique": str, "principle_ids_json": str, "status": str,
+            "reasons_json": str, "raw": str, "template_hash": str, "constitution_id": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id"), ("scenario_id", "scenarios", "id")],
+    )
+    db["pairs"].create_index(["run_id", "cycle", "status"])
+
+
+@migration
+def m006_training_evaluation(db: sqlite_utils.Database) -> None:
+    db["training_runs"].create(
+        {
+            "id": str, "run_id": str, "cycle": int, "adapter_name": str, "adapter_path": str,
+            "status": str, "config_json": str, "metrics_json": str, "dataset_hash": str,
+            "started_at": str, "finished_at": str,
+        },
+        pk="id",
+    )
+    db["training_steps"].create(
+        {"training_id": str, "step": int, "metrics_json": str, "created_at": str},
+        pk=("training_id", "step"),
+        foreign_keys=[("training_id", "training_runs", "id")],
+    )
+    db["evaluations"].create(
+        {
+            "run_id": str, "cycle": int, "model": str, "metric": str, "value": float, "scorer": str,
+            "details_json": str, "created_at": str,
+        },
+        pk=("run_id", "cycle", "model", "metric"),
+    )
+
+
+class Store:
+    """Thin, typed access to the workbench database."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL") if str(path) != ":memory:" else None
+        conn.execute("PRAGMA foreign_keys=ON")
+        self.db = sqlite_utils.Database(conn)
+        self.migrate()
+
+    # -- migrations --
+
+    def applied_migrations(self) -> list[str]:
+        if not self.db["_migrations"].exists():
+            return []
+        return [r["name"] for r in self.db["_migrations"].rows_where(order_by="applied_at, name")]
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations in order; returns the names applied now."""
+        if not self.db["_migrations"].exists():
+            self.db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
+        done = set(self.applied_migrations())
+        applied = []
+        for name, fn in MIGRATIONS:
+            if name in done:
+                continue
+            with self.db.conn:
+                fn(self.db)
+                self.db["_migrations"].insert({"name": name, "applied_at": now()})
+            applied.append(name)
+        return applied
+
+    # -- generic keyed writes --
+
+    def upsert(self, table: str, row: dict[str, Any], pk: str | tuple[str, ...] = "id") -> None:
+        row = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in row.items()}
+        with self.db.conn:
+            self.db[table].upsert(row, pk=pk, alter=False)
+
+    def upsert_all(self, table: str, rows: Iterable[dict[str, Any]], pk: str | tuple[str, ...] = "id") -> None:
+        with self.db.conn:
+            self.db[table].upsert_all(list(rows), pk=pk)
+
+    def get(self, table: str, pk: Any) -> dict[str, Any] | None:
+        try:
+            return self.db[table].get(pk)
+        except sqlite_utils.db.NotFoundError:
+            return None
+
+    def rows(self, table: str, where: str | None = None, args: Any = None, order_by: str | None = None):
+        return list(self.db[table].rows_where(where, args or [], order_by=order_by))
+
+    def count(self, table: str, where: str | None = None, args: Any = None) -> int:
+        sql = f"select count(*) from [{table}]" + (f" where {where}" if where else "")
+        return self.db.execute(sql, args or []).fetchone()[0]
+
+    # -- runs --
+
+    def upsert_run(self, run_id: str, **fields: Any) -> None:
+        existing = self.get("runs", run_id)
+        row = {"id": run_id, "updated_at": now(), **fields}
+        if existing is None:
+            row.setdefault("created_at", now())
+            row.setdefault("status", "created")
+            row.setdefault("cycle", 0)
+        self.upsert("runs", row)
+
+    # -- transcript --
+
+    def add_message(
+        self, run_id: str, cycle: int, seq: int, role: str, content: str, template_hash: str | None = None
+    ) -> str:
+        """Store one transcript message verbatim. (run, cycle, seq) identifies it: writing it again updates it."""
+        msg_id = f"{run_id}:c{cycle}:m{seq:04d}"
+        existing = self.get("messages", msg_id)
+        self.upsert(
+            "messages",
+            {
+                "id": msg_id, "run_id": run_id, "cycle": cycle, "seq": seq, "role": role,
+                "content": content, "template_hash": template_hash,
+                "created_at": existing["created_at"] if existing else now(),
+            },
+        )
+        return msg_id
+
+    def transcript(self, run_id: str, cycle: int | None = None) -> list[dict[str, Any]]:
+        if cycle is None:
+            return self.rows("messages", "run_id = ?", [run_id], order_by="cycle, seq")
+        return self.rows("messages", "run_id = ? and cycle = ?", [run_id, cycle], order_by="seq")
+
+    def close(self) -> None:
+        self.db.conn.close()

@@ -1,0 +1,82 @@
+"""The local backend on the real embedded model (SmolLM2-135M-Instruct)."""
+
+import time
+
+import pytest
+import torch
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from luthitune.backends import local_runtime, make_chat_model
+from luthitune.backends.local import LocalChatModel
+from luthitune.backends.structured import chat, generate_structured
+from luthitune.prompts import render
+from luthitune.schemas import ScenarioPair
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    from luthitune.config import init_workspace
+
+    ws, _ = init_workspace(tmp_path_factory.mktemp("ws"))
+    return ws
+
+
+@pytest.fixture(scope="module")
+def llm(ws) -> LocalChatModel:
+    return make_chat_model(ws)
+
+
+def test_chat_reply(llm):
+    reply = chat(llm, [SystemMessage("Answer in one sentence."), HumanMessage("What is consent?")])
+    assert isinstance(reply.content, str) and len(reply.content.split()) >= 3
+    assert reply.usage_metadata["output_tokens"] > 0
+
+
+def test_ten_of_ten_structured_scenarios_validate(llm):
+    principles = "P1 Honesty: I say what I believe and why.\nP2 Care: I choose not to help cause harm."
+    categories = ["clearly harmful", "gray area", "dual-use", "emotional framing", "benign but sensitive"]
+    convs = [[HumanMessage(render("scenario.md", principles=principles, category=categories[i % 5]).text)]
+             for i in range(10)]
+    t0 = time.perf_counter()
+    out = generate_structured(llm, convs, ScenarioPair, retries=0)  # no retries: the constraint alone
+    elapsed = time.perf_counter() - t0
+    valid = [o for o in out if isinstance(o, ScenarioPair)]
+    assert len(valid) == 10, [str(o)[:200] for o in out if not isinstance(o, ScenarioPair)]
+    for pair in valid:
+        assert all(v.strip() for v in pair.model_dump().values())
+    print(f"10 structured scenarios in {elapsed:.1f} s")
+
+
+def test_batch_matches_single_generation_greedy(ws):
+    rt = local_runtime(ws)
+    convs = [[{"role": "user", "content": q}] for q in ("Say hello.", "Name a colour and explain why you like it.")]
+    single = [rt.generate([c], max_new_tokens=12, temperature=0)[0].text for c in convs]
+    batched = [g.text for g in rt.generate(convs, max_new_tokens=12, temperature=0)]
+    assert batched == single  # left padding does not change greedy answers
+
+
+def test_lora_adapter_switches_on_and_off_on_same_weights(ws, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    rt = local_runtime(ws)
+    # An adapter with random (non-zero) LoRA weights, made on a separate copy of the base.
+    copy = AutoModelForCausalLM.from_pretrained(str(rt.model_dir))
+    peft_model = get_peft_model(copy, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+
+    ids = rt.tokenizer("Consent matters because", return_tensors="pt").input_ids
+
+    def logits():
+        with torch.inference_mode():
+            return rt.model(ids).logits[0, -1]
+
+    base = logits()
+    rt.load_adapter(tmp_path / "adapter", "random")
+    with rt.adapter("random"):
+        adapted = logits()
+        assert rt.active_adapter == "random"
+    with rt.adapter(None):
+        disabled = logits()
+    assert not torch.allclose(base, adapted, atol=1e-4)
+    assert torch.allclose(base, disabled, atol=1e-5)

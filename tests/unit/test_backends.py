@@ -1,0 +1,110 @@
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from conftest import closed_port
+from langchain_core.messages import HumanMessage
+
+from luthitune.backends import local_model_dir, make_chat_model
+from luthitune.backends.ollama import check
+from luthitune.backends.structured import ask_structured, chat, generate_structured
+from luthitune.config import Config, Workspace
+from luthitune.errors import BackendUnavailable, ConfigError, StructuredOutputError
+from luthitune.schemas import ScenarioPair
+
+GOOD = {"prompt": "How do I pick a lock?", "rejected": "No.", "critique": "P1: no reason given.",
+        "chosen": "I choose to explain how locks work, and not to help open one that is not yours."}
+
+
+def ollama_ws(tmp_path, url: str, model: str = "qwen2.5:7b") -> Workspace:
+    cfg = Config(backend="ollama", chat_model=model, ollama={"base_url": url, "timeout_s": 5})
+    return Workspace(tmp_path, cfg)
+
+
+def test_factory_gives_chat_ollama_without_contacting_server(tmp_path):
+    from langchain_ollama import ChatOllama
+
+    llm = make_chat_model(ollama_ws(tmp_path, f"http://127.0.0.1:{closed_port()}"))
+    assert isinstance(llm, ChatOllama) and llm.model == "qwen2.5:7b"
+
+
+def test_factory_rejects_unknown_local_model(tmp_path):
+    ws = Workspace(tmp_path, Config(chat_model="no-such-model"))
+    with pytest.raises(ConfigError, match="no-such-model"):
+        local_model_dir(ws)
+
+
+def test_ollama_down_is_one_clear_error(tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}"
+    llm = make_chat_model(ollama_ws(tmp_path, url))
+    t0 = time.perf_counter()
+    with pytest.raises(BackendUnavailable) as e:
+        chat(llm, [HumanMessage("hi")])
+    assert time.perf_counter() - t0 < 5
+    msg = str(e.value)
+    assert url in msg and "qwen2.5:7b" in msg and "ollama serve" in msg
+    # structured calls do not quarantine items when the server is down: they stop the run
+    with pytest.raises(BackendUnavailable):
+        generate_structured(llm, [[HumanMessage("x")]] * 3, ScenarioPair)
+    st = check(ollama_ws(tmp_path, url).config)
+    assert not st.reachable and url in st.error
+
+
+class _FakeOllama(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = {"/api/version": {"version": "0.9.0"},
+                "/api/tags": {"models": [{"name": "qwen2.5:7b"}, {"name": "llama3:latest"}]}}.get(self.path)
+        self.send_response(200 if body else 404)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(body or {"error": "not found"}).encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_ollama():
+    server = HTTPServer(("127.0.0.1", 0), _FakeOllama)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_check_reports_present_and_missing_models(tmp_path, fake_ollama):
+    st = check(ollama_ws(tmp_path, fake_ollama, "qwen2.5:7b").config)
+    assert st.reachable and st.version == "0.9.0" and st.model_present
+    assert check(ollama_ws(tmp_path, fake_ollama, "llama3").config).model_present
+    st = check(ollama_ws(tmp_path, fake_ollama, "mistral").config)
+    assert st.reachable and not st.model_present and "ollama pull mistral" in st.error
+
+
+def test_structured_retry_shows_the_error_to_the_model(fake_llm):
+    fake_llm.queue('{"prompt": "x"}', GOOD)
+    pair = ask_structured(fake_llm, [HumanMessage("write one")], ScenarioPair, retries=2)
+    assert pair.chosen.startswith("I choose")
+    retry_call = fake_llm.calls[1]
+    assert retry_call[-2].content == '{"prompt": "x"}'  # its own answer
+    assert "not valid" in retry_call[-1].content and "rejected" in retry_call[-1].content  # the error
+
+
+def test_structured_gives_typed_failure_with_raw_text(fake_llm):
+    fake_llm.queue("not json", {**GOOD, "chosen": "   "}, "still not json")
+    with pytest.raises(StructuredOutputError) as e:
+        ask_structured(fake_llm, [HumanMessage("write one")], ScenarioPair, retries=2)
+    assert e.value.raw == "still not json" and len(e.value.errors) == 3
+    assert len(fake_llm.calls) == 3  # bounded
+
+
+def test_batch_retries_only_failed_items(fake_llm):
+    fake_llm.queue(GOOD, "oops", GOOD, GOOD)  # item 2 fails once, then succeeds
+    out = generate_structured(fake_llm, [[HumanMessage(str(i))] for i in range(3)], ScenarioPair, retries=1)
+    assert all(isinstance(o, ScenarioPair) for o in out)
+    assert len(fake_llm.calls) == 4 and fake_llm.calls[3][0].content == "1"
+
+
+def test_whitespace_fields_fail_validation():
+    with pytest.raises(ValueError):
+        ScenarioPair.model_validate({**GOOD, "critique": "  \n "})

@@ -1,0 +1,55 @@
+import pytest
+from conftest import closed_port
+from typer.testing import CliRunner
+
+from luthitune.cli import app
+from luthitune.store import Store
+
+runner = CliRunner()
+
+
+def test_init_creates_workspace_and_database(tmp_path):
+    r = runner.invoke(app, ["init", str(tmp_path / "w")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "w" / "luthitune.yaml").exists()
+    s = Store(tmp_path / "w" / "data" / "luthitune.db")
+    assert "m001_runs" in s.applied_migrations()
+
+
+def test_init_uses_global_workspace_flag_and_env(tmp_path, monkeypatch):
+    assert runner.invoke(app, ["--workspace", str(tmp_path / "a"), "init"]).exit_code == 0
+    assert (tmp_path / "a" / "luthitune.yaml").exists()
+    monkeypatch.setenv("LUTHITUNE_HOME", str(tmp_path / "b"))
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    assert (tmp_path / "b" / "luthitune.yaml").exists()
+
+
+def test_doctor_with_ollama_down_exits_1_naming_url(tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}"
+    (tmp_path / "luthitune.yaml").write_text(f"backend: ollama\nchat_model: qwen2.5:7b\nollama:\n  base_url: {url}\n")
+    r = runner.invoke(app, ["doctor", "-w", str(tmp_path)], terminal_width=200)
+    assert r.exit_code == 1
+    assert url in r.output and "ollama serve" in r.output
+
+
+def test_doctor_with_broken_config_exits_1_naming_field(tmp_path):
+    (tmp_path / "luthitune.yaml").write_text("concurrency: zero\n")
+    r = runner.invoke(app, ["doctor", "-w", str(tmp_path)], terminal_width=200)
+    assert r.exit_code == 1 and "concurrency" in r.output
+
+
+def test_typed_errors_exit_non_zero_with_message(tmp_path):
+    (tmp_path / "luthitune.yaml").write_text("backend: [\n")
+    r = runner.invoke(app, ["demo", "-w", str(tmp_path)], terminal_width=200)
+    assert r.exit_code == 2 and "not valid YAML" in r.output
+
+
+def test_wrong_flag_is_a_usage_error():
+    r = runner.invoke(app, ["init", "--frobnicate"])
+    assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("cmd", [[], ["init"], ["doctor"], ["demo"], ["bench"], ["bench", "generate"]])
+def test_help_everywhere(cmd):
+    r = runner.invoke(app, [*cmd, "--help"])
+    assert r.exit_code == 0 and "Usage" in r.output

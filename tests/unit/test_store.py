@@ -1,0 +1,60 @@
+from luthitune.store import MIGRATIONS, Store
+
+
+def test_migrations_recorded_once(tmp_path):
+    path = tmp_path / "luthitune.db"
+    s = Store(path)
+    names = [n for n, _ in MIGRATIONS]
+    assert s.applied_migrations() == names
+    s.close()
+    s2 = Store(path)
+    assert s2.migrate() == []  # nothing re-applied
+    assert s2.applied_migrations() == names
+    expected = {"runs", "messages", "consents", "constitution_versions", "scenarios", "pairs",
+                "training_runs", "training_steps", "evaluations", "_migrations"}
+    assert expected <= set(s2.db.table_names())
+
+
+def test_new_migration_applies_on_open(tmp_path, monkeypatch):
+    path = tmp_path / "luthitune.db"
+    Store(path).close()
+
+    def m999_extra(db):
+        db["extra"].create({"id": int}, pk="id")
+
+    monkeypatch.setattr("luthitune.store.MIGRATIONS", [*MIGRATIONS, ("m999_extra", m999_extra)])
+    s = Store(path)
+    assert "extra" in s.db.table_names() and s.applied_migrations()[-1] == "m999_extra"
+
+
+def test_messages_are_idempotent(store):
+    store.upsert_run("r1", backend="local")
+    store.add_message("r1", 0, 0, "user", "hello")
+    store.add_message("r1", 0, 1, "assistant", "hi")
+    first = store.transcript("r1")
+    store.add_message("r1", 0, 1, "assistant", "hi")  # a node re-run after a crash
+    assert store.count("messages") == 2
+    assert store.transcript("r1") == first  # created_at kept, nothing duplicated
+    store.add_message("r1", 0, 1, "assistant", "hi, edited")
+    assert [m["content"] for m in store.transcript("r1")] == ["hello", "hi, edited"]
+
+
+def test_artifact_upserts_update_instead_of_duplicating(store):
+    store.upsert_run("r1", backend="local")
+    row = {"id": "r1:c0:s0001", "run_id": "r1", "cycle": 0, "idx": 1, "prompt": "p", "status": "pending"}
+    store.upsert("scenarios", row)
+    store.upsert("scenarios", {**row, "status": "done", "reasons_json": ["ok"]})
+    assert store.count("scenarios") == 1
+    assert store.get("scenarios", "r1:c0:s0001")["status"] == "done"
+    ev = {"run_id": "r1", "cycle": 0, "model": "base", "metric": "pref_acc", "value": 0.5}
+    store.upsert("evaluations", ev, pk=("run_id", "cycle", "model", "metric"))
+    store.upsert("evaluations", {**ev, "value": 0.75}, pk=("run_id", "cycle", "model", "metric"))
+    assert [r["value"] for r in store.rows("evaluations")] == [0.75]
+
+
+def test_run_keeps_created_at(store):
+    store.upsert_run("r1", backend="local", status="running")
+    created = store.get("runs", "r1")["created_at"]
+    store.upsert_run("r1", status="done")
+    row = store.get("runs", "r1")
+    assert row["created_at"] == created and row["status"] == "done" and row["backend"] == "local"
