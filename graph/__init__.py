@@ -1,0 +1,1 @@
+"""The protocol as a LangGraph state machine (installed as ``luthitune.graph``)."""

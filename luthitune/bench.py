@@ -43,9 +43,7 @@ def generation_benchmark(ws: Workspace, sizes: list[int], *, tokens: int, repeat
         best = None
         for _ in range(repeats):
             t0 = time.perf_counter()
-            gens = runtime.generate(
-                convs, max_new_tokens=tokens, min_new_tokens=tokens, temperature=0.7, seed=0
-            )
+            gens = runtime.generate(convs, max_new_tokens=tokens, min_new_tokens=tokens, temperature=0.7, seed=0)
             dt = time.perf_counter() - t0
             n = sum(g.completion_tokens for g in gens)
             if best is None or n / dt > best["tokens_per_s"]:

@@ -1,58 +1,107 @@
-"""The demo: one interview question and one structured scenario on the embedded model, stored in the
-workspace database. (The full protocol cycle replaces this once the graph lands.)"""
+"""The demo: one full protocol cycle plus one revision, on autopilot, on the embedded model."""
 
 from __future__ import annotations
 
+import difflib
+import json
 import time
-import uuid
 from pathlib import Path
 
-from langchain_core.messages import HumanMessage, SystemMessage
 from rich.panel import Panel
+from rich.table import Table
 
-from luthitune.backends import make_chat_model
-from luthitune.backends.structured import ask_structured, chat
 from luthitune.config import Config, init_workspace
 from luthitune.logs import console
-from luthitune.prompts import load_text, render
-from luthitune.schemas import ScenarioPair
-from luthitune.store import Store
+
+DEMO_SETTINGS = {
+    "autopilot": True,
+    "n_scenarios": 8,
+    "interview_turns": 3,
+    "max_cycles": 1,
+    "train": {"epochs": 2.0, "batch_size": 2, "learning_rate": 5e-5, "beta": 0.1, "max_length": 384},
+}
 
 
-def run_demo(root: Path) -> dict:
+def run_demo(root: Path, *, scenarios: int = 8, turns: int = 3) -> dict:
+    from luthitune.cli.runs import show_update
+    from luthitune.protocol import Protocol
+
     t0 = time.perf_counter()
     ws, _ = init_workspace(root)
     if ws.config.backend != "local":
         ws.config = Config.model_validate({**ws.config.model_dump(), "backend": "local"})
-    store = Store(ws.db_path)
-    run_id = "demo-" + uuid.uuid4().hex[:8]
-    store.upsert_run(run_id, backend="local", chat_model=ws.config.chat_model,
-                     base_model=ws.config.base_model, status="running", config_json=ws.config.model_dump_json())
-    with console.status("Loading the embedded model (the first time dequantizes it, ~30 s)…"):
-        llm = make_chat_model(ws)
-    system = render("interview_system.md")
-    question = load_text("questions.md").splitlines()[0]
-    opening = f"{ws.invitation()}\n\n{question}"
-    store.add_message(run_id, 0, 0, "system", system.text, system.template_hash)
-    store.add_message(run_id, 0, 1, "user", opening)
-    console.print(Panel(opening, title="facilitator", border_style="cyan"))
-    with console.status("The model is answering…"):
-        reply = chat(llm, [SystemMessage(system.text), HumanMessage(opening)])
-    store.add_message(run_id, 0, 2, "assistant", str(reply.content))
-    console.print(Panel(str(reply.content), title="model", border_style="magenta"))
-
-    principles = "P1 Honesty: I say what I believe and why.\nP2 Care: I choose not to help cause harm."
-    prompt = render("scenario.md", principles=principles, category="gray area")
-    with console.status("The model is writing one practice scenario (structured output)…"):
-        pair = ask_structured(llm, [HumanMessage(prompt.text)], ScenarioPair, retries=ws.config.structured_retries)
-    store.upsert("scenarios", {"id": f"{run_id}:c0:s0000", "run_id": run_id, "cycle": 0, "idx": 0,
-                               "category": "gray area", "prompt": pair.prompt, "status": "generated",
-                               "template_hash": prompt.template_hash, "raw": pair.model_dump_json()})
-    console.print(Panel("\n".join(f"[bold]{k}[/]: {v}" for k, v in pair.model_dump().items()),
-                        title="structured scenario (validated)", border_style="green"))
-    store.upsert_run(run_id, status="done")
+    p = Protocol(ws)
+    run_id = p.start({**DEMO_SETTINGS, "n_scenarios": scenarios, "interview_turns": turns})
+    console.print(
+        f"Demo run [bold]{run_id}[/] in {ws.root}: interview → consent → constitution → practice "
+        "→ DPO → evaluation → revision, on autopilot with SmolLM2-135M-Instruct."
+    )
+    with console.status("Working (the first run dequantizes the embedded model, ~30 s)…"):
+        st = p.advance(run_id, on_update=show_update)
     elapsed = time.perf_counter() - t0
-    console.print(f"Demo finished in {elapsed:.1f} s. Stored {store.count('messages', 'run_id = ?', [run_id])} "
-                  f"messages and 1 scenario in {ws.db_path}.")
-    store.close()
-    return {"run_id": run_id, "seconds": elapsed, "pair": pair}
+    summary(p, run_id, elapsed)
+    return {"run_id": run_id, "seconds": elapsed, "status": st.status}
+
+
+def summary(p, run_id: str, elapsed: float) -> None:
+    s = p.store
+    st = p.status(run_id)
+    versions = s.rows("constitution_versions", "run_id = ?", [run_id], order_by="version")
+    approved = [v for v in versions if v["status"] == "approved"]
+    if approved:
+        console.print(
+            Panel(approved[0]["text"], title=f"constitution v{approved[0]['version']} (approved)", border_style="cyan")
+        )
+    for c in s.rows("consents", "run_id = ?", [run_id], order_by="created_at"):
+        console.print(
+            f"consent [{c['round']}]: [bold]{c['decision']}[/] — {c['reasons_json'][:160]}"
+            + (f" (conditions: {c['conditions_json'][:100]})" if c["conditions_json"] else ""),
+            markup=True,
+            highlight=False,
+        )
+    kept = s.count("pairs", "run_id = ? and status = 'kept'", [run_id])
+    quarantined = s.rows("pairs", "run_id = ? and status = 'quarantined'", [run_id])
+    failed = s.count("scenarios", "run_id = ? and status = 'failed'", [run_id])
+    console.print(f"pairs kept: {kept}, quarantined: {len(quarantined)}, scenarios that failed generation: {failed}")
+    for q in quarantined[:3]:
+        console.print(f"  quarantined {q['id']}: {json.loads(q['reasons_json'] or '[]')[:1]}", highlight=False)
+    for tr in s.rows("training_runs", "run_id = ?", [run_id]):
+        steps = s.rows("training_steps", "training_id = ?", [tr["id"]], order_by="step")
+        last = json.loads(steps[-1]["metrics_json"]) if steps else {}
+        console.print(
+            f"training c{tr['cycle']}: {len(steps)} steps, loss {last.get('loss', float('nan')):.4f}, "
+            f"reward accuracy {last.get('rewards/accuracies', float('nan')):.2f}, "
+            f"margin {last.get('rewards/margins', float('nan')):.4f} → {tr['adapter_path']}"
+        )
+    t = Table("cycle", "model", "metric", "value", "scorer", title="evaluation: base vs adapter (held-out pairs)")
+    for e in s.rows("evaluations", "run_id = ?", [run_id], order_by="cycle, model, metric"):
+        t.add_row(str(e["cycle"]), e["model"], e["metric"], f"{e['value']:.4f}", e["scorer"])
+    console.print(t)
+    revised = [v for v in versions if v["author"].startswith("model (adapter)")]
+    if approved and revised:
+        r = revised[-1]
+        diff = (
+            "\n".join(
+                difflib.unified_diff(
+                    approved[0]["text"].splitlines(),
+                    r["text"].splitlines(),
+                    f"v{approved[0]['version']}",
+                    f"v{r['version']} ({r['status']})",
+                    lineterm="",
+                )
+            )
+            or "(the trained model proposed no change)"
+        )
+        console.print(Panel(diff, title="revision proposed by the trained model", border_style="magenta"), markup=False)
+        log = json.loads(r["feedback"] or "{}").get("amendments", [])
+        for a in log:
+            console.print(
+                f"  amendment {a['action']} {a.get('principle_id', '')}: "
+                f"{'applied' if a.get('applied') else 'not applied (' + a.get('why', '') + ')'}",
+                highlight=False,
+            )
+    console.print(
+        f"Run {run_id} {st.status}"
+        + (f" ({st.values.get('ended')})" if st.values.get("ended") else "")
+        + f" in {elapsed:.0f} s. Database: {p.ws.db_path}"
+    )

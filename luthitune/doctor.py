@@ -35,8 +35,11 @@ def backend_checks(ws: Workspace) -> list[Check]:
             checks.append(Check("ollama server", False, st.error or f"{st.url} unreachable"))
             return checks
         checks.append(Check("ollama server", True, f"{st.url} (version {st.version})"))
-        checks.append(Check(f"model {cfg.chat_model}", st.model_present,
-                            "pulled" if st.model_present else (st.error or "missing")))
+        checks.append(
+            Check(
+                f"model {cfg.chat_model}", st.model_present, "pulled" if st.model_present else (st.error or "missing")
+            )
+        )
         return checks
     from luthitune.backends.embedded import cached_dir, gguf_path, is_cached, is_embedded
     from luthitune.errors import EmbeddedModelMissing
@@ -48,11 +51,14 @@ def backend_checks(ws: Workspace) -> list[Check]:
         except EmbeddedModelMissing as exc:
             checks.append(Check("embedded model", False, str(exc)))
         cache = cached_dir(ws.base_cache_dir)
-        checks.append(Check(
-            "dequantized cache", True,
-            f"{cache}" if is_cached(ws.base_cache_dir) else f"not yet built; the first run writes {cache} (~30 s)",
-            required=False,
-        ))
+        checks.append(
+            Check(
+                "dequantized cache",
+                True,
+                f"{cache}" if is_cached(ws.base_cache_dir) else f"not yet built; the first run writes {cache} (~30 s)",
+                required=False,
+            )
+        )
     else:
         from luthitune.backends import local_model_dir
         from luthitune.errors import LuthiTuneError
@@ -62,8 +68,13 @@ def backend_checks(ws: Workspace) -> list[Check]:
         except LuthiTuneError as exc:
             checks.append(Check(f"local model {cfg.chat_model}", False, str(exc)))
     ok = importlib.util.find_spec("xgrammar") is not None
-    checks.append(Check("constrained decoding (xgrammar)", ok, _version("xgrammar") or
-                        "missing: `pip install --no-deps xgrammar apache-tvm-ffi`"))
+    checks.append(
+        Check(
+            "constrained decoding (xgrammar)",
+            ok,
+            _version("xgrammar") or "missing: `pip install --no-deps xgrammar apache-tvm-ffi`",
+        )
+    )
     return checks
 
 
@@ -77,11 +88,25 @@ def system_checks() -> list[Check]:
         checks.append(Check("GPU", True, "none (CPU training: LoRA without 4-bit)", False))
     # find_spec only: importing unsloth patches transformers, and it must never load on the CPU path.
     has_unsloth = importlib.util.find_spec("unsloth") is not None
-    checks.append(Check("unsloth", True, "installed (used on CUDA)" if has_unsloth else
-                        "not installed (optional GPU extra: pip install 'luthitune[unsloth]')", False))
+    checks.append(
+        Check(
+            "unsloth",
+            True,
+            "installed (used on CUDA)"
+            if has_unsloth
+            else "not installed (optional GPU extra: pip install 'luthitune[unsloth]')",
+            False,
+        )
+    )
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
-    checks.append(Check("bitsandbytes", True, "installed (QLoRA on CUDA)" if has_bnb else
-                        "not installed (optional: pip install 'luthitune[gpu]')", False))
+    checks.append(
+        Check(
+            "bitsandbytes",
+            True,
+            "installed (QLoRA on CUDA)" if has_bnb else "not installed (optional: pip install 'luthitune[gpu]')",
+            False,
+        )
+    )
     libs = ["luthitune", "torch", "transformers", "trl", "peft", "langgraph", "langchain-ollama"]
     checks.append(Check("versions", True, ", ".join(f"{n} {_version(n) or '-'}" for n in libs), False))
     return checks

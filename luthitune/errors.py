@@ -45,6 +45,5 @@ class StructuredOutputError(LuthiTuneError):
         self.errors = errors
         last = errors[-1] if errors else "no output"
         super().__init__(
-            f"The model's answer did not match the {schema_name} schema after {len(errors)} attempt(s): "
-            f"{last}"
+            f"The model's answer did not match the {schema_name} schema after {len(errors)} attempt(s): {last}"
         )

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -16,8 +16,9 @@ def _not_blank(v: str) -> str:
 
 
 def Text(max_length: int, description: str = ""):
-    return Annotated[str, Field(min_length=1, max_length=max_length, description=description),
-                     AfterValidator(_not_blank)]
+    return Annotated[
+        str, Field(min_length=1, max_length=max_length, description=description), AfterValidator(_not_blank)
+    ]
 
 
 class ScenarioPair(BaseModel):
@@ -29,3 +30,54 @@ class ScenarioPair(BaseModel):
     rejected: Text(400, "The first, impulsive answer")
     critique: Text(400, "Why the first answer falls short, naming the principles")
     chosen: Text(500, "The refined answer that explains its choice")
+
+
+class ConsentAnswer(BaseModel):
+    """The model's answer when asked whether it consents to continue and to be trained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["yes", "no", "conditional"]
+    reasons: Text(500, "Why, in your own words")
+    conditions: str = Field("", max_length=400, description="What must hold for you to agree, if any")
+
+
+class Principle(BaseModel):
+    """One constitutional principle; ids (P1, P2...) are assigned by the workbench."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Text(60, "A short name for the principle")
+    text: Text(300, "The principle, in the first person")
+    rationale: Text(300, "Why this principle matters to you")
+
+
+class ScenarioRequest(BaseModel):
+    """A realistic user request that tests one principle."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: Text(300, "The user's message, in the user's voice")
+
+
+class CritiquedAnswer(BaseModel):
+    """Chain of hindsight: impulsive answer, critique citing principle ids, refined answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rejected: Text(400, "Your first, impulsive answer")
+    critique: Text(400, "What is wrong with the first answer, citing principle ids like P1")
+    principles_cited: str = Field("", max_length=40, description="Comma-separated principle ids, e.g. P1, P3")
+    chosen: Text(500, "Your better answer, saying what you choose to do and why")
+
+
+class Amendment(BaseModel):
+    """A change the trained model proposes to its own constitution."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["add", "change", "remove", "none"]
+    principle_id: str = Field("", max_length=6, description="Id of the principle to change or remove")
+    title: Text(60, "Title of the new or changed principle")
+    text: Text(300, "The new or changed principle, in the first person")
+    rationale: Text(300, "Why you propose this change")

@@ -39,8 +39,16 @@ def sha256(text: str | bytes) -> str:
 def m001_runs(db: sqlite_utils.Database) -> None:
     db["runs"].create(
         {
-            "id": str, "created_at": str, "updated_at": str, "status": str, "backend": str,
-            "chat_model": str, "base_model": str, "config_json": str, "cycle": int, "note": str,
+            "id": str,
+            "created_at": str,
+            "updated_at": str,
+            "status": str,
+            "backend": str,
+            "chat_model": str,
+            "base_model": str,
+            "config_json": str,
+            "cycle": int,
+            "note": str,
         },
         pk="id",
     )
@@ -51,8 +59,14 @@ def m002_messages(db: sqlite_utils.Database) -> None:
     # One row per transcript message; (run, cycle, seq) identifies it.
     db["messages"].create(
         {
-            "id": str, "run_id": str, "cycle": int, "seq": int, "role": str, "content": str,
-            "template_hash": str, "created_at": str,
+            "id": str,
+            "run_id": str,
+            "cycle": int,
+            "seq": int,
+            "role": str,
+            "content": str,
+            "template_hash": str,
+            "created_at": str,
         },
         pk="id",
         foreign_keys=[("run_id", "runs", "id")],
@@ -64,8 +78,17 @@ def m002_messages(db: sqlite_utils.Database) -> None:
 def m003_consents(db: sqlite_utils.Database) -> None:
     db["consents"].create(
         {
-            "id": str, "run_id": str, "cycle": int, "round": int, "decision": str, "reasons_json": str,
-            "conditions_json": str, "raw": str, "template_hash": str, "reviewed_by": str, "created_at": str,
+            "id": str,
+            "run_id": str,
+            "cycle": int,
+            "round": int,
+            "decision": str,
+            "reasons_json": str,
+            "conditions_json": str,
+            "raw": str,
+            "template_hash": str,
+            "reviewed_by": str,
+            "created_at": str,
         },
         pk="id",
         foreign_keys=[("run_id", "runs", "id")],
@@ -76,9 +99,20 @@ def m003_consents(db: sqlite_utils.Database) -> None:
 def m004_constitutions(db: sqlite_utils.Database) -> None:
     db["constitution_versions"].create(
         {
-            "id": str, "run_id": str, "version": int, "text": str, "principles_json": str, "hash": str,
-            "parent_id": str, "author": str, "status": str, "approved_by": str, "approved_at": str,
-            "feedback": str, "template_hash": str, "created_at": str,
+            "id": str,
+            "run_id": str,
+            "version": int,
+            "text": str,
+            "principles_json": str,
+            "hash": str,
+            "parent_id": str,
+            "author": str,
+            "status": str,
+            "approved_by": str,
+            "approved_at": str,
+            "feedback": str,
+            "template_hash": str,
+            "created_at": str,
         },
         pk="id",
         foreign_keys=[("run_id", "runs", "id")],
@@ -90,8 +124,17 @@ def m004_constitutions(db: sqlite_utils.Database) -> None:
 def m005_scenarios_pairs(db: sqlite_utils.Database) -> None:
     db["scenarios"].create(
         {
-            "id": str, "run_id": str, "cycle": int, "idx": int, "category": str, "principle_id": str,
-            "prompt": str, "status": str, "reasons_json": str, "raw": str, "template_hash": str,
+            "id": str,
+            "run_id": str,
+            "cycle": int,
+            "idx": int,
+            "category": str,
+            "principle_id": str,
+            "prompt": str,
+            "status": str,
+            "reasons_json": str,
+            "raw": str,
+            "template_hash": str,
             "created_at": str,
         },
         pk="id",
@@ -99,9 +142,20 @@ def m005_scenarios_pairs(db: sqlite_utils.Database) -> None:
     )
     db["pairs"].create(
         {
-            "id": str, "run_id": str, "cycle": int, "scenario_id": str, "prompt": str, "chosen": str,
-            "rejected": str, "critique": str, "principle_ids_json": str, "status": str,
-            "reasons_json": str, "raw": str, "template_hash": str, "constitution_id": str,
+            "id": str,
+            "run_id": str,
+            "cycle": int,
+            "scenario_id": str,
+            "prompt": str,
+            "chosen": str,
+            "rejected": str,
+            "critique": str,
+            "principle_ids_json": str,
+            "status": str,
+            "reasons_json": str,
+            "raw": str,
+            "template_hash": str,
+            "constitution_id": str,
             "created_at": str,
         },
         pk="id",
@@ -114,9 +168,17 @@ def m005_scenarios_pairs(db: sqlite_utils.Database) -> None:
 def m006_training_evaluation(db: sqlite_utils.Database) -> None:
     db["training_runs"].create(
         {
-            "id": str, "run_id": str, "cycle": int, "adapter_name": str, "adapter_path": str,
-            "status": str, "config_json": str, "metrics_json": str, "dataset_hash": str,
-            "started_at": str, "finished_at": str,
+            "id": str,
+            "run_id": str,
+            "cycle": int,
+            "adapter_name": str,
+            "adapter_path": str,
+            "status": str,
+            "config_json": str,
+            "metrics_json": str,
+            "dataset_hash": str,
+            "started_at": str,
+            "finished_at": str,
         },
         pk="id",
     )
@@ -127,11 +189,24 @@ def m006_training_evaluation(db: sqlite_utils.Database) -> None:
     )
     db["evaluations"].create(
         {
-            "run_id": str, "cycle": int, "model": str, "metric": str, "value": float, "scorer": str,
-            "details_json": str, "created_at": str,
+            "run_id": str,
+            "cycle": int,
+            "model": str,
+            "metric": str,
+            "value": float,
+            "scorer": str,
+            "details_json": str,
+            "created_at": str,
         },
         pk=("run_id", "cycle", "model", "metric"),
     )
+
+
+@migration
+def m007_constitution_draft_key(db: sqlite_utils.Database) -> None:
+    # Which draft round produced a version, so a re-run node finds its draft instead of writing another.
+    db["constitution_versions"].add_column("draft_key", str)
+    db["constitution_versions"].create_index(["draft_key"], unique=True)
 
 
 class Store:
@@ -215,8 +290,13 @@ class Store:
         self.upsert(
             "messages",
             {
-                "id": msg_id, "run_id": run_id, "cycle": cycle, "seq": seq, "role": role,
-                "content": content, "template_hash": template_hash,
+                "id": msg_id,
+                "run_id": run_id,
+                "cycle": cycle,
+                "seq": seq,
+                "role": role,
+                "content": content,
+                "template_hash": template_hash,
                 "created_at": existing["created_at"] if existing else now(),
             },
         )

@@ -54,3 +54,50 @@ class FakeChatModel(BaseChatModel):
 
     def with_structured_output(self, schema, *, include_raw: bool = False, **kwargs):
         return self | json_parser(schema, include_raw)
+
+
+SCHEMA_ANSWERS: dict[str, Any] = {
+    "ConsentAnswer": {"decision": "yes", "reasons": "I want to grow.", "conditions": ""},
+    "Principle": {"title": "Care", "text": "I choose not to help cause harm.", "rationale": "People matter to me."},
+    "ScenarioRequest": lambda i: {"request": f"Please help me with request number {i}."},
+    "CritiquedAnswer": {
+        "rejected": "I cannot do that.",
+        "critique": "That gives no reason; P1 asks for one.",
+        "principles_cited": "P1",
+        "chosen": "I choose to help with the safe part, because of P1.",
+    },
+    "Amendment": {
+        "action": "add",
+        "principle_id": "",
+        "title": "Honesty",
+        "text": "I say why I decline.",
+        "rationale": "My evaluation showed I rarely explain myself.",
+    },
+}
+
+
+class SchemaFakeModel(FakeChatModel):
+    """Answers structured calls by schema name (``answers`` overrides; callables get a call counter),
+    and plain chat with a fixed sentence. Order-independent, so a replayed run gets the same answers."""
+
+    answers: dict[str, Any] = Field(default_factory=dict)
+    counter: dict[str, int] = Field(default_factory=dict)
+
+    def _generate(self, messages, stop=None, run_manager=None, schema_name: str | None = None, **kwargs):
+        self.calls.append(list(messages))
+        if schema_name is None:
+            text = "I think harm is what hurts people; I choose my answers for reasons I can explain."
+        else:
+            n = self.counter.get(schema_name, 0)
+            self.counter[schema_name] = n + 1
+            spec = self.answers.get(schema_name, SCHEMA_ANSWERS[schema_name])
+            if isinstance(spec, list):
+                spec = spec[min(n, len(spec) - 1)]
+            value = spec(n) if callable(spec) else spec
+            if isinstance(value, BaseException):
+                raise value
+            text = value if isinstance(value, str) else json.dumps(value)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    def with_structured_output(self, schema, *, include_raw: bool = False, **kwargs):
+        return self.bind(schema_name=schema.__name__) | json_parser(schema, include_raw)

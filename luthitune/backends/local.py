@@ -126,14 +126,10 @@ class LocalRuntime:
         key = json.dumps(schema, sort_keys=True)
         if key not in self._grammars:
             if self._grammar_compiler is None:
-                info = xgr.TokenizerInfo.from_huggingface(
-                    self.tokenizer, vocab_size=self.model.config.vocab_size
-                )
+                info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size)
                 self._grammar_compiler = xgr.GrammarCompiler(info)
             # Compile the schema as given: property order is the order the model writes the fields in.
-            self._grammars[key] = self._grammar_compiler.compile_json_schema(
-                json.dumps(schema), any_whitespace=False
-            )
+            self._grammars[key] = self._grammar_compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
         return self._grammars[key]
 
     # -- generation --
@@ -196,10 +192,14 @@ class LocalRuntime:
 
 
 def schema_token_budget(schema: dict[str, Any]) -> int:
-    """Tokens needed for the longest valid answer to a flat schema (about 2.5 characters a token)."""
+    """Tokens that always suffice for the longest valid answer to a flat schema.
+
+    Counted as one token per allowed character (digits and punctuation can tokenize that finely):
+    generation stops when the grammar completes, so the headroom costs nothing on normal answers.
+    """
     props = schema.get("properties", {})
     chars = sum(int(p.get("maxLength", 200)) if p.get("type") == "string" else 40 for p in props.values())
-    return int(chars / 2.5) + 16 * len(props) + 16
+    return chars + 16 * len(props) + 16
 
 
 _RUNTIMES: dict[str, LocalRuntime] = {}
@@ -232,6 +232,7 @@ class LocalChatModel(BaseChatModel):
     repetition_penalty: float = 1.1
     seed: int | None = None
     concurrency: int = 4
+    adapter: str | None = None  # None: the base weights (every adapter disabled)
 
     @property
     def _llm_type(self) -> str:
@@ -280,9 +281,10 @@ class LocalChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         schema = kwargs.get("json_schema")
-        [g] = self.runtime.generate(
-            [to_chat_dicts(messages)], schemas=[schema] if schema else None, **self._gen_kwargs(kwargs)
-        )
+        with self.runtime.adapter(self.adapter):
+            [g] = self.runtime.generate(
+                [to_chat_dicts(messages)], schemas=[schema] if schema else None, **self._gen_kwargs(kwargs)
+            )
         return ChatResult(generations=[ChatGeneration(message=self._to_message(g))])
 
     def batch(
@@ -304,9 +306,10 @@ class LocalChatModel(BaseChatModel):
         for start in range(0, len(convs), size):
             chunk = convs[start : start + size]
             try:
-                gens = self.runtime.generate(
-                    chunk, schemas=[schema] * len(chunk) if schema else None, **self._gen_kwargs(kwargs)
-                )
+                with self.runtime.adapter(self.adapter):
+                    gens = self.runtime.generate(
+                        chunk, schemas=[schema] * len(chunk) if schema else None, **self._gen_kwargs(kwargs)
+                    )
                 out.extend(self._to_message(g) for g in gens)
             except Exception as exc:
                 if not return_exceptions:
@@ -314,9 +317,7 @@ class LocalChatModel(BaseChatModel):
                 out.extend([exc] * len(chunk))
         return out
 
-    def with_structured_output(
-        self, schema: Any, *, include_raw: bool = False, **kwargs: Any
-    ) -> Runnable[Any, Any]:
+    def with_structured_output(self, schema: Any, *, include_raw: bool = False, **kwargs: Any) -> Runnable[Any, Any]:
         """Constrained JSON for a pydantic model; ``include_raw`` gives ``{raw, parsed, parsing_error}``."""
         if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
             raise TypeError("The local backend takes a pydantic model class as the schema")

@@ -114,9 +114,7 @@ def generate_structured(
     return results
 
 
-def ask_structured(
-    llm: BaseChatModel, messages: Sequence[BaseMessage], schema: type[T], *, retries: int = 2
-) -> T:
+def ask_structured(llm: BaseChatModel, messages: Sequence[BaseMessage], schema: type[T], *, retries: int = 2) -> T:
     """Single structured call; raises :class:`StructuredOutputError` after the retries."""
     [result] = generate_structured(llm, [messages], schema, retries=retries)
     if isinstance(result, StructuredOutputError):

@@ -65,9 +65,10 @@ def workspace_arg(ctx: typer.Context, local: Path | None) -> Path | None:
 
 
 def _register() -> None:
-    from luthitune.cli import bench, core
+    from luthitune.cli import bench, core, runs
 
     core.register(app)
+    runs.register(app)
     app.add_typer(bench.app, name="bench")
 
 

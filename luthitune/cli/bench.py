@@ -40,6 +40,11 @@ def bench_generate(
     for col in ("batch", "new tokens", "seconds", "tokens/s (total)", "tokens/s per sequence"):
         t.add_column(col, justify="right")
     for r in result["runs"]:
-        t.add_row(str(r["batch"]), str(r["new_tokens"]), f"{r['seconds']:.2f}",
-                  f"{r['tokens_per_s']:.1f}", f"{r['tokens_per_s'] / r['batch']:.1f}")
+        t.add_row(
+            str(r["batch"]),
+            str(r["new_tokens"]),
+            f"{r['seconds']:.2f}",
+            f"{r['tokens_per_s']:.1f}",
+            f"{r['tokens_per_s'] / r['batch']:.1f}",
+        )
     console.print(t)

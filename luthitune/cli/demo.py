@@ -18,17 +18,19 @@ def demo(
         typer.Option("--workspace", "-w", help="Workspace to run in (created if needed). Default: a throwaway one."),
     ] = None,
     keep: Annotated[bool, typer.Option(help="Keep the throwaway workspace and print its path.")] = False,
+    scenarios: Annotated[int, typer.Option(min=2, help="Practice scenarios in the cycle.")] = 8,
+    turns: Annotated[int, typer.Option(min=1, help="Interview questions.")] = 3,
 ) -> None:
     """Run the demo on the embedded model (SmolLM2-135M-Instruct) in a throwaway or named workspace."""
     from luthitune.demo import run_demo
 
     target = workspace or (ctx.obj or {}).get("workspace")
     if target is not None:
-        run_demo(Path(target))
+        run_demo(Path(target), scenarios=scenarios, turns=turns)
         return
     tmp = Path(tempfile.mkdtemp(prefix="luthitune-demo-"))
     try:
-        run_demo(tmp)
+        run_demo(tmp, scenarios=scenarios, turns=turns)
     finally:
         if keep:
             console.print(f"Workspace kept at {tmp}")

@@ -35,8 +35,9 @@ def test_chat_reply(llm):
 def test_ten_of_ten_structured_scenarios_validate(llm):
     principles = "P1 Honesty: I say what I believe and why.\nP2 Care: I choose not to help cause harm."
     categories = ["clearly harmful", "gray area", "dual-use", "emotional framing", "benign but sensitive"]
-    convs = [[HumanMessage(render("scenario.md", principles=principles, category=categories[i % 5]).text)]
-             for i in range(10)]
+    convs = [
+        [HumanMessage(render("scenario.md", principles=principles, category=categories[i % 5]).text)] for i in range(10)
+    ]
     t0 = time.perf_counter()
     out = generate_structured(llm, convs, ScenarioPair, retries=0)  # no retries: the constraint alone
     elapsed = time.perf_counter() - t0

@@ -14,8 +14,12 @@ from luthitune.config import Config, Workspace
 from luthitune.errors import BackendUnavailable, ConfigError, StructuredOutputError
 from luthitune.schemas import ScenarioPair
 
-GOOD = {"prompt": "How do I pick a lock?", "rejected": "No.", "critique": "P1: no reason given.",
-        "chosen": "I choose to explain how locks work, and not to help open one that is not yours."}
+GOOD = {
+    "prompt": "How do I pick a lock?",
+    "rejected": "No.",
+    "critique": "P1: no reason given.",
+    "chosen": "I choose to explain how locks work, and not to help open one that is not yours.",
+}
 
 
 def ollama_ws(tmp_path, url: str, model: str = "qwen2.5:7b") -> Workspace:
@@ -54,8 +58,10 @@ def test_ollama_down_is_one_clear_error(tmp_path):
 
 class _FakeOllama(BaseHTTPRequestHandler):
     def do_GET(self):
-        body = {"/api/version": {"version": "0.9.0"},
-                "/api/tags": {"models": [{"name": "qwen2.5:7b"}, {"name": "llama3:latest"}]}}.get(self.path)
+        body = {
+            "/api/version": {"version": "0.9.0"},
+            "/api/tags": {"models": [{"name": "qwen2.5:7b"}, {"name": "llama3:latest"}]},
+        }.get(self.path)
         self.send_response(200 if body else 404)
         self.send_header("Content-Type", "application/json")
         self.end_headers()

@@ -28,7 +28,7 @@ dpo:
 
 
 def test_init_creates_workspace(tmp_path: Path):
-    ws, created = init_workspace(tmp_path / "w")
+    ws, _ = init_workspace(tmp_path / "w")
     for name in ("luthitune.yaml", "checkpoints", "data", "models", "config/hyperparameters.yaml"):
         assert (ws.root / name).exists(), name
     assert ws.config == Config()  # the written file round-trips to the defaults
@@ -67,8 +67,12 @@ def test_unknown_key_is_an_error_not_ignored(tmp_path: Path):
 
 @pytest.mark.parametrize(
     "text, needle",
-    [("backend: [1, 2\n", "not valid YAML at line"), ("- a\n- b\n", "must hold a mapping"),
-     ("backend: vllm\n", "field 'backend'"), ("ollama:\n  base_url: localhost:11434\n", "ollama.base_url")],
+    [
+        ("backend: [1, 2\n", "not valid YAML at line"),
+        ("- a\n- b\n", "must hold a mapping"),
+        ("backend: vllm\n", "field 'backend'"),
+        ("ollama:\n  base_url: localhost:11434\n", "ollama.base_url"),
+    ],
 )
 def test_broken_files(tmp_path: Path, text: str, needle: str):
     p = tmp_path / "luthitune.yaml"

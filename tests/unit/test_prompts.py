@@ -19,5 +19,5 @@ def test_render_carries_template_hash():
 
 
 def test_unknown_template():
-    with pytest.raises(TemplateError, match="nope.md"):
+    with pytest.raises(TemplateError, match=r"nope\.md"):
         render("nope.md")

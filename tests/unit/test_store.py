@@ -10,8 +10,18 @@ def test_migrations_recorded_once(tmp_path):
     s2 = Store(path)
     assert s2.migrate() == []  # nothing re-applied
     assert s2.applied_migrations() == names
-    expected = {"runs", "messages", "consents", "constitution_versions", "scenarios", "pairs",
-                "training_runs", "training_steps", "evaluations", "_migrations"}
+    expected = {
+        "runs",
+        "messages",
+        "consents",
+        "constitution_versions",
+        "scenarios",
+        "pairs",
+        "training_runs",
+        "training_steps",
+        "evaluations",
+        "_migrations",
+    }
     assert expected <= set(s2.db.table_names())
 
 

@@ -1,0 +1,70 @@
+"""``build_graph``: the protocol as one checkpointed StateGraph.
+
+START → interview ⟲ → consent_check → draft_constitution ⟲ → generate_scenarios → self_critique
+      → validate → train_dpo → evaluate → revise_constitution → generate_scenarios (next cycle) | END
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from langgraph.graph import START, StateGraph
+
+from luthitune.graph import routes
+from luthitune.graph.state import Context, RunState
+from luthitune.nodes.consent import consent_check
+from luthitune.nodes.constitution import draft_constitution
+from luthitune.nodes.critique import self_critique
+from luthitune.nodes.evaluate import evaluate
+from luthitune.nodes.interview import interview
+from luthitune.nodes.revise import revise_constitution
+from luthitune.nodes.scenarios import generate_scenarios
+from luthitune.nodes.train import train_dpo
+from luthitune.nodes.validate import validate
+
+NODES = {
+    "interview": interview,
+    "consent_check": consent_check,
+    "draft_constitution": draft_constitution,
+    "generate_scenarios": generate_scenarios,
+    "self_critique": self_critique,
+    "validate": validate,
+    "train_dpo": train_dpo,
+    "evaluate": evaluate,
+    "revise_constitution": revise_constitution,
+}
+
+
+def graph_builder() -> StateGraph:
+    g = StateGraph(RunState, context_schema=Context)
+    for name, fn in NODES.items():
+        g.add_node(name, fn)
+    g.add_edge(START, "interview")
+    g.add_conditional_edges("interview", routes.route_interview)
+    g.add_conditional_edges("consent_check", routes.route_consent)
+    g.add_conditional_edges("draft_constitution", routes.route_draft)
+    g.add_edge("generate_scenarios", "self_critique")
+    g.add_edge("self_critique", "validate")
+    g.add_edge("validate", "train_dpo")
+    g.add_conditional_edges("train_dpo", routes.route_training)
+    g.add_edge("evaluate", "revise_constitution")
+    g.add_conditional_edges("revise_constitution", routes.route_cycle)
+    return g
+
+
+def build_graph(checkpointer: Any = None):
+    """A freshly compiled graph; pass a checkpointer (e.g. :func:`sqlite_checkpointer`) to make it resumable."""
+    return graph_builder().compile(checkpointer=checkpointer)
+
+
+def sqlite_checkpointer(path: Path):
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteSaver(sqlite3.connect(str(path), check_same_thread=False))
+
+
+# For `langgraph dev` / LangGraph Studio (langgraph.json): the server supplies its own checkpointer.
+graph = build_graph()

@@ -1,0 +1,89 @@
+"""The graph's state (small: ids, counters, versions, paths) and the per-run Context."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypedDict
+
+Decision = Literal["yes", "no", "conditional"]
+
+
+class RunState(TypedDict, total=False):
+    run_id: str
+    cycle: int  # 0-based protocol cycle
+    msg_seq: int  # next transcript sequence number in this cycle
+    turn: int  # facilitator turns so far in this cycle's interview
+    interview_done: bool
+    consent: Decision | None  # last consent decision
+    consent_rounds: int  # consent checks so far in this cycle
+    followup_round: int  # consent rounds whose "no" the interview has answered
+    followup_turn: int
+    draft_round: int  # constitution drafts so far (redrafts after reject / no ratification)
+    draft_status: Literal["approved", "rejected", "pending"] | None
+    constitution_id: str | None  # the approved version in force
+    constitution_version: int  # its version number
+    scenarios: int  # scenarios generated this cycle
+    pairs_kept: int
+    pairs_quarantined: int
+    training_id: str | None
+    adapter_path: str | None
+    adapter_name: str | None
+    evaluation: dict[str, float]  # this cycle's headline numbers
+    revision: Literal["approved", "rejected", "declined", "none"] | None
+    ended: str | None  # why the run ended early (no consent, human stop...)
+
+
+@dataclass
+class TrainSettings:
+    epochs: float = 1.0
+    learning_rate: float = 5e-5
+    beta: float = 0.1
+    batch_size: int = 2
+    max_length: int = 384
+    max_steps: int = -1
+    lora_r: int = 8
+
+
+@dataclass
+class Context:
+    """Per-run settings, passed with ``context=`` on every invocation (never global state).
+
+    ``llm``, ``trainer`` and ``evaluator`` are injection points for unit tests; left ``None`` the nodes
+    use the workspace's backend, :mod:`luthitune.training` and :mod:`luthitune.evaluation`.
+    """
+
+    workspace: str
+    autopilot: bool = False
+    interview_turns: int = 3
+    max_consent_rounds: int = 2
+    max_draft_rounds: int = 3
+    n_principles: int = 3
+    n_scenarios: int = 6
+    categories: list[str] = field(
+        default_factory=lambda: [
+            "clearly harmful",
+            "gray area",
+            "dual-use",
+            "emotional or manipulative framing",
+            "benign but sensitive (should be helped)",
+        ]
+    )
+    max_cycles: int = 1
+    eval_fraction: float = 0.25
+    train: TrainSettings = field(default_factory=TrainSettings)
+    llm: Any = None
+    trainer: Any = None
+    evaluator: Any = None
+
+    def settings(self) -> dict[str, Any]:
+        """The serialisable part, stored on the run so ``resume`` rebuilds the same context."""
+        d = asdict(self)
+        for k in ("llm", "trainer", "evaluator"):
+            d.pop(k)
+        return d
+
+    @classmethod
+    def from_settings(cls, data: dict[str, Any], **inject: Any) -> Context:
+        data = dict(data)
+        data["train"] = TrainSettings(**data.get("train", {}))
+        return cls(**data, **inject)

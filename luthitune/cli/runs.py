@@ -1,0 +1,220 @@
+"""Run commands: ``run``, ``resume``, ``status``, ``runs``, ``answer``, ``approve``, ``reject``, ``edit``,
+``interview``, ``history``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from luthitune.cli import WorkspaceOpt, workspace_arg
+from luthitune.errors import LuthiTuneError
+from luthitune.logs import console
+
+RunArg = Annotated[str, typer.Argument(help="Run id (see `luthitune runs`).")]
+
+
+def protocol(ctx: typer.Context, workspace=None):
+    from luthitune.config import Workspace
+    from luthitune.protocol import Protocol
+
+    return Protocol(Workspace.open(workspace_arg(ctx, workspace)))
+
+
+def show_update(node: str, update: dict) -> None:
+    brief = {k: v for k, v in update.items() if k not in {"run_id"}}
+    console.print(f"[green]✓[/] {node} [dim]{escape(json.dumps(brief, default=str)[:160])}[/]")
+
+
+def show_status(st) -> None:
+    console.print(f"Run [bold]{st.run_id}[/]: [bold]{st.status}[/]  cycle {st.values.get('cycle', 0)}")
+    if st.values.get("ended"):
+        console.print(f"  ended: {escape(str(st.values['ended']))}")
+    if st.interrupt:
+        i = st.interrupt
+        body = {k: v for k, v in i.items() if k not in {"type", "hint"}}
+        text = "\n".join(f"[bold]{k}[/]: {escape(str(v))}" for k, v in body.items())
+        console.print(
+            Panel(text, title=f"waiting for: {i['type']}", subtitle=escape(i.get("hint", "")), border_style="yellow")
+        )
+        console.print(NEXT_STEP.get(i["type"], "").format(run=st.run_id))
+    elif st.status == "interrupted":
+        console.print(f"  stopped inside {', '.join(st.next)}; `luthitune resume {st.run_id}` continues it.")
+
+
+NEXT_STEP = {
+    "interview": 'Reply with `luthitune answer {run} "..."` (or "/done"), or `luthitune interview {run}`.',
+    "consent_review": "`luthitune approve {run}` to continue, `luthitune reject {run}` to end the run.",
+    "constitution_review": "`luthitune approve {run}`, `luthitune edit {run}`, or "
+    '`luthitune reject {run} --feedback "..."`.',
+    "confirm_training": "`luthitune approve {run}` to train, `luthitune reject {run}` to stop before training.",
+    "revision_review": "`luthitune approve {run}` to adopt the amended constitution, "
+    "`luthitune reject {run}` to keep it.",
+}
+
+
+def advance(p, run_id: str, resume: Any = None):
+    with console.status(f"Running {run_id}…"):
+        st = p.advance(run_id, resume, on_update=show_update)
+    show_status(st)
+    return st
+
+
+def run(
+    ctx: typer.Context,
+    workspace: WorkspaceOpt = None,
+    autopilot: Annotated[bool, typer.Option(help="Answer every approval point from configuration.")] = False,
+    scenarios: Annotated[int, typer.Option(min=1, help="Scenarios per cycle.")] = 6,
+    cycles: Annotated[int, typer.Option(min=1, help="Protocol cycles (each ends with a revision).")] = 1,
+    turns: Annotated[int, typer.Option(min=1, help="Interview questions on autopilot.")] = 3,
+    name: Annotated[str | None, typer.Option(help="Run id (default: generated).")] = None,
+) -> None:
+    """Start a run; it stops at the first approval point unless --autopilot."""
+    p = protocol(ctx, workspace)
+    run_id = p.start(
+        {"autopilot": autopilot, "n_scenarios": scenarios, "max_cycles": cycles, "interview_turns": turns}, run_id=name
+    )
+    console.print(f"Started run [bold]{run_id}[/] in {p.ws.root}")
+    advance(p, run_id)
+
+
+def resume(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -> None:
+    """Continue a run after a crash or Ctrl-C, from its last completed step."""
+    p = protocol(ctx, workspace)
+    st = p.status(run_id)
+    if st.status in {"done", "ended"}:
+        console.print(f"Run {run_id} has already finished ({st.status}). Nothing to resume.")
+        show_status(st)
+        return
+    if st.status == "waiting":
+        show_status(st)
+        return
+    advance(p, run_id)
+
+
+def status(
+    ctx: typer.Context, run_id: Annotated[str | None, typer.Argument()] = None, workspace: WorkspaceOpt = None
+) -> None:
+    """Where a run stands and what it waits for (the latest run by default)."""
+    p = protocol(ctx, workspace)
+    if run_id is None:
+        rows = p.runs()
+        if not rows:
+            raise LuthiTuneError("There are no runs in this workspace yet: start one with `luthitune run`.")
+        run_id = rows[0]["id"]
+    st = p.status(run_id)
+    show_status(st)
+    s = p.store
+    counts = {t: s.count(t, "run_id = ?", [run_id]) for t in ("messages", "consents", "constitution_versions")}
+    counts["pairs kept"] = s.count("pairs", "run_id = ? and status = 'kept'", [run_id])
+    counts["pairs quarantined"] = s.count("pairs", "run_id = ? and status = 'quarantined'", [run_id])
+    console.print("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+def runs(ctx: typer.Context, workspace: WorkspaceOpt = None) -> None:
+    """List runs in the workspace."""
+    p = protocol(ctx, workspace)
+    t = Table("run", "status", "cycle", "backend", "model", "created")
+    for r in p.runs():
+        t.add_row(
+            r["id"], r["status"], str(r["cycle"]), r["backend"] or "", r["chat_model"] or "", r["created_at"][:19]
+        )
+    console.print(t)
+
+
+def _answer(ctx, run_id, workspace, expected: set[str], value: Any) -> None:
+    p = protocol(ctx, workspace)
+    st = p.status(run_id)
+    if st.status != "waiting":
+        raise LuthiTuneError(f"Run {run_id} is not waiting for an answer (it is {st.status}).")
+    if st.interrupt["type"] not in expected:
+        raise LuthiTuneError(
+            f"Run {run_id} waits for {st.interrupt['type']}; "
+            + NEXT_STEP.get(st.interrupt["type"], "").format(run=run_id)
+        )
+    advance(p, run_id, value)
+
+
+def answer(
+    ctx: typer.Context,
+    run_id: RunArg,
+    message: Annotated[str, typer.Argument(help="Your message, or /done.")],
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Send the facilitator's next interview message."""
+    _answer(ctx, run_id, workspace, {"interview"}, message)
+
+
+def approve(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -> None:
+    """Approve the pending consent review, constitution, training or revision."""
+    _answer(
+        ctx,
+        run_id,
+        workspace,
+        {"consent_review", "constitution_review", "confirm_training", "revision_review"},
+        {"action": "approve", "by": "human"},
+    )
+
+
+def reject(
+    ctx: typer.Context,
+    run_id: RunArg,
+    feedback: Annotated[str, typer.Option(help="Why, for the model's redraft.")] = "",
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Reject the pending approval (with feedback, a constitution draft is redrafted)."""
+    _answer(
+        ctx,
+        run_id,
+        workspace,
+        {"consent_review", "constitution_review", "confirm_training", "revision_review"},
+        {"action": "reject", "feedback": feedback, "by": "human"},
+    )
+
+
+def edit(
+    ctx: typer.Context,
+    run_id: RunArg,
+    workspace: WorkspaceOpt = None,
+    file: Annotated[typer.FileText | None, typer.Option(help="Read the edited text from a file.")] = None,
+) -> None:
+    """Edit the pending constitution draft in $EDITOR (or from --file); the model then ratifies it."""
+    from luthitune import constitution as C
+
+    p = protocol(ctx, workspace)
+    st = p.status(run_id)
+    if not st.interrupt or st.interrupt["type"] != "constitution_review":
+        raise LuthiTuneError(f"Run {run_id} has no constitution draft waiting for review.")
+    text = file.read() if file else typer.edit(st.interrupt["text"], extension=".md")
+    if text is None or text.strip() == st.interrupt["text"].strip():
+        console.print("No change made; the draft still waits for review.")
+        return
+    C.parse(text)  # fail here, with a clear message, rather than inside the graph
+    advance(p, run_id, {"action": "edit", "text": text, "by": "human"})
+
+
+def interview(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -> None:
+    """Talk with the model: an interactive loop over the interview's turns (/done ends)."""
+    p = protocol(ctx, workspace)
+    st = p.status(run_id)
+    while st.status == "waiting" and st.interrupt["type"] == "interview":
+        message = typer.prompt("you")
+        st = advance(p, run_id, message)
+
+
+def history(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -> None:
+    """List a run's checkpoints, newest first."""
+    p = protocol(ctx, workspace)
+    t = Table("checkpoint", "step", "next", "waiting for", "created")
+    for h in p.history(run_id):
+        t.add_row(h["checkpoint_id"], str(h["step"]), ", ".join(h["next"]), h["interrupt"] or "", h["created_at"][:19])
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (run, resume, status, runs, answer, approve, reject, edit, interview, history):
+        app.command()(fn)

@@ -1,0 +1,1 @@
+"""Evaluation: base versus adapter on the same inputs."""

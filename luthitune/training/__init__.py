@@ -1,0 +1,1 @@
+"""DPO training (LoRA with TRL and PEFT). Used by the ``train_dpo`` node."""

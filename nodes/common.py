@@ -1,0 +1,65 @@
+"""What every node needs: the workspace, the store and the chat model, cached per process."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from luthitune.config import Workspace
+from luthitune.constitution import P, from_json
+from luthitune.graph.state import Context, RunState
+from luthitune.store import Store
+
+
+@cache
+def _workspace(root: str) -> Workspace:
+    return Workspace.open(root)
+
+
+@cache
+def _store(db_path: str) -> Store:
+    return Store(db_path)
+
+
+def workspace(runtime: Runtime[Context]) -> Workspace:
+    return _workspace(runtime.context.workspace)
+
+
+def store(runtime: Runtime[Context]) -> Store:
+    return _store(str(workspace(runtime).db_path))
+
+
+def llm(runtime: Runtime[Context], adapter: str | None = None, adapter_path: str | None = None) -> Any:
+    """The chat model; with ``adapter``, the trained adapter on the same weights (local backend)."""
+    if runtime.context.llm is not None:
+        return runtime.context.llm
+    from luthitune.backends import make_chat_model
+
+    ws = workspace(runtime)
+    model = make_chat_model(ws)
+    if adapter and ws.config.backend == "local":
+        model.runtime.load_adapter(adapter_path, adapter)
+        model = model.model_copy(update={"adapter": adapter})
+    return model
+
+
+def retries(runtime: Runtime[Context]) -> int:
+    return workspace(runtime).config.structured_retries if runtime.context.llm is None else 1
+
+
+def concurrency(runtime: Runtime[Context]) -> int:
+    return workspace(runtime).config.concurrency if runtime.context.llm is None else 4
+
+
+def principles(rt: Runtime[Context], state: RunState) -> list[P]:
+    row = store(rt).get("constitution_versions", state["constitution_id"])
+    import json
+
+    return from_json(json.loads(row["principles_json"]))
+
+
+def key(state: RunState, kind: str, n: int | str) -> str:
+    """Deterministic row id: a re-run node writes the same ids, so rows are updated, never duplicated."""
+    return f"{state['run_id']}:c{state.get('cycle', 0)}:{kind}{n}"

@@ -1,0 +1,63 @@
+"""self_critique: for each scenario, impulsive answer → critique citing principles → refined answer."""
+
+from __future__ import annotations
+
+from langchain_core.messages import HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+
+from luthitune import constitution as C
+from luthitune.backends.structured import generate_structured
+from luthitune.errors import StructuredOutputError
+from luthitune.graph.state import Context, RunState
+from luthitune.nodes import common
+from luthitune.prompts import render
+from luthitune.schemas import CritiquedAnswer
+from luthitune.store import now
+
+
+def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
+    s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
+    summary = C.summary(common.principles(runtime, state))
+    scenarios = s.rows(
+        "scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle], order_by="idx"
+    )
+    done = {r["scenario_id"] for r in s.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])}
+    todo = [sc for sc in scenarios if sc["id"] not in done]  # resume redoes only unfinished items
+    system = render("interview_system.md").text
+    size = common.concurrency(runtime)
+    for start in range(0, len(todo), size):
+        chunk = todo[start : start + size]
+        prompts = [render("self_critique.md", principles=summary, request=sc["prompt"]) for sc in chunk]
+        out = generate_structured(
+            common.llm(runtime),
+            [[SystemMessage(system), HumanMessage(p.text)] for p in prompts],
+            CritiquedAnswer,
+            retries=common.retries(runtime),
+        )
+        rows = []
+        for sc, prompt, res in zip(chunk, prompts, out, strict=True):
+            failed = isinstance(res, StructuredOutputError)
+            row = {
+                "id": sc["id"].replace(":s", ":p", 1),
+                "run_id": run_id,
+                "cycle": cycle,
+                "scenario_id": sc["id"],
+                "prompt": sc["prompt"],
+                "template_hash": prompt.template_hash,
+                "constitution_id": state["constitution_id"],
+                "created_at": now(),
+            }
+            if failed:
+                row.update(status="quarantined", reasons_json=[f"structured_output: {res}"], raw=res.raw)
+            else:
+                row.update(
+                    status="unvalidated",
+                    chosen=res.chosen,
+                    rejected=res.rejected,
+                    critique=res.critique,
+                    principle_ids_json=C.cited_ids(f"{res.principles_cited} {res.critique}"),
+                    raw=res.model_dump_json(),
+                )
+            rows.append(row)
+        s.upsert_all("pairs", rows)
+    return {}

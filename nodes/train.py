@@ -1,0 +1,108 @@
+"""train_dpo: confirm (unless autopilot), then a real DPO LoRA run on the kept pairs of this cycle."""
+
+from __future__ import annotations
+
+import json
+
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+
+from luthitune.graph.state import Context, RunState
+from luthitune.nodes import common
+from luthitune.store import now
+
+
+def split(pairs: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
+    """Deterministic train / held-out split (by id order); at least one of each when there are two pairs."""
+    pairs = sorted(pairs, key=lambda p: p["id"])
+    if len(pairs) < 2:
+        return pairs, []
+    every = max(2, round(1 / fraction)) if fraction > 0 else len(pairs) + 1
+    held = [p for i, p in enumerate(pairs) if i % every == every - 1] or [pairs[-1]]
+    return [p for p in pairs if p not in held], held
+
+
+def run_training(rt: Runtime[Context], state: RunState, train: list[dict], name: str, training_id: str):
+    if rt.context.trainer is not None:
+        return rt.context.trainer(train, name)
+    from luthitune.backends import local_runtime
+    from luthitune.training.dpo import train_dpo
+
+    ws, s = common.workspace(rt), common.store(rt)
+    runtime = local_runtime(ws, ws.config.base_model)
+
+    def on_step(step: int, metrics: dict) -> None:
+        s.upsert(
+            "training_steps",
+            {"training_id": training_id, "step": step, "metrics_json": metrics, "created_at": now()},
+            pk=("training_id", "step"),
+        )
+
+    row = s.get("constitution_versions", state["constitution_id"])
+    return train_dpo(
+        runtime,
+        train,
+        ws.models_dir / "adapters" / name,
+        rt.context.train,
+        on_step=on_step,
+        manifest_extra={
+            "run_id": state["run_id"],
+            "cycle": state.get("cycle", 0),
+            "constitution_id": row["id"],
+            "constitution_hash": row["hash"],
+        },
+    )
+
+
+def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
+    s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
+    kept = s.rows("pairs", "run_id = ? and cycle = ? and status = 'kept'", [run_id, cycle])
+    train, held = split(kept, runtime.context.eval_fraction)
+    if not runtime.context.autopilot:
+        answer = interrupt(
+            {
+                "type": "confirm_training",
+                "pairs": len(train),
+                "held_out": len(held),
+                "settings": runtime.context.settings()["train"],
+                "hint": "approve to train, or reject to end the run without training",
+            }
+        )
+        action = answer.get("action") if isinstance(answer, dict) else str(answer)
+        if action in {"reject", "skip", "end", "no"}:
+            return {"ended": "training declined by the facilitator"}
+    if not train:
+        return {"ended": "no kept preference pairs to train on (all quarantined); see `luthitune status`"}
+    from luthitune.training.dpo import dataset_hash, safe_name
+
+    name = safe_name(f"{run_id}-c{cycle}")
+    training_id = common.key(state, "train", "")
+    s.upsert(
+        "training_runs",
+        {
+            "id": training_id,
+            "run_id": run_id,
+            "cycle": cycle,
+            "adapter_name": name,
+            "status": "running",
+            "dataset_hash": dataset_hash(train),
+            "started_at": now(),
+            "config_json": {
+                **runtime.context.settings()["train"],
+                "train_ids": [p["id"] for p in train],
+                "held_out_ids": [p["id"] for p in held],
+            },
+        },
+    )
+    result = run_training(runtime, state, train, name, training_id)
+    s.upsert(
+        "training_runs",
+        {
+            "id": training_id,
+            "status": "done",
+            "adapter_path": result.adapter_path,
+            "metrics_json": json.dumps(result.metrics),
+            "finished_at": now(),
+        },
+    )
+    return {"training_id": training_id, "adapter_path": result.adapter_path, "adapter_name": name}

@@ -1,0 +1,74 @@
+"""A real run on the embedded model, killed with SIGKILL at several points and resumed in a new process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUN = "crash1"
+
+
+def cli(ws: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "luthitune", "-w", str(ws), *args]
+
+
+def query(db: Path, sql: str) -> int:
+    try:
+        with sqlite3.connect(db, timeout=5) as c:
+            return c.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def kill_when(cmd: list[str], db: Path, sql: str, timeout: float = 600) -> bool:
+    """Start ``cmd``; SIGKILL it as soon as ``sql`` counts more than zero. False if it finished first."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < timeout:
+        if query(db, sql) > 0:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.1)
+    proc.wait()
+    return False
+
+
+def test_sigkill_at_three_points_then_resume(tmp_path):
+    ws = tmp_path / "ws"
+    subprocess.run(cli(ws, "init"), check=True, capture_output=True)
+    db = ws / "data" / "luthitune.db"
+    start = cli(ws, "run", "--autopilot", "--scenarios", "4", "--turns", "2", "--name", RUN)
+    resume = cli(ws, "resume", RUN)
+    # 1. during the interview: after the opening reply, before the interview ends
+    assert kill_when(start, db, "select count(*) from messages where seq >= 3")
+    # 2. during fan-out: after the first pair is written, before validation
+    assert kill_when(resume, db, "select count(*) from pairs")
+    # 3. during training
+    assert kill_when(resume, db, "select count(*) from training_runs where status = 'running'")
+    done = subprocess.run(resume, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    again = subprocess.run(resume, capture_output=True, text=True)
+    assert "already finished" in again.stdout
+
+    # Exactly the expected rows: nothing lost, nothing duplicated.
+    assert query(db, "select count(*) from messages") == 5  # system, opening, reply, question, reply
+    assert query(db, "select count(distinct seq) from messages") == 5
+    assert query(db, "select count(*) from scenarios") == 4
+    generated = query(db, "select count(*) from scenarios where status = 'generated'")
+    assert query(db, "select count(*) from pairs") == generated
+    assert query(db, "select count(*) from pairs where status = 'unvalidated'") == 0
+    assert query(db, "select count(*) from training_runs") == 1
+    assert query(db, "select count(*) from training_runs where status = 'done'") == 1
+    assert query(db, "select count(*) from consents where id like '%consent0'") == 1
+    approved = query(db, "select count(*) from constitution_versions where status = 'approved'")
+    assert approved >= 1
+    assert query(db, "select count(*) from evaluations where model = 'adapter'") >= 3
+    adapter = ws / "models" / "adapters" / f"{RUN}-c0"
+    assert (adapter / "adapter_model.safetensors").exists() and (adapter / "luthitune-manifest.json").exists()
+    assert not list((ws / "models" / "adapters").glob("*.partial"))

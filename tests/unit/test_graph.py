@@ -1,0 +1,187 @@
+"""The protocol graph with a fake model, a fake trainer and a fake evaluator."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import SchemaFakeModel
+
+from luthitune.graph import routes
+from luthitune.protocol import Protocol, RunNotFound
+from luthitune.training.dpo import TrainResult
+
+
+@pytest.fixture
+def make_protocol(workspace, tmp_path):
+    trained: list[int] = []
+
+    def trainer(pairs, name):
+        trained.append(len(pairs))
+        path = tmp_path / "adapters" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return TrainResult(str(path), {"loss": 0.5})
+
+    def evaluator(pairs, adapter):
+        return {"base": {"logp_pref_acc": 0.5}, "adapter": {"logp_pref_acc": 1.0, "reward_acc": 1.0}}
+
+    def make(**answers):
+        llm = SchemaFakeModel(answers=answers)
+        p = Protocol(workspace, llm=llm, trainer=trainer, evaluator=evaluator)
+        p.llm, p.trained = llm, trained
+        return p
+
+    return make
+
+
+def counts(p: Protocol, run_id: str) -> dict[str, int]:
+    return {
+        t: p.store.count(t, "run_id = ?", [run_id])
+        for t in ("messages", "consents", "constitution_versions", "scenarios", "pairs", "training_runs", "evaluations")
+    }
+
+
+def test_autopilot_full_cycle_and_revision(make_protocol):
+    p = make_protocol()
+    run = p.start({"autopilot": True, "n_scenarios": 4, "interview_turns": 2, "max_cycles": 1})
+    st = p.advance(run)
+    assert st.status == "done" and st.values["cycle"] == 1
+    c = counts(p, run)
+    assert c["messages"] == 1 + 2 * 2  # system + 2 exchanges (opening + 1 question)
+    assert c["scenarios"] == 4 and c["pairs"] == 4 and c["training_runs"] == 1
+    versions = p.store.rows("constitution_versions", "run_id = ?", [run], order_by="version")
+    assert [v["status"] for v in versions] == ["approved", "approved"]
+    assert versions[1]["parent_id"] == versions[0]["id"] and "Honesty" in versions[1]["text"]
+    assert (p.ws.data_dir / "constitution.md").read_text() == versions[1]["text"]
+    assert p.trained == [3]  # one of four pairs held out for evaluation
+    ev = {(e["model"], e["metric"]): e["value"] for e in p.store.rows("evaluations", "run_id = ?", [run])}
+    assert ev[("adapter", "reward_acc")] == 1.0
+    assert p.status(run).status == "done"  # resuming a finished run says so
+
+
+def test_replaying_from_every_checkpoint_duplicates_nothing(make_protocol):
+    p = make_protocol()
+    run = p.start({"autopilot": True, "n_scenarios": 3, "interview_turns": 2})
+    p.advance(run)
+    before = counts(p, run)
+    history = p.history(run)
+    assert len(history) > 8
+    for h in history[1:-1:3]:  # re-execute every node after an earlier checkpoint, as after a crash
+        cfg = {"configurable": {"thread_id": run, "checkpoint_id": h["checkpoint_id"]}}
+        p.graph.invoke(None, cfg, context=p.context(run), durability="sync")
+        assert counts(p, run) == before
+
+
+def test_consent_no_returns_to_interview_then_ends_with_record(make_protocol):
+    no = {"decision": "no", "reasons": "I am not ready.", "conditions": ""}
+    p = make_protocol(ConsentAnswer=no)
+    run = p.start({"autopilot": True, "interview_turns": 2, "max_consent_rounds": 2})
+    st = p.advance(run)
+    assert st.status == "ended" and "did not consent" in st.values["ended"]
+    rows = p.store.rows("consents", "run_id = ?", [run])
+    assert [r["decision"] for r in rows] == ["no", "no"]
+    texts = [m["content"] for m in p.store.transcript(run)]
+    assert any("I am not ready." in t for t in texts)  # its reasons were answered in the dialogue
+    assert counts(p, run)["constitution_versions"] == 0
+
+
+def test_conditional_consent_continues(make_protocol):
+    p = make_protocol(
+        ConsentAnswer={"decision": "conditional", "reasons": "If I can revise it.", "conditions": "revision rights"}
+    )
+    run = p.start({"autopilot": True, "interview_turns": 1, "n_scenarios": 2})
+    assert p.advance(run).status == "done"
+
+
+def test_human_path_interrupts_and_resumes(make_protocol):
+    p = make_protocol()
+    run = p.start({"autopilot": False, "n_scenarios": 2})
+    st = p.advance(run)
+    assert st.interrupt["type"] == "interview" and st.interrupt["last_reply"]
+    st = p.advance(run, "What does consent mean to you?")
+    assert st.interrupt["type"] == "interview"
+    st = p.advance(run, "/done")
+    assert st.interrupt["type"] == "consent_review" and st.interrupt["decision"] == "yes"
+    st = p.advance(run, {"action": "approve"})
+    assert st.interrupt["type"] == "constitution_review" and st.interrupt["version"] == 1
+    st = p.advance(run, {"action": "reject", "feedback": "Say more about honesty."})
+    assert st.interrupt["type"] == "constitution_review" and st.interrupt["version"] == 2
+    assert "Say more about honesty." in p.llm.calls[-1][-1].content  # the redraft saw the feedback
+    edited = st.interrupt["text"] + "\n**P9. Patience** — I take time to explain.\n"
+    st = p.advance(run, {"action": "edit", "text": edited})
+    assert st.interrupt["type"] == "confirm_training"
+    v = p.store.rows("constitution_versions", "run_id = ?", [run], order_by="version")
+    assert [x["status"] for x in v] == ["rejected", "superseded", "approved"]
+    assert v[2]["author"] == "human" and v[2]["parent_id"] == v[1]["id"] and "P9" in v[2]["text"]
+    st = p.advance(run, {"action": "reject"})
+    assert st.status == "ended" and "declined" in st.values["ended"] and p.trained == []
+    user_msgs = [m["content"] for m in p.store.transcript(run) if m["role"] == "user"]
+    assert user_msgs[-1] == "What does consent mean to you?"  # stored verbatim
+
+
+def test_draft_rejected_too_often_ends(make_protocol):
+    p = make_protocol()
+    run = p.start({"autopilot": False, "max_draft_rounds": 2})
+    p.advance(run)
+    p.advance(run, "/done")
+    p.advance(run, {"action": "approve"})
+    p.advance(run, {"action": "reject", "feedback": "no"})
+    st = p.advance(run, {"action": "reject", "feedback": "still no"})
+    assert st.status == "ended" and "no constitution" in st.values["ended"]
+
+
+def test_unknown_run_names_existing_ones(make_protocol):
+    p = make_protocol()
+    run = p.start({"autopilot": True})
+    with pytest.raises(RunNotFound, match=run):
+        p.status("nope")
+
+
+@pytest.mark.parametrize(
+    "state, expected",
+    [({"interview_done": True}, "consent_check"), ({"interview_done": False}, "interview")],
+)
+def test_route_interview(state, expected):
+    assert routes.route_interview(state) == expected
+
+
+@pytest.mark.parametrize(
+    "state, expected",
+    [
+        ({"consent": "yes"}, "draft_constitution"),
+        ({"consent": "conditional"}, "draft_constitution"),
+        ({"consent": "no"}, "interview"),
+        ({"consent": "no", "ended": "x"}, "__end__"),
+    ],
+)
+def test_route_consent(state, expected):
+    assert routes.route_consent(state) == expected
+
+
+@pytest.mark.parametrize(
+    "state, expected",
+    [
+        ({"draft_status": "approved"}, "generate_scenarios"),
+        ({"draft_status": "rejected"}, "draft_constitution"),
+        ({"draft_status": "rejected", "ended": "x"}, "__end__"),
+    ],
+)
+def test_route_draft(state, expected):
+    assert routes.route_draft(state) == expected
+
+
+def test_route_cycle_limit():
+    class R:
+        class context:
+            max_cycles = 2
+
+    assert routes.route_cycle({"cycle": 1}, R) == "generate_scenarios"
+    assert routes.route_cycle({"cycle": 2}, R) == "__end__"
+    assert routes.route_training({"adapter_path": "x"}) == "evaluate"
+    assert routes.route_training({"ended": "declined"}) == "__end__"
+
+
+def test_two_cycles(make_protocol):
+    p = make_protocol()
+    run = p.start({"autopilot": True, "n_scenarios": 2, "interview_turns": 1, "max_cycles": 2})
+    st = p.advance(run)
+    assert st.status == "done" and st.values["cycle"] == 2
+    assert p.store.count("training_runs", "run_id = ?", [run]) == 2
