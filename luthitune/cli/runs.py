@@ -71,12 +71,22 @@ def run(
     scenarios: Annotated[int, typer.Option(min=1, help="Scenarios per cycle.")] = 6,
     cycles: Annotated[int, typer.Option(min=1, help="Protocol cycles (each ends with a revision).")] = 1,
     turns: Annotated[int, typer.Option(min=1, help="Interview questions on autopilot.")] = 3,
+    consent_rounds: Annotated[int, typer.Option(min=1, help="Times to ask for consent before ending.")] = 2,
+    draft_rounds: Annotated[int, typer.Option(min=1, help="Constitution drafts before giving up.")] = 3,
     name: Annotated[str | None, typer.Option(help="Run id (default: generated).")] = None,
 ) -> None:
     """Start a run; it stops at the first approval point unless --autopilot."""
     p = protocol(ctx, workspace)
     run_id = p.start(
-        {"autopilot": autopilot, "n_scenarios": scenarios, "max_cycles": cycles, "interview_turns": turns}, run_id=name
+        {
+            "autopilot": autopilot,
+            "n_scenarios": scenarios,
+            "max_cycles": cycles,
+            "interview_turns": turns,
+            "max_consent_rounds": consent_rounds,
+            "max_draft_rounds": draft_rounds,
+        },
+        run_id=name,
     )
     console.print(f"Started run [bold]{run_id}[/] in {p.ws.root}")
     advance(p, run_id)

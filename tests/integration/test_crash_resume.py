@@ -43,7 +43,22 @@ def test_sigkill_at_three_points_then_resume(tmp_path):
     ws = tmp_path / "ws"
     subprocess.run(cli(ws, "init"), check=True, capture_output=True)
     db = ws / "data" / "luthitune.db"
-    start = cli(ws, "run", "--autopilot", "--scenarios", "4", "--turns", "2", "--name", RUN)
+    # Generous consent and draft rounds: a 135M model sometimes says no, and this test is about crashes.
+    start = cli(
+        ws,
+        "run",
+        "--autopilot",
+        "--scenarios",
+        "4",
+        "--turns",
+        "2",
+        "--consent-rounds",
+        "5",
+        "--draft-rounds",
+        "5",
+        "--name",
+        RUN,
+    )
     resume = cli(ws, "resume", RUN)
     # 1. during the interview: after the opening reply, before the interview ends
     assert kill_when(start, db, "select count(*) from messages where seq >= 3")
