@@ -151,8 +151,6 @@ def train_dpo(
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     shutil.rmtree(work, ignore_errors=True)
-    name = out_dir.name
-    if name in runtime.adapters:
-        runtime.model.delete_adapter(name)
+    name = out_dir.name  # the runtime holds no adapters here: training unloaded them all
     runtime.load_adapter(out_dir, name)
     return TrainResult(str(out_dir), final, steps, manifest["seconds"])
