@@ -60,24 +60,27 @@ def test_lora_adapter_switches_on_and_off_on_same_weights(ws, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    rt = local_runtime(ws)
-    # An adapter with random (non-zero) LoRA weights, made on a separate copy of the base.
-    copy = AutoModelForCausalLM.from_pretrained(str(rt.model_dir))
+    rt = local_runtime(ws)  # shared in this process: an earlier test may have left adapters loaded
+    ids = rt.tokenizer("Consent matters because", return_tensors="pt").input_ids
+
+    # The reference: a separate, freshly loaded copy of the base weights.
+    copy = AutoModelForCausalLM.from_pretrained(str(rt.model_dir)).eval()
+    with torch.inference_mode():
+        base = copy(ids).logits[0, -1]
+    # An adapter with random (non-zero) LoRA weights, made on that copy.
     peft_model = get_peft_model(copy, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft_model.save_pretrained(tmp_path / "adapter")
-
-    ids = rt.tokenizer("Consent matters because", return_tensors="pt").input_ids
 
     def logits():
         with torch.inference_mode():
             return rt.model(ids).logits[0, -1]
 
-    base = logits()
     rt.load_adapter(tmp_path / "adapter", "random")
     with rt.adapter("random"):
         adapted = logits()
         assert rt.active_adapter == "random"
     with rt.adapter(None):
         disabled = logits()
+        assert rt.active_adapter is None
     assert not torch.allclose(base, adapted, atol=1e-4)
-    assert torch.allclose(base, disabled, atol=1e-5)
+    assert torch.allclose(base, disabled, atol=1e-5)  # disabling gives back exactly the base weights
