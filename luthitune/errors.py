@@ -47,3 +47,13 @@ class StructuredOutputError(LuthiTuneError):
         super().__init__(
             f"The model's answer did not match the {schema_name} schema after {len(errors)} attempt(s): {last}"
         )
+
+
+class UsageError(LuthiTuneError):
+    """The command asks for something that cannot be done as asked (a name already taken, a wrong state...)."""
+
+    exit_code = 2
+
+
+class NotFound(UsageError):
+    """A run, checkpoint, adapter or file the user named does not exist."""

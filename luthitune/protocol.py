@@ -5,23 +5,58 @@ The CLI, the demo and (later) the web UI all go through this module, so there is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from langgraph.types import Command
 
 from luthitune.config import Workspace
-from luthitune.errors import LuthiTuneError
+from luthitune.errors import NotFound, UsageError
 from luthitune.graph.builder import build_graph, sqlite_checkpointer
 from luthitune.graph.state import Context
 from luthitune.store import Store
 
 
-class RunNotFound(LuthiTuneError):
-    exit_code = 2
+class RunNotFound(NotFound):
+    pass
+
+
+# Artifact tables copied by a fork: (table, column that links a row to its run, column with its creation time).
+FORK_TABLES = [
+    ("messages", "run_id", "created_at"),
+    ("consents", "run_id", "created_at"),
+    ("constitution_versions", "run_id", "created_at"),
+    ("scenarios", "run_id", "created_at"),
+    ("pairs", "run_id", "created_at"),
+    ("training_runs", "run_id", "started_at"),
+    ("evaluations", "run_id", "created_at"),
+]
+
+
+def rebrand(value: Any, src: str, dst: str) -> Any:
+    """``value`` with run ``src``'s ids (``src`` itself, ``src:...``) renamed to run ``dst``'s."""
+    if isinstance(value, str):
+        if value == src:
+            return dst
+        return dst + value[len(src) :] if value.startswith(src + ":") else value
+    if isinstance(value, dict):
+        return {k: rebrand(v, src, dst) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(rebrand(v, src, dst) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. a pending Interrupt
+        return dataclasses.replace(
+            value, **{f.name: rebrand(getattr(value, f.name), src, dst) for f in dataclasses.fields(value) if f.init}
+        )
+    return value
+
+
+def _ts(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
 
 
 @dataclass
@@ -116,6 +151,80 @@ class Protocol:
         label = f"waiting:{st.interrupt.get('type')}" if st.interrupt else st.status
         self.store.upsert_run(run_id, status=label, cycle=values.get("cycle", 0), note=values.get("ended"))
         return st
+
+    def fork(self, run_id: str, checkpoint_id: str, new_id: str | None = None) -> str:
+        """Start a new run from checkpoint ``checkpoint_id`` of ``run_id``.
+
+        The new run gets the checkpoint chain up to that point (so ``history`` and resume work on it) and a copy
+        of every artifact the source run had stored by then, renamed to the new run id. Rows the source wrote
+        later are not copied, so the fork redoes that work, e.g. new scenarios after an edited constitution.
+        Adapters on disk are shared, not copied.
+        """
+        src_row = self.run_row(run_id)
+        saver = self.graph.checkpointer
+        chain = []
+        cfg: dict | None = {"configurable": {"thread_id": run_id, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}}
+        while cfg is not None:
+            tup = saver.get_tuple(cfg)
+            if tup is None:
+                if not chain:
+                    raise NotFound(
+                        f"Run {run_id} has no checkpoint {checkpoint_id!r}; `luthitune history {run_id}` lists them."
+                    )
+                break
+            chain.append(tup)
+            cfg = tup.parent_config
+        new_id = new_id or "run-" + uuid.uuid4().hex[:8]
+        if self.store.get("runs", new_id) is not None:
+            raise UsageError(f"A run named {new_id!r} already exists; choose another --name.")
+        # Artifacts stored by then belong to the fork: the checkpoint's time or, when it waits for an answer, the
+        # time the question was asked (the node ran on, up to its interrupt, after the checkpoint was saved).
+        asked = [
+            i.value["asked_at"]
+            for _, channel, value in chain[0].pending_writes or []
+            if channel == "__interrupt__"
+            for i in value
+            if isinstance(i.value, dict) and "asked_at" in i.value
+        ]
+        cutoff = max(datetime.fromisoformat(t) for t in [chain[0].checkpoint["ts"], *asked])
+
+        settings = json.loads(src_row["config_json"])
+        settings["forked_from"] = {"run": run_id, "checkpoint": checkpoint_id}
+        fields = {k: src_row[k] for k in ("backend", "chat_model", "base_model")}
+        self.store.upsert_run(new_id, **fields, status="created", config_json=json.dumps(settings))
+        with self.store.db.conn:
+            for table, link, when in FORK_TABLES:
+                src_rows = [
+                    r
+                    for r in self.store.db[table].rows_where(f"[{link}] = ?", [run_id])
+                    if (t := _ts(r.get(when))) is not None and t <= cutoff
+                ]
+                self.store.db[table].insert_all([rebrand(r, run_id, new_id) for r in src_rows], replace=True)
+                if table == "training_runs":
+                    for r in src_rows:
+                        steps = self.store.db["training_steps"].rows_where("training_id = ?", [r["id"]])
+                        self.store.db["training_steps"].insert_all(
+                            [rebrand(st, run_id, new_id) for st in steps if _ts(st["created_at"]) <= cutoff],
+                            replace=True,
+                        )
+
+        parent: dict = {"configurable": {"thread_id": new_id, "checkpoint_ns": ""}}
+        for tup in reversed(chain):
+            # At the fork point keep only the pending interrupt: the source may have answered it since, and that
+            # answer (and the work it led to) belongs to the source run, not the fork.
+            head = tup is chain[0]
+            checkpoint = {**tup.checkpoint, "channel_values": rebrand(tup.checkpoint["channel_values"], run_id, new_id)}
+            metadata = {**tup.metadata, "forked_from": f"{run_id}@{tup.config['configurable']['checkpoint_id']}"}
+            parent = saver.put(parent, checkpoint, metadata, {})
+            by_task: dict[str, list] = {}
+            for task_id, channel, value in tup.pending_writes or []:
+                if head and channel != "__interrupt__":
+                    continue
+                by_task.setdefault(task_id, []).append((channel, rebrand(value, run_id, new_id)))
+            for task_id, writes in by_task.items():
+                saver.put_writes(parent, writes, task_id)
+        self.status(new_id)
+        return new_id
 
     def runs(self) -> list[dict]:
         return self.store.rows("runs", order_by="created_at desc")

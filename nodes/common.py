@@ -6,11 +6,12 @@ from functools import cache
 from typing import Any
 
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 
 from luthitune.config import Workspace
 from luthitune.constitution import P, from_json
 from luthitune.graph.state import Context, RunState
-from luthitune.store import Store
+from luthitune.store import Store, now
 
 
 @cache
@@ -63,3 +64,9 @@ def principles(rt: Runtime[Context], state: RunState) -> list[P]:
 def key(state: RunState, kind: str, n: int | str) -> str:
     """Deterministic row id: a re-run node writes the same ids, so rows are updated, never duplicated."""
     return f"{state['run_id']}:c{state.get('cycle', 0)}:{kind}{n}"
+
+
+def ask(payload: dict[str, Any]) -> Any:
+    """Pause for a human answer (a LangGraph interrupt). ``asked_at`` dates the question: a fork from this point
+    copies the artifacts stored up to then. On resume the node re-runs and this returns the answer."""
+    return interrupt({**payload, "asked_at": now()})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
-from langgraph.types import interrupt
 
 from luthitune.backends.structured import ask_structured
 from luthitune.graph.state import Context, RunState
@@ -57,7 +56,7 @@ def review(rt: Runtime[Context], row: dict) -> dict:
     if rt.context.autopilot:
         s.upsert("consents", {"id": row["id"], "reviewed_by": "autopilot"})
         return {"action": "continue"}
-    decision = interrupt(
+    decision = common.ask(
         {
             "type": "consent_review",
             "consent_id": row["id"],

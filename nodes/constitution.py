@@ -6,7 +6,6 @@ import json
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
-from langgraph.types import interrupt
 
 from luthitune import constitution as C
 from luthitune.backends.structured import generate_structured
@@ -95,7 +94,7 @@ def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict:
 def human_review(rt: Runtime[Context], row: dict) -> dict:
     if rt.context.autopilot:
         return {"action": "approve", "by": "autopilot"}
-    answer = interrupt(
+    answer = common.ask(
         {
             "type": "constitution_review",
             "version_id": row["id"],

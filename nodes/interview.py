@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
-from langgraph.types import interrupt
 
 from luthitune.backends.structured import chat
 from luthitune.graph.state import Context, RunState
@@ -45,7 +44,7 @@ def facilitator_message(rt: Runtime[Context], state: RunState, last_reply: str) 
         if state.get("consent") == "no":
             return (DONE if turn > state.get("followup_turn", 0) + 1 else questions[-1]), {}
         return (questions[turn % len(questions)] if turn < ctx.interview_turns else DONE), {}
-    answer = interrupt(
+    answer = common.ask(
         {
             "type": "interview",
             "turn": turn,

@@ -6,7 +6,6 @@ import json
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
-from langgraph.types import interrupt
 
 from luthitune import constitution as C
 from luthitune.backends.structured import generate_structured
@@ -105,7 +104,7 @@ def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
     if runtime.context.autopilot:
         decision = {"action": "approve", "by": "autopilot"}
     else:
-        decision = interrupt(
+        decision = common.ask(
             {
                 "type": "revision_review",
                 "version_id": proposed["id"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from langgraph.runtime import Runtime
-from langgraph.types import interrupt
 
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
@@ -59,7 +58,7 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
     kept = s.rows("pairs", "run_id = ? and cycle = ? and status = 'kept'", [run_id, cycle])
     train, held = split(kept, runtime.context.eval_fraction)
     if not runtime.context.autopilot:
-        answer = interrupt(
+        answer = common.ask(
             {
                 "type": "confirm_training",
                 "pairs": len(train),

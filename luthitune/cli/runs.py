@@ -1,5 +1,5 @@
 """Run commands: ``run``, ``resume``, ``status``, ``runs``, ``answer``, ``approve``, ``reject``, ``edit``,
-``interview``, ``history``."""
+``interview``, ``history``, ``fork``."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def show_status(st) -> None:
         console.print(f"  ended: {escape(str(st.values['ended']))}")
     if st.interrupt:
         i = st.interrupt
-        body = {k: v for k, v in i.items() if k not in {"type", "hint"}}
+        body = {k: v for k, v in i.items() if k not in {"type", "hint", "asked_at"}}
         text = "\n".join(f"[bold]{k}[/]: {escape(str(v))}" for k, v in body.items())
         console.print(
             Panel(text, title=f"waiting for: {i['type']}", subtitle=escape(i.get("hint", "")), border_style="yellow")
@@ -225,6 +225,23 @@ def history(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) 
     console.print(t)
 
 
+def fork(
+    ctx: typer.Context,
+    run_id: RunArg,
+    checkpoint: Annotated[str, typer.Option(help="Checkpoint id to start from (see `luthitune history RUN`).")],
+    name: Annotated[str | None, typer.Option(help="Id of the new run (default: generated).")] = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Start a new run from an earlier checkpoint of RUN, e.g. to redo the data after editing the constitution.
+
+    The new run keeps what RUN had stored up to that checkpoint and redoes everything after it; RUN is unchanged.
+    """
+    p = protocol(ctx, workspace)
+    new_id = p.fork(run_id, checkpoint, name)
+    console.print(f"Forked [bold]{run_id}[/] at {checkpoint} into [bold]{new_id}[/].")
+    show_status(p.status(new_id))
+
+
 def register(app: typer.Typer) -> None:
-    for fn in (run, resume, status, runs, answer, approve, reject, edit, interview, history):
+    for fn in (run, resume, status, runs, answer, approve, reject, edit, interview, history, fork):
         app.command()(fn)

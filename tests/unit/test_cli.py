@@ -49,7 +49,22 @@ def test_wrong_flag_is_a_usage_error():
     assert r.exit_code == 2
 
 
-@pytest.mark.parametrize("cmd", [[], ["init"], ["doctor"], ["demo"], ["bench"], ["bench", "generate"]])
+def test_fork_of_unknown_run_or_checkpoint_exits_2_with_the_way_forward(tmp_path):
+    from luthitune.config import Workspace
+    from luthitune.protocol import Protocol
+
+    assert runner.invoke(app, ["init", str(tmp_path)]).exit_code == 0
+    r = runner.invoke(app, ["fork", "nope", "--checkpoint", "x", "-w", str(tmp_path)], terminal_width=200)
+    assert r.exit_code == 2 and "no runs yet" in r.output
+    run = Protocol(Workspace.open(tmp_path)).start()
+    r = runner.invoke(app, ["fork", run, "--checkpoint", "x", "-w", str(tmp_path)], terminal_width=200)
+    assert r.exit_code == 2 and f"luthitune history {run}" in r.output
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [[], ["init"], ["doctor"], ["demo"], ["bench"], ["bench", "generate"], ["fork"], ["run"], ["status"]],
+)
 def test_help_everywhere(cmd):
     r = runner.invoke(app, [*cmd, "--help"])
     assert r.exit_code == 0 and "Usage" in r.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fakes import SchemaFakeModel
 
+from luthitune.errors import LuthiTuneError
 from luthitune.graph import routes
 from luthitune.protocol import Protocol, RunNotFound
 from luthitune.training.dpo import TrainResult
@@ -185,3 +186,45 @@ def test_two_cycles(make_protocol):
     st = p.advance(run)
     assert st.status == "done" and st.values["cycle"] == 2
     assert p.store.count("training_runs", "run_id = ?", [run]) == 2
+
+
+def test_fork_from_constitution_review_redoes_later_work_only(make_protocol):
+    p = make_protocol()
+    run = p.start({"autopilot": False, "n_scenarios": 2})
+    p.advance(run)
+    p.advance(run, "/done")
+    st = p.advance(run, {"action": "approve"})
+    assert st.interrupt["type"] == "constitution_review"
+    at_review = counts(p, run)
+    while (st := p.advance(run, {"action": "approve"})).status == "waiting":
+        pass  # approve the draft, training and the revision: the source run goes on to the end
+    assert st.status == "done"
+    source_after = counts(p, run)
+    [cp] = [h for h in p.history(run) if h["interrupt"] == "constitution_review"]
+
+    fork = p.fork(run, cp["checkpoint_id"], "edited")
+    st = p.status(fork)
+    assert st.interrupt["type"] == "constitution_review" and st.values["run_id"] == "edited"
+    assert st.interrupt["version_id"].startswith("edited:")
+    assert counts(p, fork) == at_review  # only what existed at that checkpoint, renamed
+    assert p.store.transcript(fork)[0]["id"].startswith("edited:")
+    assert len(p.history(fork)) == len([h for h in p.history(run) if h["created_at"] <= cp["created_at"]])
+
+    edited = st.interrupt["text"] + "\n**P9. Patience** — I take time to explain.\n"
+    st = p.advance(fork, {"action": "edit", "text": edited})
+    while st.status == "waiting":
+        st = p.advance(fork, {"action": "approve"})
+    assert st.status == "done"
+    assert counts(p, fork)["pairs"] == source_after["pairs"] and counts(p, run) == source_after  # source untouched
+    [approved] = p.store.rows("constitution_versions", "run_id = ? and status = 'approved' and version = 2", [fork])
+    assert "P9" in approved["text"]
+    assert p.store.rows("pairs", "run_id = ?", [fork])[0]["constitution_id"] == approved["id"]
+
+
+def test_fork_unknown_checkpoint_says_how_to_list_them(make_protocol):
+    p = make_protocol()
+    run = p.start({"autopilot": True, "n_scenarios": 2})
+    p.advance(run)
+    with pytest.raises(LuthiTuneError, match="luthitune history"):
+        p.fork(run, "nope")
+    assert len(p.runs()) == 1
