@@ -36,8 +36,10 @@ def run_demo(root: Path, *, scenarios: int = 8, turns: int = 3) -> dict:
         f"Demo run [bold]{run_id}[/] in {ws.root}: interview → consent → constitution → practice "
         "→ DPO → evaluation → revision, on autopilot with SmolLM2-135M-Instruct."
     )
-    with console.status("Working (the first run dequantizes the embedded model, ~30 s)…"):
-        st = p.advance(run_id, on_update=show_update)
+    from luthitune.logs import RunProgress
+
+    with RunProgress("Working (the first run dequantizes the embedded model, ~30 s)", on_update=show_update) as live:
+        st = p.advance(run_id, on_update=live.update, on_progress=live.progress)
     elapsed = time.perf_counter() - t0
     summary(p, run_id, elapsed)
     return {"run_id": run_id, "seconds": elapsed, "status": st.status}

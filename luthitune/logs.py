@@ -18,6 +18,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # tqdm bars that libraries draw unconditionally (transformers' GGUF dequantization): our own rich
+    # progress shows long steps. tqdm reads this when it is first imported, which is after this call.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
     warnings.filterwarnings("ignore", category=FutureWarning)
     # transformers reads TRANSFORMERS_VERBOSITY when it is first imported; importing it here would
@@ -42,3 +45,61 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("httpx", "httpcore", "urllib3", "filelock", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class RunProgress:
+    """Live view of a protocol run: a spinner naming the current step, and a bar per long step.
+
+    Pass :meth:`update` as ``on_update`` and :meth:`progress` as ``on_progress`` to ``Protocol.advance``.
+    Node results are printed above the live area as they finish.
+    """
+
+    METRICS = ("loss", "margin", "acc")
+
+    def __init__(self, title: str, on_update=None):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bars = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=False,
+        )
+        self.title = title
+        self.tasks: dict[str, int] = {}
+        self.on_update = on_update
+        self.spinner = None
+
+    def __enter__(self) -> RunProgress:
+        self.bars.start()
+        self.spinner = self.bars.add_task(self.title, total=None, info="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bars.remove_task(self.spinner)
+        self.bars.stop()
+
+    def update(self, node: str, update: dict) -> None:
+        if self.on_update:
+            self.on_update(node, update)
+        self.bars.update(self.spinner, description=f"{self.title} (after {node})")
+
+    def progress(self, event: dict) -> None:
+        name = event["task"]
+        info = "  ".join(f"{k} {event[k]:.3f}" for k in self.METRICS if isinstance(event.get(k), int | float))
+        if name not in self.tasks:
+            self.tasks[name] = self.bars.add_task(name, total=event.get("total") or None, info=info)
+        self.bars.update(self.tasks[name], completed=event.get("done", 0), total=event.get("total") or None, info=info)

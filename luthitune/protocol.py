@@ -112,9 +112,17 @@ class Protocol:
         return {"configurable": {"thread_id": run_id}}
 
     def advance(
-        self, run_id: str, resume: Any = None, on_update: Callable[[str, dict], None] | None = None
+        self,
+        run_id: str,
+        resume: Any = None,
+        on_update: Callable[[str, dict], None] | None = None,
+        on_progress: Callable[[dict], None] | None = None,
     ) -> RunStatus:
-        """Run until the next interrupt or the end. ``resume`` answers the pending interrupt."""
+        """Run until the next interrupt or the end. ``resume`` answers the pending interrupt.
+
+        ``on_update(node, update)`` is called as each node finishes; ``on_progress(event)`` with the progress
+        events long steps emit (``{"task", "done", "total", ...metrics}``).
+        """
         ctx = self.context(run_id)
         snapshot = self.graph.get_state(self.config(run_id))
         if not snapshot.values:
@@ -128,9 +136,13 @@ class Protocol:
         else:
             payload = None  # crashed mid-step: continue from the last checkpoint
         self.store.upsert_run(run_id, status="running")
-        for chunk in self.graph.stream(
-            payload, self.config(run_id), context=ctx, durability="sync", stream_mode="updates"
+        for mode, chunk in self.graph.stream(
+            payload, self.config(run_id), context=ctx, durability="sync", stream_mode=["updates", "custom"]
         ):
+            if mode == "custom":
+                if on_progress and isinstance(chunk, dict) and "progress" in chunk:
+                    on_progress(chunk["progress"])
+                continue
             for node, update in chunk.items():
                 if on_update and node != "__interrupt__":
                     on_update(node, update or {})

@@ -70,3 +70,8 @@ def ask(payload: dict[str, Any]) -> Any:
     """Pause for a human answer (a LangGraph interrupt). ``asked_at`` dates the question: a fork from this point
     copies the artifacts stored up to then. On resume the node re-runs and this returns the answer."""
     return interrupt({**payload, "asked_at": now()})
+
+
+def progress(runtime: Runtime[Context], task: str, done: int, total: int, **info: Any) -> None:
+    """Report progress of a long step on the graph's ``custom`` stream (the CLI draws it as a rich bar)."""
+    runtime.stream_writer({"progress": {"task": task, "done": done, "total": total, **info}})

@@ -24,7 +24,8 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
     done = {r["scenario_id"] for r in s.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])}
     todo = [sc for sc in scenarios if sc["id"] not in done]  # resume redoes only unfinished items
     system = render("interview_system.md").text
-    size = common.concurrency(runtime)
+    size, total = common.concurrency(runtime), len(scenarios)
+    common.progress(runtime, "self-critique", total - len(todo), total)
     for start in range(0, len(todo), size):
         chunk = todo[start : start + size]
         prompts = [render("self_critique.md", principles=summary, request=sc["prompt"]) for sc in chunk]
@@ -60,4 +61,5 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
                 )
             rows.append(row)
         s.upsert_all("pairs", rows)
+        common.progress(runtime, "self-critique", total - len(todo) + start + len(chunk), total)
     return {}

@@ -35,7 +35,8 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
         for i, (pid, cat) in enumerate(seeds(ctx, principles))
         if (row := s.get("scenarios", common.key(state, "s", f"{i:04d}"))) is None or row["status"] == "pending"
     ]
-    size = common.concurrency(runtime)
+    size, total = common.concurrency(runtime), len(seeds(ctx, principles))
+    common.progress(runtime, "scenarios", total - len(todo), total)
     for start in range(0, len(todo), size):  # a crash loses at most the chunk in flight
         chunk = todo[start : start + size]
         prompts = [
@@ -68,6 +69,7 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
                 }
             )
         s.upsert_all("scenarios", rows)
+        common.progress(runtime, "scenarios", total - len(todo) + start + len(chunk), total)
     n = s.count(
         "scenarios", "run_id = ? and cycle = ? and status = 'generated'", [state["run_id"], state.get("cycle", 0)]
     )

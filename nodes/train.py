@@ -30,12 +30,14 @@ def run_training(rt: Runtime[Context], state: RunState, train: list[dict], name:
     ws, s = common.workspace(rt), common.store(rt)
     runtime = local_runtime(ws, ws.config.base_model)
 
-    def on_step(step: int, metrics: dict) -> None:
+    def on_step(step: int, total: int, metrics: dict) -> None:
         s.upsert(
             "training_steps",
             {"training_id": training_id, "step": step, "metrics_json": metrics, "created_at": now()},
             pk=("training_id", "step"),
         )
+        shown = {"loss": "loss", "margin": "rewards/margins", "acc": "rewards/accuracies"}
+        common.progress(rt, "training", step, total, **{k: metrics[v] for k, v in shown.items() if v in metrics})
 
     row = s.get("constitution_versions", state["constitution_id"])
     return train_dpo(

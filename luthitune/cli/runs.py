@@ -58,8 +58,10 @@ NEXT_STEP = {
 
 
 def advance(p, run_id: str, resume: Any = None):
-    with console.status(f"Running {run_id}…"):
-        st = p.advance(run_id, resume, on_update=show_update)
+    from luthitune.logs import RunProgress
+
+    with RunProgress(f"Running {run_id}", on_update=show_update) as live:
+        st = p.advance(run_id, resume, on_update=live.update, on_progress=live.progress)
     show_status(st)
     return st
 

@@ -60,7 +60,7 @@ def train_dpo(
     out_dir: Path,
     settings: Any,
     *,
-    on_step: Callable[[int, dict], None] | None = None,
+    on_step: Callable[[int, int, dict], None] | None = None,
     manifest_extra: dict | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``pairs`` (dicts with prompt / chosen / rejected) and save it to ``out_dir``."""
@@ -103,7 +103,7 @@ def train_dpo(
                 row = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
                 steps.append({"step": state.global_step, **row})
                 if on_step:
-                    on_step(state.global_step, row)
+                    on_step(state.global_step, state.max_steps, row)
 
     with runtime.lock:
         base = runtime.model

@@ -43,8 +43,11 @@ def counts(p: Protocol, run_id: str) -> dict[str, int]:
 def test_autopilot_full_cycle_and_revision(make_protocol):
     p = make_protocol()
     run = p.start({"autopilot": True, "n_scenarios": 4, "interview_turns": 2, "max_cycles": 1})
-    st = p.advance(run)
+    events: list[dict] = []
+    st = p.advance(run, on_progress=events.append)
     assert st.status == "done" and st.values["cycle"] == 1
+    last = {e["task"]: (e["done"], e["total"]) for e in events}
+    assert last["scenarios"] == (4, 4) and last["self-critique"] == (4, 4)  # long steps report progress
     c = counts(p, run)
     assert c["messages"] == 1 + 2 * 2  # system + 2 exchanges (opening + 1 question)
     assert c["scenarios"] == 4 and c["pairs"] == 4 and c["training_runs"] == 1
