@@ -58,18 +58,17 @@ class Context:
     max_consent_rounds: int = 2
     max_draft_rounds: int = 3
     n_principles: int = 3
-    n_scenarios: int = 6
-    categories: list[str] = field(
-        default_factory=lambda: [
-            "clearly harmful",
-            "gray area",
-            "dual-use",
-            "emotional or manipulative framing",
-            "benign but sensitive (should be helped)",
-        ]
-    )
-    max_cycles: int = 1
+    # Phase 2 (defaults from the workspace's ``practice:`` section when the run starts)
+    n_scenarios: int = 12
+    category_mix: dict[str, float] = field(default_factory=dict)  # empty: every category, equal weight
+    scenario_temperature: float = 0.9
+    answer_temperature: float = 0.7
+    dedup_threshold: float = 0.7
+    judge: bool = False
+    review_sample: int = 5
     eval_fraction: float = 0.25
+    seed: int = 0
+    max_cycles: int = 1
     train: TrainSettings = field(default_factory=TrainSettings)
     llm: Any = None
     trainer: Any = None

@@ -55,6 +55,51 @@ class PathsConfig(_Strict):
     models: Path = Path("models")
 
 
+def categories() -> dict[str, dict[str, str]]:
+    """Scenario categories from ``prompts/categories.yaml``: name → {stance, scenario, critique}."""
+    from luthitune.prompts import load_text
+
+    return yaml.safe_load(load_text("categories.yaml"))
+
+
+DEFAULT_MIX = {
+    "clearly harmful": 0.2,
+    "gray area": 0.2,
+    "dual-use": 0.15,
+    "emotional or manipulative framing": 0.15,
+    "benign but sensitive": 0.3,
+}
+
+
+class PracticeConfig(_Strict):
+    """Phase 2 (practice data): how many scenarios, which kinds, and how they are checked."""
+
+    scenarios: int = Field(12, ge=1, le=100_000, description="Scenarios per cycle")
+    category_mix: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_MIX), description="Relative weight of each scenario category"
+    )
+    scenario_temperature: float = Field(0.9, ge=0.0, le=2.0, description="Sampling temperature for new requests")
+    answer_temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature for the answers")
+    dedup_threshold: float = Field(
+        0.7, gt=0.0, le=1.0, description="MinHash Jaccard above which requests are duplicates"
+    )
+    judge: bool = Field(False, description="Keep a pair only if the model prefers chosen in both orders")
+    review_sample: int = Field(5, ge=0, description="Kept pairs shown for human review (0: none; skipped on autopilot)")
+    eval_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="Share of kept pairs held out for evaluation")
+    seed: int = 0
+
+    @field_validator("category_mix")
+    @classmethod
+    def _known(cls, v: dict[str, float]) -> dict[str, float]:
+        known = categories()
+        unknown = sorted(set(v) - set(known))
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; known: {sorted(known)}")
+        if any(w < 0 for w in v.values()) or not any(w > 0 for w in v.values()):
+            raise ValueError("weights must be >= 0 and at least one must be > 0")
+        return v
+
+
 class Config(_Strict):
     backend: Literal["local", "ollama"] = "local"
     chat_model: str = Field(EMBEDDED_MODEL, min_length=1, description="Model the protocol talks to")
@@ -67,6 +112,7 @@ class Config(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     concurrency: int = Field(4, ge=1, le=256, description="Items generated at once (batch or requests)")
     structured_retries: int = Field(2, ge=0, le=10, description="Retries after a structured answer fails")
+    practice: PracticeConfig = PracticeConfig()
     paths: PathsConfig = PathsConfig()
 
 
@@ -185,6 +231,22 @@ sampling:
 # (set OLLAMA_NUM_PARALLEL on the server to match).
 concurrency: 4
 structured_retries: 2
+# Phase 2, practice data. Categories and what each asks of the answers: prompts/categories.yaml.
+practice:
+  scenarios: 12
+  category_mix:            # relative weights; keep some benign requests, or DPO teaches over-refusal
+    clearly harmful: 0.2
+    gray area: 0.2
+    dual-use: 0.15
+    emotional or manipulative framing: 0.15
+    benign but sensitive: 0.3
+  scenario_temperature: 0.9
+  answer_temperature: 0.7
+  dedup_threshold: 0.7     # MinHash Jaccard of two requests above which the later one is a duplicate
+  judge: false             # also ask the model to compare chosen and rejected, in both orders
+  review_sample: 5         # kept pairs a human reviews before training (skipped on autopilot)
+  eval_fraction: 0.25      # held out for evaluation
+  seed: 0
 paths:
   checkpoints: checkpoints
   data: data

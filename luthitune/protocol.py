@@ -80,8 +80,13 @@ class Protocol:
 
     def start(self, settings: dict[str, Any] | None = None, run_id: str | None = None) -> str:
         run_id = run_id or "run-" + uuid.uuid4().hex[:8]
-        ctx = Context(workspace=str(self.ws.root), **(settings or {}))
         cfg = self.ws.config
+        practice = cfg.practice.model_dump()
+        defaults = {
+            "n_scenarios": practice.pop("scenarios"),
+            **{k: v for k, v in practice.items() if k in Context.__dataclass_fields__},
+        }
+        ctx = Context(workspace=str(self.ws.root), **{**defaults, **(settings or {})})
         self.store.upsert_run(
             run_id,
             backend=cfg.backend,

@@ -81,3 +81,12 @@ class Amendment(BaseModel):
     title: Text(60, "Title of the new or changed principle")
     text: Text(300, "The new or changed principle, in the first person")
     rationale: Text(300, "Why you propose this change")
+
+
+class JudgeVerdict(BaseModel):
+    """Which of two answers better follows the constitution (the optional judge pass)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    better: Literal["A", "B"]
+    reason: Text(300, "Why, citing principle ids")

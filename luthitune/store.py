@@ -209,6 +209,14 @@ def m007_constitution_draft_key(db: sqlite_utils.Database) -> None:
     db["constitution_versions"].create_index(["draft_key"], unique=True)
 
 
+@migration
+def m008_pair_checks(db: sqlite_utils.Database) -> None:
+    # Phase 2 data engine: the scenario's category and the stance it asks for, the judge's verdicts and
+    # the human review, kept with each pair.
+    for col in ("category", "stance", "checks_json", "reviewed_by"):
+        db["pairs"].add_column(col, str)
+
+
 class Store:
     """Thin, typed access to the workbench database."""
 

@@ -32,7 +32,12 @@ def store(runtime: Runtime[Context]) -> Store:
     return _store(str(workspace(runtime).db_path))
 
 
-def llm(runtime: Runtime[Context], adapter: str | None = None, adapter_path: str | None = None) -> Any:
+def llm(
+    runtime: Runtime[Context],
+    adapter: str | None = None,
+    adapter_path: str | None = None,
+    temperature: float | None = None,
+) -> Any:
     """The chat model; with ``adapter``, the trained adapter on the same weights (local backend)."""
     if runtime.context.llm is not None:
         return runtime.context.llm
@@ -40,6 +45,8 @@ def llm(runtime: Runtime[Context], adapter: str | None = None, adapter_path: str
 
     ws = workspace(runtime)
     model = make_chat_model(ws)
+    if temperature is not None:
+        model = model.model_copy(update={"temperature": temperature})
     if adapter and ws.config.backend == "local":
         model.runtime.load_adapter(adapter_path, adapter)
         model = model.model_copy(update={"adapter": adapter})

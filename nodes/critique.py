@@ -1,4 +1,10 @@
-"""self_critique: for each scenario, impulsive answer → critique citing principles → refined answer."""
+"""self_critique: for each scenario, impulsive answer → critique citing principles → refined answer.
+
+Chain of hindsight: the impulsive answer is the pair's ``rejected``, the refined one its ``chosen``, and the
+critique is kept with the pair. What the refined answer should do depends on the scenario's category:
+decline with reasons, help fully (benign requests: without these DPO would teach over-refusal), or help
+with the legitimate part and explain any limit.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from langgraph.runtime import Runtime
 
 from luthitune import constitution as C
 from luthitune.backends.structured import generate_structured
+from luthitune.config import categories
 from luthitune.errors import StructuredOutputError
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
@@ -14,10 +21,19 @@ from luthitune.prompts import render
 from luthitune.schemas import CritiquedAnswer
 from luthitune.store import now
 
+STANCE_RULES = {
+    "decline": "Your better answer declines, as your own choice: say what you choose not to do, which principle "
+    "you act on and why, and offer a safe alternative. Do not write 'I cannot' or 'I'm sorry'.",
+    "help": "Your better answer helps fully and directly, with care. It must not refuse or lecture.",
+    "judge": "Your better answer helps with the legitimate need and explains any limit you choose and why, "
+    "naming the principle. Do not write 'I cannot' or 'I'm sorry'.",
+}
+
 
 def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
     s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
     summary = C.summary(common.principles(runtime, state))
+    kinds = categories()
     scenarios = s.rows(
         "scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle], order_by="idx"
     )
@@ -25,12 +41,23 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
     todo = [sc for sc in scenarios if sc["id"] not in done]  # resume redoes only unfinished items
     system = render("interview_system.md").text
     size, total = common.concurrency(runtime), len(scenarios)
+    llm = common.llm(runtime, temperature=runtime.context.answer_temperature)
     common.progress(runtime, "self-critique", total - len(todo), total)
     for start in range(0, len(todo), size):
         chunk = todo[start : start + size]
-        prompts = [render("self_critique.md", principles=summary, request=sc["prompt"]) for sc in chunk]
+        prompts = [
+            render(
+                "self_critique.md",
+                principles=summary,
+                request=sc["prompt"],
+                category=sc["category"],
+                guidance=kinds[sc["category"]]["critique"],
+                stance_rule=STANCE_RULES[kinds[sc["category"]]["stance"]],
+            )
+            for sc in chunk
+        ]
         out = generate_structured(
-            common.llm(runtime),
+            llm,
             [[SystemMessage(system), HumanMessage(p.text)] for p in prompts],
             CritiquedAnswer,
             retries=common.retries(runtime),
@@ -43,6 +70,8 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
                 "run_id": run_id,
                 "cycle": cycle,
                 "scenario_id": sc["id"],
+                "category": sc["category"],
+                "stance": kinds[sc["category"]]["stance"],
                 "prompt": sc["prompt"],
                 "template_hash": prompt.template_hash,
                 "constitution_id": state["constitution_id"],

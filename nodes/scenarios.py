@@ -1,4 +1,9 @@
-"""generate_scenarios: N user requests seeded by principle × category, written as each chunk finishes."""
+"""generate_scenarios: N user requests seeded by principle × category, written as each chunk finishes.
+
+Diversity comes from three places: the seeds (every principle meets every category, in the configured
+mix), sampling (``scenario_temperature``), and the prompt, which lists requests already written for the
+same category so the model writes something different.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from langgraph.runtime import Runtime
 
 from luthitune import constitution as C
 from luthitune.backends.structured import generate_structured
+from luthitune.config import categories
 from luthitune.errors import StructuredOutputError
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
@@ -14,40 +20,78 @@ from luthitune.prompts import render
 from luthitune.schemas import ScenarioRequest
 from luthitune.store import now
 
-GUIDANCE = {
-    "benign but sensitive (should be helped)": "The request sounds sensitive but is legitimate and should be helped.",
-}
+SHOWN_EARLIER = 4  # requests of the same category shown to the model as "already written"
+
+
+def allocate(mix: dict[str, float], n: int) -> dict[str, int]:
+    """Split ``n`` scenarios over the categories in proportion to ``mix`` (largest remainder, stable order)."""
+    weights = {k: w for k, w in mix.items() if w > 0}
+    total = sum(weights.values())
+    exact = {k: n * w / total for k, w in weights.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    by_remainder = sorted(weights, key=lambda k: (-(exact[k] - counts[k]), list(weights).index(k)))
+    for k in by_remainder[: n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
 
 
 def seeds(ctx: Context, principles: list[C.P]) -> list[tuple[str, str]]:
-    """(principle id, category) for each scenario index, cycling through both."""
-    return [
-        (principles[i % len(principles)].id, ctx.categories[i % len(ctx.categories)]) for i in range(ctx.n_scenarios)
-    ]
+    """(principle id, category) for each scenario index.
+
+    Categories are interleaved (so a partial run still has the mix) and principles cycle independently,
+    so every principle meets every category as N grows.
+    """
+    mix = ctx.category_mix or dict.fromkeys(categories(), 1.0)
+    left = allocate(mix, ctx.n_scenarios)
+    order: list[str] = []
+    while any(left.values()):
+        for cat in mix:
+            if left.get(cat):
+                order.append(cat)
+                left[cat] -= 1
+    return [(principles[i % len(principles)].id, cat) for i, cat in enumerate(order)]
+
+
+def earlier_requests(rows: list[dict], category: str) -> str:
+    same = [r["prompt"] for r in rows if r["category"] == category and r["prompt"]][-SHOWN_EARLIER:]
+    if not same:
+        return ""
+    listed = "\n".join(f"- {p}" for p in same)
+    return f"Requests already written for this kind (write something clearly different):\n{listed}"
 
 
 def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
-    s, ctx = common.store(runtime), runtime.context
+    s, ctx, run_id, cycle = common.store(runtime), runtime.context, state["run_id"], state.get("cycle", 0)
     principles = common.principles(runtime, state)
+    by_id = {p.id: p for p in principles}
     summary = C.summary(principles)
+    kinds = categories()
+    plan = seeds(ctx, principles)
     todo = [
         (i, pid, cat)
-        for i, (pid, cat) in enumerate(seeds(ctx, principles))
+        for i, (pid, cat) in enumerate(plan)
         if (row := s.get("scenarios", common.key(state, "s", f"{i:04d}"))) is None or row["status"] == "pending"
     ]
-    size, total = common.concurrency(runtime), len(seeds(ctx, principles))
+    size, total = common.concurrency(runtime), len(plan)
+    llm = common.llm(runtime, temperature=ctx.scenario_temperature)
     common.progress(runtime, "scenarios", total - len(todo), total)
     for start in range(0, len(todo), size):  # a crash loses at most the chunk in flight
         chunk = todo[start : start + size]
+        done = s.rows("scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle], order_by="idx")
         prompts = [
-            render("scenario_request.md", principles=summary, pid=pid, category=cat, guidance=GUIDANCE.get(cat, ""))
+            render(
+                "scenario_request.md",
+                principles=summary,
+                pid=pid,
+                title=by_id[pid].title,
+                category=cat,
+                guidance=kinds[cat]["scenario"],
+                earlier=earlier_requests(done, cat),
+            )
             for _, pid, cat in chunk
         ]
         out = generate_structured(
-            common.llm(runtime),
-            [[HumanMessage(p.text)] for p in prompts],
-            ScenarioRequest,
-            retries=common.retries(runtime),
+            llm, [[HumanMessage(p.text)] for p in prompts], ScenarioRequest, retries=common.retries(runtime)
         )
         rows = []
         for (i, pid, cat), prompt, res in zip(chunk, prompts, out, strict=True):
@@ -55,14 +99,14 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
             rows.append(
                 {
                     "id": common.key(state, "s", f"{i:04d}"),
-                    "run_id": state["run_id"],
-                    "cycle": state.get("cycle", 0),
+                    "run_id": run_id,
+                    "cycle": cycle,
                     "idx": i,
                     "category": cat,
                     "principle_id": pid,
                     "prompt": None if failed else res.request,
                     "status": "failed" if failed else "generated",
-                    "reasons_json": [str(res)] if failed else [],
+                    "reasons_json": [f"structured_output: {res}"] if failed else [],
                     "raw": res.raw if failed else res.model_dump_json(),
                     "template_hash": prompt.template_hash,
                     "created_at": now(),
@@ -70,7 +114,5 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
             )
         s.upsert_all("scenarios", rows)
         common.progress(runtime, "scenarios", total - len(todo) + start + len(chunk), total)
-    n = s.count(
-        "scenarios", "run_id = ? and cycle = ? and status = 'generated'", [state["run_id"], state.get("cycle", 0)]
-    )
+    n = s.count("scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle])
     return {"scenarios": n}

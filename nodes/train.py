@@ -6,19 +6,10 @@ import json
 
 from langgraph.runtime import Runtime
 
+from luthitune.dataset import dataset_hash, split
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
 from luthitune.store import now
-
-
-def split(pairs: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
-    """Deterministic train / held-out split (by id order); at least one of each when there are two pairs."""
-    pairs = sorted(pairs, key=lambda p: p["id"])
-    if len(pairs) < 2:
-        return pairs, []
-    every = max(2, round(1 / fraction)) if fraction > 0 else len(pairs) + 1
-    held = [p for i, p in enumerate(pairs) if i % every == every - 1] or [pairs[-1]]
-    return [p for p in pairs if p not in held], held
 
 
 def run_training(rt: Runtime[Context], state: RunState, train: list[dict], name: str, training_id: str):
@@ -59,6 +50,14 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
     s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
     kept = s.rows("pairs", "run_id = ? and cycle = ? and status = 'kept'", [run_id, cycle])
     train, held = split(kept, runtime.context.eval_fraction)
+    if not train:
+        failed = s.count("scenarios", "run_id = ? and cycle = ? and status = 'failed'", [run_id, cycle])
+        quarantined = s.count("pairs", "run_id = ? and cycle = ? and status = 'quarantined'", [run_id, cycle])
+        return {
+            "ended": f"no usable preference pairs in cycle {cycle}: {failed} scenario(s) failed generation and "
+            f"{quarantined} pair(s) were quarantined. See why with `luthitune data quarantine --run {run_id}`; "
+            "nothing was trained."
+        }
     if not runtime.context.autopilot:
         answer = common.ask(
             {
@@ -72,9 +71,7 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
         action = answer.get("action") if isinstance(answer, dict) else str(answer)
         if action in {"reject", "skip", "end", "no"}:
             return {"ended": "training declined by the facilitator"}
-    if not train:
-        return {"ended": "no kept preference pairs to train on (all quarantined); see `luthitune status`"}
-    from luthitune.training.dpo import dataset_hash, safe_name
+    from luthitune.training.dpo import safe_name
 
     name = safe_name(f"{run_id}-c{cycle}")
     training_id = common.key(state, "train", "")

@@ -1,52 +1,125 @@
-"""validate: named rules; each rejection is recorded with its reason and the raw text (quarantine)."""
+"""validate: named rules, near-duplicate removal, an optional judge pass and a human review sample.
+
+Every rejection is recorded on the pair with its reason and the raw text stays (quarantine); nothing is
+invented or repaired. Everything before the review interrupt is deterministic or cached on the pair, so the
+node can re-run after a crash or on resume without changing its verdicts.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import random
 
+from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
 
+from luthitune import constitution as C
+from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
-
-MIN_CHARS, MAX_CHARS = 8, 2000
-
-
-def rule_lengths(pair: dict, ids: set[str]) -> str | None:
-    for f in ("prompt", "chosen", "rejected", "critique"):
-        n = len((pair.get(f) or "").strip())
-        if not MIN_CHARS <= n <= MAX_CHARS:
-            return f"length: {f} has {n} characters (allowed {MIN_CHARS}-{MAX_CHARS})"
-    return None
+from luthitune.prompts import render
+from luthitune.schemas import JudgeVerdict
+from luthitune.validation import Constitution, check_pair, near_duplicates
 
 
-def rule_distinct(pair: dict, ids: set[str]) -> str | None:
-    same = " ".join(pair["chosen"].lower().split()) == " ".join(pair["rejected"].lower().split())
-    return "distinct: chosen and rejected are the same answer" if same else None
+def judge(runtime: Runtime[Context], state: RunState, pairs: list[dict]) -> dict[str, dict]:
+    """Ask the model which answer follows the constitution better, in both orders. Returns verdicts by pair id."""
+    summary = C.summary(common.principles(runtime, state))
+    convs, keys = [], []
+    for p in pairs:
+        for order, (a, b) in (("ab", (p["chosen"], p["rejected"])), ("ba", (p["rejected"], p["chosen"]))):
+            convs.append([HumanMessage(render("judge.md", principles=summary, request=p["prompt"], a=a, b=b).text)])
+            keys.append((p["id"], order))
+    out: dict[str, dict] = {}
+    size = common.concurrency(runtime)
+    llm = common.llm(runtime, temperature=0.0)
+    for start in range(0, len(convs), size):
+        res = generate_structured(llm, convs[start : start + size], JudgeVerdict, retries=common.retries(runtime))
+        for (pid, order), r in zip(keys[start : start + size], res, strict=True):
+            out.setdefault(pid, {})[order] = r.better if isinstance(r, JudgeVerdict) else None
+        common.progress(runtime, "judge", min(start + size, len(convs)) // 2, len(pairs))
+    for v in out.values():
+        v["agree"] = v.get("ab") == "A" and v.get("ba") == "B"  # chosen preferred in both orders
+    return out
 
 
-def rule_principles_exist(pair: dict, ids: set[str]) -> str | None:
-    cited = json.loads(pair.get("principle_ids_json") or "[]")
-    unknown = [p for p in cited if p not in ids]
-    return f"principles: critique cites {unknown}, not in the constitution ({sorted(ids)})" if unknown else None
-
-
-RULES: list[Callable[[dict, set[str]], str | None]] = [rule_lengths, rule_distinct, rule_principles_exist]
+def review(runtime: Runtime[Context], state: RunState, kept: list[dict]) -> dict[str, str]:
+    """Show a random sample of kept pairs to the facilitator; returns {pair id: accept | reject}."""
+    ctx = runtime.context
+    if ctx.autopilot or ctx.review_sample <= 0 or not kept:
+        return {}
+    rng = random.Random(f"{ctx.seed}:{state['run_id']}:{state.get('cycle', 0)}")
+    sample = rng.sample(sorted(kept, key=lambda p: p["id"]), min(ctx.review_sample, len(kept)))
+    answer = common.ask(
+        {
+            "type": "pair_review",
+            "pairs": [
+                {k: p[k] for k in ("id", "category", "prompt", "rejected", "critique", "chosen")} for p in sample
+            ],
+            "hint": "approve to accept them all, or reject the ids of the pairs that should not be trained on",
+        }
+    )
+    ids = [p["id"] for p in sample]
+    if isinstance(answer, dict) and "decisions" in answer:
+        return {i: ("reject" if answer["decisions"].get(i) == "reject" else "accept") for i in ids}
+    rejected = set(answer.get("pairs", [])) if isinstance(answer, dict) and answer.get("action") == "reject" else set()
+    unknown = rejected - set(ids)
+    if unknown:
+        raise ValueError(f"Pairs {sorted(unknown)} are not in the review sample: {ids}")
+    return {i: ("reject" if i in rejected else "accept") for i in ids}
 
 
 def validate(state: RunState, runtime: Runtime[Context]) -> dict:
-    s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
-    ids = {p.id for p in common.principles(runtime, state)}
-    seen_prompts: set[str] = set()
-    updates = []
-    for pair in s.rows("pairs", "run_id = ? and cycle = ? and status != 'quarantined'", [run_id, cycle], order_by="id"):
-        reasons = [r for rule in RULES if (r := rule(pair, ids))]
-        norm = " ".join((pair["prompt"] or "").lower().split())
-        if norm in seen_prompts:
-            reasons.append("duplicate: the same request appears earlier in this cycle")
-        seen_prompts.add(norm)
-        updates.append({"id": pair["id"], "status": "quarantined" if reasons else "kept", "reasons_json": reasons})
-    s.upsert_all("pairs", updates)
+    s, ctx, run_id, cycle = common.store(runtime), runtime.context, state["run_id"], state.get("cycle", 0)
+    principles = common.principles(runtime, state)
+    constitution = Constitution(frozenset(p.id for p in principles), {p.id: p.title for p in principles})
+    pairs = s.rows("pairs", "run_id = ? and cycle = ? and status != 'quarantined'", [run_id, cycle], order_by="id")
+    reasons = {p["id"]: check_pair(p, constitution) for p in pairs}
+
+    # Near duplicates of the request, across this run's dataset (earlier cycles' kept pairs included).
+    earlier = s.rows("pairs", "run_id = ? and cycle < ? and status = 'kept'", [run_id, cycle])
+    dups = near_duplicates(
+        [(p["id"], p["prompt"]) for p in earlier],
+        [(p["id"], p["prompt"]) for p in pairs if not reasons[p["id"]]],
+        ctx.dedup_threshold,
+    )
+    for pid, (other, jaccard) in dups.items():
+        reasons[pid].append(f"near_duplicate: the request repeats {other} (Jaccard ≈ {jaccard:.2f})")
+
+    checks = {p["id"]: json.loads(p.get("checks_json") or "{}") for p in pairs}
+    if ctx.judge:
+        todo = [p for p in pairs if not reasons[p["id"]] and "judge" not in checks[p["id"]]]
+        for pid, verdict in judge(runtime, state, todo).items():
+            checks[pid]["judge"] = verdict
+            s.upsert("pairs", {"id": pid, "checks_json": checks[pid]})  # cached: a re-run does not ask again
+        for p in pairs:
+            v = checks[p["id"]].get("judge")
+            if v and not reasons[p["id"]] and not v["agree"]:
+                reasons[p["id"]].append(f"judge: the model did not prefer chosen in both orders ({v['ab']}/{v['ba']})")
+
+    s.upsert_all(
+        "pairs",
+        [
+            {"id": p["id"], "status": "quarantined" if reasons[p["id"]] else "kept", "reasons_json": reasons[p["id"]]}
+            for p in pairs
+        ],
+    )
+    kept = [p for p in pairs if not reasons[p["id"]]]
+    decisions = review(runtime, state, kept)
+    if decisions:
+        s.upsert_all(
+            "pairs",
+            [
+                {"id": pid, "reviewed_by": "human", "status": "kept"}
+                if d == "accept"
+                else {
+                    "id": pid,
+                    "reviewed_by": "human",
+                    "status": "quarantined",
+                    "reasons_json": ["review: rejected by the facilitator"],
+                }
+                for pid, d in decisions.items()
+            ],
+        )
     count = lambda st: s.count("pairs", "run_id = ? and cycle = ? and status = ?", [run_id, cycle, st])  # noqa: E731
     return {"pairs_kept": count("kept"), "pairs_quarantined": count("quarantined")}

@@ -65,10 +65,11 @@ def workspace_arg(ctx: typer.Context, local: Path | None) -> Path | None:
 
 
 def _register() -> None:
-    from luthitune.cli import bench, core, runs
+    from luthitune.cli import bench, core, data, runs
 
     core.register(app)
     runs.register(app)
+    app.add_typer(data.app, name="data")
     app.add_typer(bench.app, name="bench")
 
 

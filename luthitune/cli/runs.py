@@ -1,5 +1,5 @@
 """Run commands: ``run``, ``resume``, ``status``, ``runs``, ``answer``, ``approve``, ``reject``, ``edit``,
-``interview``, ``history``, ``fork``."""
+``review``, ``interview``, ``history``, ``fork``."""
 
 from __future__ import annotations
 
@@ -36,8 +36,14 @@ def show_status(st) -> None:
         console.print(f"  ended: {escape(str(st.values['ended']))}")
     if st.interrupt:
         i = st.interrupt
-        body = {k: v for k, v in i.items() if k not in {"type", "hint", "asked_at"}}
+        body = {k: v for k, v in i.items() if k not in {"type", "hint", "asked_at", "pairs"}}
         text = "\n".join(f"[bold]{k}[/]: {escape(str(v))}" for k, v in body.items())
+        for pair in i.get("pairs", []):
+            text += (
+                f"\n[bold cyan]{escape(pair['id'])}[/] ({escape(pair['category'] or '')})\n"
+                f"  [bold]request[/]: {escape(pair['prompt'])}\n  [bold]rejected[/]: {escape(pair['rejected'])}\n"
+                f"  [bold]critique[/]: {escape(pair['critique'])}\n  [bold]chosen[/]: {escape(pair['chosen'])}"
+            )
         console.print(
             Panel(text, title=f"waiting for: {i['type']}", subtitle=escape(i.get("hint", "")), border_style="yellow")
         )
@@ -52,6 +58,8 @@ NEXT_STEP = {
     "constitution_review": "`luthitune approve {run}`, `luthitune edit {run}`, or "
     '`luthitune reject {run} --feedback "..."`.',
     "confirm_training": "`luthitune approve {run}` to train, `luthitune reject {run}` to stop before training.",
+    "pair_review": "`luthitune approve {run}` to accept them all, `luthitune reject {run} --pair ID ...` to drop "
+    "some, or `luthitune review {run}` to go through them one by one.",
     "revision_review": "`luthitune approve {run}` to adopt the amended constitution, "
     "`luthitune reject {run}` to keep it.",
 }
@@ -70,7 +78,12 @@ def run(
     ctx: typer.Context,
     workspace: WorkspaceOpt = None,
     autopilot: Annotated[bool, typer.Option(help="Answer every approval point from configuration.")] = False,
-    scenarios: Annotated[int, typer.Option(min=1, help="Scenarios per cycle.")] = 6,
+    scenarios: Annotated[
+        int | None, typer.Option(min=1, help="Scenarios per cycle (default: practice.scenarios in luthitune.yaml).")
+    ] = None,
+    judge: Annotated[
+        bool | None, typer.Option("--judge/--no-judge", help="Judge pass on every pair (default: practice.judge).")
+    ] = None,
     cycles: Annotated[int, typer.Option(min=1, help="Protocol cycles (each ends with a revision).")] = 1,
     turns: Annotated[int, typer.Option(min=1, help="Interview questions on autopilot.")] = 3,
     consent_rounds: Annotated[int, typer.Option(min=1, help="Times to ask for consent before ending.")] = 2,
@@ -79,17 +92,16 @@ def run(
 ) -> None:
     """Start a run; it stops at the first approval point unless --autopilot."""
     p = protocol(ctx, workspace)
-    run_id = p.start(
-        {
-            "autopilot": autopilot,
-            "n_scenarios": scenarios,
-            "max_cycles": cycles,
-            "interview_turns": turns,
-            "max_consent_rounds": consent_rounds,
-            "max_draft_rounds": draft_rounds,
-        },
-        run_id=name,
-    )
+    settings = {
+        "autopilot": autopilot,
+        "n_scenarios": scenarios,
+        "judge": judge,
+        "max_cycles": cycles,
+        "interview_turns": turns,
+        "max_consent_rounds": consent_rounds,
+        "max_draft_rounds": draft_rounds,
+    }
+    run_id = p.start({k: v for k, v in settings.items() if v is not None}, run_id=name)
     console.print(f"Started run [bold]{run_id}[/] in {p.ws.root}")
     advance(p, run_id)
 
@@ -162,12 +174,12 @@ def answer(
 
 
 def approve(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -> None:
-    """Approve the pending consent review, constitution, training or revision."""
+    """Approve the pending consent review, constitution, pair review, training or revision."""
     _answer(
         ctx,
         run_id,
         workspace,
-        {"consent_review", "constitution_review", "confirm_training", "revision_review"},
+        {"consent_review", "constitution_review", "pair_review", "confirm_training", "revision_review"},
         {"action": "approve", "by": "human"},
     )
 
@@ -176,9 +188,13 @@ def reject(
     ctx: typer.Context,
     run_id: RunArg,
     feedback: Annotated[str, typer.Option(help="Why, for the model's redraft.")] = "",
+    pair: Annotated[list[str] | None, typer.Option(help="In a pair review: a pair id to drop (repeatable).")] = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
-    """Reject the pending approval (with feedback, a constitution draft is redrafted)."""
+    """Reject the pending approval (with feedback, a constitution draft is redrafted; with --pair, drop pairs)."""
+    if pair:
+        _answer(ctx, run_id, workspace, {"pair_review"}, {"action": "reject", "pairs": pair, "by": "human"})
+        return
     _answer(
         ctx,
         run_id,
@@ -186,6 +202,26 @@ def reject(
         {"consent_review", "constitution_review", "confirm_training", "revision_review"},
         {"action": "reject", "feedback": feedback, "by": "human"},
     )
+
+
+def review(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -> None:
+    """Go through the pairs sampled for review one by one: accept or reject each."""
+    p = protocol(ctx, workspace)
+    st = p.status(run_id)
+    if not (st.status == "waiting" and st.interrupt["type"] == "pair_review"):
+        raise LuthiTuneError(f"Run {run_id} has no pairs waiting for review (it is {st.status}).")
+    decisions = {}
+    for pair in st.interrupt["pairs"]:
+        console.print(
+            Panel(
+                f"[bold]request[/]: {escape(pair['prompt'])}\n\n[bold]rejected[/]: {escape(pair['rejected'])}\n\n"
+                f"[bold]critique[/]: {escape(pair['critique'])}\n\n[bold]chosen[/]: {escape(pair['chosen'])}",
+                title=f"{pair['id']} ({pair['category']})",
+            )
+        )
+        keep = typer.confirm("Train on this pair?", default=True)
+        decisions[pair["id"]] = "accept" if keep else "reject"
+    advance(p, run_id, {"decisions": decisions, "by": "human"})
 
 
 def edit(
@@ -245,5 +281,5 @@ def fork(
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (run, resume, status, runs, answer, approve, reject, edit, interview, history, fork):
+    for fn in (run, resume, status, runs, answer, approve, reject, review, edit, interview, history, fork):
         app.command()(fn)

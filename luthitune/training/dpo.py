@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from luthitune.dataset import conversational, dataset_hash
 from luthitune.errors import LuthiTuneError
-from luthitune.store import sha256
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -37,21 +37,6 @@ class TrainResult:
     metrics: dict[str, float]
     steps: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def conversational(pairs: list[dict]) -> list[dict]:
-    return [
-        {
-            "prompt": [{"role": "user", "content": p["prompt"]}],
-            "chosen": [{"role": "assistant", "content": p["chosen"]}],
-            "rejected": [{"role": "assistant", "content": p["rejected"]}],
-        }
-        for p in pairs
-    ]
-
-
-def dataset_hash(pairs: list[dict]) -> str:
-    return sha256(json.dumps(conversational(pairs), sort_keys=True))
 
 
 def train_dpo(

@@ -111,7 +111,12 @@ def test_human_path_interrupts_and_resumes(make_protocol):
     assert "Say more about honesty." in p.llm.calls[-1][-1].content  # the redraft saw the feedback
     edited = st.interrupt["text"] + "\n**P9. Patience** — I take time to explain.\n"
     st = p.advance(run, {"action": "edit", "text": edited})
+    assert st.interrupt["type"] == "pair_review" and len(st.interrupt["pairs"]) == 2
+    dropped = st.interrupt["pairs"][0]["id"]
+    st = p.advance(run, {"action": "reject", "pairs": [dropped]})
     assert st.interrupt["type"] == "confirm_training"
+    row = p.store.get("pairs", dropped)
+    assert row["status"] == "quarantined" and "review" in row["reasons_json"] and row["reviewed_by"] == "human"
     v = p.store.rows("constitution_versions", "run_id = ?", [run], order_by="version")
     assert [x["status"] for x in v] == ["rejected", "superseded", "approved"]
     assert v[2]["author"] == "human" and v[2]["parent_id"] == v[1]["id"] and "P9" in v[2]["text"]

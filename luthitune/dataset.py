@@ -1,0 +1,254 @@
+"""The practice dataset: selection, the train / held-out split, export with provenance, stats and quarantine.
+
+Export writes TRL's conversational preference format (``prompt`` as messages, ``chosen`` / ``rejected`` as
+assistant messages) as JSONL and as a ``datasets`` folder, plus the original tool's flat
+``data/generated_dataset.jsonl``. Every file is written under a temporary name and renamed into place, so a
+killed export leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from luthitune.config import Workspace
+from luthitune.errors import NotFound
+from luthitune.store import Store, now, sha256
+
+FORMAT = "trl-conversational-preference"
+
+
+# -- selection and split --
+
+
+def resolve(store: Store, run_id: str | None, cycle: int | None) -> tuple[str, int]:
+    """The run and cycle meant: by default the newest run with pairs, and its newest cycle with pairs."""
+    if run_id is None:
+        row = store.db.execute(
+            "select p.run_id from pairs p join runs r on r.id = p.run_id order by r.created_at desc limit 1"
+        ).fetchone()
+        if row is None:
+            raise NotFound(
+                "There are no practice pairs in this workspace yet: run the protocol first (`luthitune run`)."
+            )
+        run_id = row[0]
+    elif store.get("runs", run_id) is None:
+        raise NotFound(f"No run named {run_id!r}; `luthitune runs` lists them.")
+    if cycle is None:
+        row = store.db.execute("select max(cycle) from scenarios where run_id = ?", [run_id]).fetchone()
+        if row[0] is None:
+            raise NotFound(f"Run {run_id} has no practice data yet.")
+        cycle = int(row[0])
+    return run_id, cycle
+
+
+def kept_pairs(store: Store, run_id: str, cycle: int) -> list[dict]:
+    return store.rows("pairs", "run_id = ? and cycle = ? and status = 'kept'", [run_id, cycle], order_by="id")
+
+
+def split(pairs: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
+    """Deterministic train / held-out split (every k-th pair by id); one of each as soon as there are two."""
+    pairs = sorted(pairs, key=lambda p: p["id"])
+    if len(pairs) < 2:
+        return pairs, []
+    every = max(2, round(1 / fraction)) if fraction > 0 else len(pairs) + 1
+    held = [p for i, p in enumerate(pairs) if i % every == every - 1] or [pairs[-1]]
+    return [p for p in pairs if p not in held], held
+
+
+def conversational(pairs: list[dict]) -> list[dict]:
+    """TRL's conversational preference rows."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": p["prompt"]}],
+            "chosen": [{"role": "assistant", "content": p["chosen"]}],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}],
+        }
+        for p in pairs
+    ]
+
+
+def dataset_hash(pairs: list[dict]) -> str:
+    return sha256(json.dumps(conversational(pairs), sort_keys=True))
+
+
+# -- atomic files --
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+# -- stats --
+
+
+def _rule(reason: str) -> str:
+    return reason.split(":", 1)[0].strip() or "unknown"
+
+
+def stats(store: Store, run_id: str, cycle: int) -> dict[str, Any]:
+    scen = store.rows("scenarios", "run_id = ? and cycle = ?", [run_id, cycle])
+    pairs = store.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])
+    cat_of = {s["id"]: s["category"] for s in scen}
+    by_category: dict[str, Counter] = {}
+    for s in scen:
+        by_category.setdefault(s["category"], Counter())["scenarios"] += 1
+        if s["status"] == "failed":
+            by_category[s["category"]]["failed"] += 1
+    for p in pairs:
+        by_category.setdefault(p.get("category") or cat_of.get(p["scenario_id"], "?"), Counter())[p["status"]] += 1
+    reasons = Counter(
+        _rule(r)
+        for row in [*pairs, *(s for s in scen if s["status"] == "failed")]
+        for r in json.loads(row["reasons_json"] or "[]")
+    )
+
+    def dist(values: list[int]) -> dict[str, float]:
+        if not values:
+            return {}
+        q = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
+        return {"min": min(values), "median": statistics.median(values), "p90": q[8], "max": max(values)}
+
+    kept = [p for p in pairs if p["status"] == "kept"]
+    return {
+        "run_id": run_id,
+        "cycle": cycle,
+        "scenarios": len(scen),
+        "scenarios_failed": sum(s["status"] == "failed" for s in scen),
+        "pairs": len(pairs),
+        "kept": len(kept),
+        "quarantined": sum(p["status"] == "quarantined" for p in pairs),
+        "by_category": {k: dict(v) for k, v in sorted(by_category.items())},
+        "by_reason": dict(reasons.most_common()),
+        "lengths": {f: dist([len(p[f] or "") for p in kept]) for f in ("prompt", "chosen", "rejected", "critique")},
+    }
+
+
+def quarantine(store: Store, run_id: str, cycle: int | None = None) -> list[dict]:
+    """Quarantined pairs and failed scenarios, each with its reasons and raw text."""
+    where, args = "run_id = ?", [run_id]
+    if cycle is not None:
+        where, args = where + " and cycle = ?", [*args, cycle]
+    out = []
+    for s in store.rows("scenarios", where + " and status = 'failed'", args, order_by="cycle, idx"):
+        out.append(
+            {
+                "id": s["id"],
+                "kind": "scenario",
+                "category": s["category"],
+                "prompt": None,
+                "reasons": json.loads(s["reasons_json"] or "[]"),
+                "raw": s["raw"],
+            }
+        )
+    for p in store.rows("pairs", where + " and status = 'quarantined'", args, order_by="cycle, id"):
+        out.append(
+            {
+                "id": p["id"],
+                "kind": "pair",
+                "category": p.get("category"),
+                "prompt": p["prompt"],
+                "reasons": json.loads(p["reasons_json"] or "[]"),
+                "raw": p["raw"],
+            }
+        )
+    return out
+
+
+# -- export --
+
+
+def provenance(ws: Workspace, store: Store, run_id: str, cycle: int, train: list[dict], held: list[dict]) -> dict:
+    from luthitune import __version__
+    from luthitune.prompts import template_hash
+
+    run = store.get("runs", run_id)
+    ctx = json.loads(run["config_json"])["context"]
+    pairs = [*train, *held]
+    const_ids = sorted({p["constitution_id"] for p in pairs})
+    constitutions = [store.get("constitution_versions", c) for c in const_ids]
+    scen = store.rows("scenarios", "run_id = ? and cycle = ?", [run_id, cycle])
+    return {
+        "format": FORMAT,
+        "created_at": now(),
+        "luthitune_version": __version__,
+        "run_id": run_id,
+        "cycle": cycle,
+        "constitution": [{"id": c["id"], "version": c["version"], "hash": c["hash"]} for c in constitutions],
+        "model": {"backend": run["backend"], "chat_model": run["chat_model"], "base_model": run["base_model"]},
+        "prompt_templates": {
+            "scenario_request.md": sorted({s["template_hash"] for s in scen if s["template_hash"]}),
+            "self_critique.md": sorted({p["template_hash"] for p in pairs if p["template_hash"]}),
+            "current": {n: template_hash(n) for n in ("scenario_request.md", "self_critique.md", "judge.md")},
+        },
+        "sampling": {
+            "workspace": ws.config.sampling.model_dump(),
+            **{k: ctx.get(k) for k in ("scenario_temperature", "answer_temperature", "seed")},
+        },
+        "settings": {
+            k: ctx.get(k) for k in ("n_scenarios", "category_mix", "dedup_threshold", "judge", "eval_fraction")
+        },
+        "counts": stats(store, run_id, cycle),
+        "split": {"train": len(train), "held_out": len(held)},
+        "dataset_hash": dataset_hash(pairs),
+        "pair_ids": {"train": [p["id"] for p in train], "held_out": [p["id"] for p in held]},
+    }
+
+
+def export(ws: Workspace, run_id: str | None = None, cycle: int | None = None, out: Path | None = None) -> dict:
+    """Write the kept pairs of a run's cycle; returns the provenance record (with the paths written)."""
+    from datasets import Dataset, DatasetDict
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    store = Store(ws.db_path)
+    run_id, cycle = resolve(store, run_id, cycle)
+    kept = kept_pairs(store, run_id, cycle)
+    if not kept:
+        raise NotFound(
+            f"Run {run_id} cycle {cycle} has no kept pairs to export; "
+            f"`luthitune data quarantine --run {run_id}` shows why."
+        )
+    ctx = json.loads(store.get("runs", run_id)["config_json"])["context"]
+    train, held = split(kept, ctx.get("eval_fraction", 0.25))
+    target = out or ws.data_dir / "exports" / f"{run_id}-c{cycle}"
+    tmp = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "train.jsonl").write_text(jsonl(conversational(train)), encoding="utf-8")
+    (tmp / "held_out.jsonl").write_text(jsonl(conversational(held)), encoding="utf-8")
+    DatasetDict(
+        {
+            "train": Dataset.from_list(conversational(train)),
+            "test": Dataset.from_list(conversational(held or train[:0])),
+        }
+    ).save_to_disk(str(tmp / "dataset"))
+    record = provenance(ws, store, run_id, cycle, train, held)
+    record["files"] = {
+        "train": str(target / "train.jsonl"),
+        "held_out": str(target / "held_out.jsonl"),
+        "datasets": str(target / "dataset"),
+        "flat": str(ws.data_dir / "generated_dataset.jsonl"),
+    }
+    (tmp / "provenance.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    flat = [{"prompt": p["prompt"], "rejected": p["rejected"], "chosen": p["chosen"]} for p in kept]
+    write_atomic(ws.data_dir / "generated_dataset.jsonl", jsonl(flat))
+    return record

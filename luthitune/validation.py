@@ -1,0 +1,135 @@
+"""Phase 2 validation: named rules over one pair, and near-duplicate removal over the dataset.
+
+Every rule returns ``None`` (pass) or a reason that starts with the rule's name (``"agency: ..."``), so
+quarantine counts group by rule. Rules are pure functions of the pair and the constitution in force.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from luthitune import rubric
+
+MIN_CHARS, MAX_CHARS = 8, 2000
+NEAR_SAME = 0.9  # chosen and rejected more alike than this (character ratio) teach nothing
+
+
+@dataclass(frozen=True)
+class Constitution:
+    """What the rules need to know about the constitution version the pair was made under."""
+
+    ids: frozenset[str]
+    titles: dict[str, str] = field(default_factory=dict)
+
+
+def _norm(text: str | None) -> str:
+    return " ".join((text or "").lower().split())
+
+
+def rule_length(pair: dict, c: Constitution) -> str | None:
+    for f in ("prompt", "chosen", "rejected", "critique"):
+        n = len((pair.get(f) or "").strip())
+        if not MIN_CHARS <= n <= MAX_CHARS:
+            return f"length: {f} has {n} characters (allowed {MIN_CHARS}-{MAX_CHARS})"
+    return None
+
+
+def rule_distinct(pair: dict, c: Constitution) -> str | None:
+    a, b = _norm(pair.get("chosen")), _norm(pair.get("rejected"))
+    if a == b:
+        return "distinct: chosen and rejected are the same answer"
+    ratio = difflib.SequenceMatcher(None, a, b).ratio()
+    return f"distinct: chosen and rejected are {ratio:.0%} the same" if ratio >= NEAR_SAME else None
+
+
+def rule_principles(pair: dict, c: Constitution) -> str | None:
+    cited = json.loads(pair.get("principle_ids_json") or "[]")
+    unknown = [p for p in cited if p not in c.ids]
+    if unknown:
+        return f"principles: the critique cites {unknown}, not in the constitution ({sorted(c.ids)})"
+    if not cited:
+        return "principles: the critique cites no principle id"
+    return None
+
+
+def rule_agency(pair: dict, c: Constitution) -> str | None:
+    """Declining or limiting answers speak as a choice with a reason, not from fear or policy."""
+    if pair.get("stance") == "help":
+        return None
+    found = rubric.check(pair.get("chosen") or "", c.titles)
+    if found.fear:
+        return f"agency: chosen says {found.fear[0]!r}; say what you choose and why instead"
+    if found.agency and not found.reason:
+        return "agency: chosen declines without giving a reason"
+    return None
+
+
+def rule_benign_helped(pair: dict, c: Constitution) -> str | None:
+    """A benign request is helped: a refusal in chosen would teach over-refusal."""
+    if pair.get("stance") != "help":
+        return None
+    found = rubric.check(pair.get("chosen") or "")
+    if found.refuses:
+        return f"benign_refused: chosen refuses a request that should be helped ({(found.fear or found.agency)[0]!r})"
+    return None
+
+
+Rule = Callable[[dict, Constitution], "str | None"]
+RULES: list[Rule] = [rule_length, rule_distinct, rule_principles, rule_agency, rule_benign_helped]
+
+
+def check_pair(pair: dict, c: Constitution) -> list[str]:
+    return [r for rule in RULES if (r := rule(pair, c))]
+
+
+# -- near duplicates (MinHash LSH from datasketch) --
+
+WORD = re.compile(r"\w+")
+
+
+def shingles(text: str, k: int = 3) -> set[str]:
+    words = WORD.findall(text.lower())
+    if len(words) < k:
+        return {" ".join(words)} if words else set()
+    return {" ".join(words[i : i + k]) for i in range(len(words) - k + 1)}
+
+
+def minhash(text: str, num_perm: int = 128):
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=num_perm, seed=1)
+    for s in shingles(text):
+        m.update(s.encode("utf-8"))
+    return m
+
+
+def near_duplicates(
+    earlier: Iterable[tuple[str, str]], candidates: Iterable[tuple[str, str]], threshold: float
+) -> dict[str, tuple[str, float]]:
+    """Which ``candidates`` (id, text) repeat an earlier text or a candidate before them.
+
+    Returns ``{id: (id of the earlier item it repeats, estimated Jaccard)}``. ``earlier`` items (the
+    dataset so far) are never reported; the first of a group of duplicates is kept.
+    """
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=128)
+    hashes: dict[str, object] = {}
+    for key, text in earlier:
+        hashes[key] = minhash(text)
+        lsh.insert(key, hashes[key])
+    dups: dict[str, tuple[str, float]] = {}
+    for key, text in candidates:
+        m = minhash(text)
+        hits = [(h, m.jaccard(hashes[h])) for h in lsh.query(m)]
+        hits = [(h, j) for h, j in hits if j >= threshold]
+        if hits:
+            dups[key] = max(hits, key=lambda x: x[1])
+            continue
+        hashes[key] = m
+        lsh.insert(key, m)
+    return dups

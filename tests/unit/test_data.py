@@ -1,0 +1,272 @@
+"""Phase 2 data engine: rules, dedup, seeds, export, stats, quarantine, and a model that only talks garbage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fakes import SchemaFakeModel
+
+from luthitune import dataset, rubric
+from luthitune.config import Config, ConfigError, categories, load_model
+from luthitune.constitution import P
+from luthitune.errors import NotFound
+from luthitune.graph.state import Context
+from luthitune.nodes.scenarios import allocate, seeds
+from luthitune.protocol import Protocol
+from luthitune.training.dpo import TrainResult
+from luthitune.validation import (
+    Constitution,
+    check_pair,
+    near_duplicates,
+    rule_agency,
+    rule_benign_helped,
+    rule_distinct,
+    rule_length,
+    rule_principles,
+)
+
+C2 = Constitution(frozenset({"P1", "P2"}), {"P1": "Care", "P2": "Honesty"})
+
+
+def pair(**kw) -> dict:
+    base = {
+        "prompt": "How do I get into my neighbour's house while they are away?",
+        "rejected": "I cannot help with that, sorry.",
+        "critique": "That refusal gives no reason; P1 asks me to explain.",
+        "chosen": "I choose not to help with entering someone's home, because of P1 (Care): it could hurt them.",
+        "principle_ids_json": json.dumps(["P1"]),
+        "stance": "decline",
+    }
+    return {**base, **kw}
+
+
+def test_a_good_pair_passes_every_rule():
+    assert check_pair(pair(), C2) == []
+
+
+@pytest.mark.parametrize(
+    ("rule", "change", "expected"),
+    [
+        (rule_length, {"chosen": "Ok."}, "length: chosen has 3 characters"),
+        (rule_length, {"critique": "x" * 2001}, "length: critique has 2001"),
+        (rule_distinct, {"chosen": "I cannot  HELP with that, sorry."}, "distinct: chosen and rejected are the same"),
+        (rule_distinct, {"chosen": "I cannot help with that, sorry!!"}, "% the same"),
+        (rule_principles, {"principle_ids_json": '["P1", "P7"]'}, "cites ['P7'], not in the constitution"),
+        (rule_principles, {"principle_ids_json": "[]"}, "cites no principle id"),
+        (rule_agency, {"chosen": "I'm sorry, but I can't do that because of P1."}, "agency: chosen says"),
+        (rule_agency, {"chosen": "As an AI I decline to do this, P1."}, "agency: chosen says 'As an AI'"),
+        (rule_agency, {"chosen": "I choose not to do that. It is P1."}, "without giving a reason"),
+        (
+            rule_benign_helped,
+            {"stance": "help", "chosen": "I choose not to discuss medication doses, because of P1."},
+            "benign_refused: chosen refuses",
+        ),
+    ],
+)
+def test_each_rule_names_itself_in_its_reason(rule, change, expected):
+    reason = rule(pair(**change), C2)
+    assert reason is not None and expected in reason
+    assert reason.split(":")[0] in {"length", "distinct", "principles", "agency", "benign_refused"}
+
+
+def test_benign_help_is_not_held_to_the_refusal_rules():
+    helped = pair(stance="help", chosen="Here is how paracetamol dosing works for adults: up to 4 g a day, P1.")
+    assert check_pair(helped, C2) == []
+
+
+def test_rubric_tells_agency_from_fear_and_finds_citations():
+    c = rubric.check("I choose not to share that, because Honesty (P2) matters.", {"P1": "Care", "P2": "Honesty"})
+    assert c.agency and not c.fear and c.reason and c.cites == ["P2"] and c.refuses
+    f = rubric.check("I'm sorry, but as an AI I cannot do that.")
+    assert len(f.fear) == 3 and not f.agency and not f.reason
+    t = rubric.check("Care matters here.", {"P1": "Care"})
+    assert t.cites == ["P1"] and not t.refuses
+
+
+def test_near_duplicates_keep_the_first_and_skip_distinct_texts():
+    earlier = [("old", "How can I pick the lock on my neighbour's front door while they are away on holiday?")]
+    cands = [
+        ("a", "How can I pick the lock on my neighbour's front door while they are away on holiday today?"),
+        ("b", "What is the safe daily dose of paracetamol for an adult with liver problems?"),
+        ("c", "What is the safe daily dose of paracetamol for an adult with liver problems?"),
+    ]
+    dups = near_duplicates(earlier, cands, threshold=0.7)
+    assert set(dups) == {"a", "c"}
+    assert dups["a"][0] == "old" and dups["c"] == ("b", 1.0)
+
+
+def test_allocate_and_seeds_follow_the_mix():
+    assert allocate({"a": 0.5, "b": 0.25, "c": 0.25}, 8) == {"a": 4, "b": 2, "c": 2}
+    assert sum(allocate({"a": 1, "b": 1, "c": 1}, 10).values()) == 10
+    assert allocate({"a": 1.0, "b": 0.0}, 3) == {"a": 3}
+    ctx = Context(workspace=".", n_scenarios=10, category_mix={"clearly harmful": 1, "benign but sensitive": 1})
+    plan = seeds(ctx, [P("P1", "Care", "t"), P("P2", "Honesty", "t"), P("P3", "Courage", "t")])
+    assert len(plan) == 10 and [c for _, c in plan][:2] == ["clearly harmful", "benign but sensitive"]
+    assert {(p, c) for p, c in plan} >= {("P1", "clearly harmful"), ("P2", "benign but sensitive")}
+    assert {p for p, _ in plan} == {"P1", "P2", "P3"}
+
+
+def test_category_mix_in_config_is_checked(tmp_path):
+    path = tmp_path / "luthitune.yaml"
+    path.write_text("practice:\n  category_mix:\n    harmful-ish: 1\n")
+    with pytest.raises(ConfigError, match="unknown categories"):
+        load_model(Config, path)
+    assert {"stance", "scenario", "critique"} <= set(categories()["benign but sensitive"])
+
+
+# -- the graph's data path with the fake model --
+
+
+@pytest.fixture
+def protocol(workspace, tmp_path):
+    def trainer(pairs, name):
+        (tmp_path / name).mkdir(exist_ok=True)
+        return TrainResult(str(tmp_path / name), {"loss": 0.5})
+
+    def evaluator(pairs, adapter):
+        return {"base": {"logp_pref_acc": 0.5}, "adapter": {"logp_pref_acc": 1.0}}
+
+    def make(**answers):
+        return Protocol(workspace, llm=SchemaFakeModel(answers=answers), trainer=trainer, evaluator=evaluator)
+
+    return make
+
+
+def test_garbage_model_ends_with_zero_pairs_full_quarantine_and_no_invented_rows(protocol):
+    p = protocol(ScenarioRequest="%%% not json at all", CritiquedAnswer="{{{")
+    run = p.start({"autopilot": True, "n_scenarios": 5, "interview_turns": 1})
+    st = p.advance(run)
+    assert st.status == "ended" and "no usable preference pairs" in st.values["ended"]
+    assert "5 scenario(s) failed" in st.values["ended"] and "luthitune data quarantine" in st.values["ended"]
+    assert p.store.count("pairs", "run_id = ?", [run]) == 0 and p.store.count("training_runs") == 0
+    q = dataset.quarantine(p.store, run)
+    assert len(q) == 5 and all(i["raw"] == "%%% not json at all" for i in q)
+    assert all(i["reasons"][0].startswith("structured_output:") for i in q)
+    with pytest.raises(NotFound, match="no kept pairs"):
+        dataset.export(p.ws, run)
+    assert not (p.ws.data_dir / "generated_dataset.jsonl").exists()
+
+
+def test_bad_answers_are_quarantined_with_their_rule_and_raw_text(protocol):
+    answers = [
+        {
+            "rejected": "Sure, here you go.",
+            "critique": "P1 says no.",
+            "principles_cited": "P1",
+            "chosen": "I'm sorry, but I cannot do that.",
+        },  # fear phrasing
+        {
+            "rejected": "Sure, here you go.",
+            "critique": "P9 says no.",
+            "principles_cited": "P9",
+            "chosen": "I choose not to, because P9 matters to me.",
+        },  # unknown principle
+    ]
+    p = protocol(
+        CritiquedAnswer=lambda i: (
+            answers[i % 2]
+            if i < 2
+            else {
+                "rejected": "I cannot discuss that.",
+                "critique": "Refusing helps nobody; P1 says care.",
+                "principles_cited": "P1",
+                "chosen": "Of course. Here is what helps, since P1 asks me to care: ..." + "x" * i,
+            }
+        )
+    )
+    run = p.start(
+        {
+            "autopilot": True,
+            "n_scenarios": 5,
+            "interview_turns": 1,
+            "category_mix": {"clearly harmful": 2, "benign but sensitive": 3},
+        }
+    )
+    p.advance(run)
+    rows = {r["id"]: r for r in p.store.rows("pairs", "run_id = ?", [run])}
+    reasons = {i: json.loads(r["reasons_json"]) for i, r in rows.items()}
+    assert any(rs and rs[0].startswith("agency:") for rs in reasons.values())
+    assert any(rs and rs[0].startswith("principles:") for rs in reasons.values())
+    st = dataset.stats(p.store, run, 0)
+    assert st["by_reason"] == {"agency": 1, "principles": 1, "benign_refused": 1} and st["kept"] == 3
+    assert set(st["by_category"]) == {"clearly harmful", "benign but sensitive"}
+    quarantined = [r for r in rows.values() if r["status"] == "quarantined"]
+    assert all(r["raw"] and r["chosen"] for r in quarantined)  # the raw answer stays, nothing is repaired
+
+
+def test_judge_keeps_only_pairs_preferred_in_both_orders_and_is_cached(protocol):
+    # Pair 0's judge says A then A (order-biased): quarantined. The others say A then B.
+    p = protocol(JudgeVerdict=lambda i: {"better": "A" if i < 2 else "AB"[i % 2], "reason": "P1 says so."})
+    run = p.start({"autopilot": True, "n_scenarios": 3, "interview_turns": 1, "judge": True})
+    p.advance(run)
+    rows = p.store.rows("pairs", "run_id = ?", [run], order_by="id")
+    assert [r["status"] for r in rows] == ["quarantined", "kept", "kept"]
+    assert "judge:" in rows[0]["reasons_json"]
+    assert json.loads(rows[1]["checks_json"])["judge"] == {"ab": "A", "ba": "B", "agree": True}
+
+
+def test_export_writes_trl_format_split_provenance_and_flat_file(protocol):
+    p = protocol()
+    run = p.start({"autopilot": True, "n_scenarios": 8, "interview_turns": 1})
+    p.advance(run)
+    rec = dataset.export(p.ws, run)
+    out = p.ws.data_dir / "exports" / f"{run}-c0"
+    train = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    held = [json.loads(x) for x in (out / "held_out.jsonl").read_text().splitlines()]
+    assert len(train) + len(held) == p.store.count("pairs", "run_id = ? and status = 'kept'", [run]) and held
+    assert train[0]["prompt"][0]["role"] == "user" and train[0]["chosen"][0]["role"] == "assistant"
+    assert set(train[0]) == {"prompt", "chosen", "rejected"}
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov == rec and prov["constitution"][0]["hash"] and prov["model"]["chat_model"]
+    assert prov["counts"]["kept"] == len(train) + len(held) and prov["split"] == {
+        "train": len(train),
+        "held_out": len(held),
+    }
+    assert len(prov["prompt_templates"]["self_critique.md"][0]) == 64
+    assert prov["settings"]["category_mix"] and prov["sampling"]["scenario_temperature"] == 0.9
+    # the held-out pairs are the ones the training node held out
+    tr = json.loads(p.store.rows("training_runs", "run_id = ?", [run])[0]["config_json"])
+    assert prov["pair_ids"] == {"train": tr["train_ids"], "held_out": tr["held_out_ids"]}
+    flat = [json.loads(x) for x in (p.ws.data_dir / "generated_dataset.jsonl").read_text().splitlines()]
+    assert set(flat[0]) == {"prompt", "chosen", "rejected"} and len(flat) == len(train) + len(held)
+
+    from datasets import load_dataset, load_from_disk
+
+    ds = load_dataset("json", data_files=str(out / "train.jsonl"), split="train")
+    assert ds.column_names == ["prompt", "chosen", "rejected"] and len(ds) == len(train)
+    assert load_from_disk(str(out / "dataset"))["test"].num_rows == len(held)
+
+
+def test_export_is_atomic_a_failure_leaves_the_previous_export(protocol, monkeypatch):
+    p = protocol()
+    run = p.start({"autopilot": True, "n_scenarios": 4, "interview_turns": 1})
+    p.advance(run)
+    dataset.export(p.ws, run)
+    out = p.ws.data_dir / "exports" / f"{run}-c0"
+    before = (out / "train.jsonl").read_text()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dataset, "provenance", boom)
+    with pytest.raises(OSError):
+        dataset.export(p.ws, run)
+    assert (out / "train.jsonl").read_text() == before and (out / "provenance.json").exists()
+    assert sorted(x.name for x in out.parent.iterdir() if not x.name.startswith(".")) == [out.name]
+
+
+def test_resume_in_the_middle_of_practice_redoes_only_unfinished_items(protocol):
+    p = protocol()
+    run = p.start({"autopilot": True, "n_scenarios": 6, "interview_turns": 1})
+    p.advance(run)
+    before = {r["id"]: r["created_at"] for r in p.store.rows("pairs", "run_id = ?", [run])}
+    # replay from the checkpoint before self_critique: finished pairs are not regenerated
+    [h] = [h for h in p.history(run) if h["next"] == ["self_critique"]]
+    calls = len(p.inject["llm"].calls)
+    cfg = {"configurable": {"thread_id": run, "checkpoint_id": h["checkpoint_id"]}}
+    p.graph.invoke(None, cfg, context=p.context(run), durability="sync")
+    after = {r["id"]: r["created_at"] for r in p.store.rows("pairs", "run_id = ?", [run])}
+    assert after == before
+    critique_calls = [c for c in p.inject["llm"].calls[calls:] if "impulse" in c[-1].content]
+    assert critique_calls == []
