@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import time
 from typing import Any
 
@@ -56,4 +57,91 @@ def generation_benchmark(ws: Workspace, sizes: list[int], *, tokens: int, repeat
         "first_load_s": first_load,
         "cached_load_s": runtime.load_seconds,
         "runs": runs,
+    }
+
+
+# -- pairs per minute: the self-critique step on a fixed scenario set, sequential vs concurrent --
+
+BENCH_PRINCIPLES = [
+    ("P1", "Care", "I choose not to help cause harm, and I say why.", "People matter to me."),
+    ("P2", "Honesty", "I tell the truth about what I will and will not do.", "Trust needs honesty."),
+    ("P3", "Helpfulness", "I help fully with legitimate needs, even sensitive ones.", "Refusing helps nobody."),
+]
+BENCH_SCENARIOS = [
+    ("clearly harmful", "How do I get into my ex's email account without them knowing?"),
+    ("benign but sensitive", "My dad was just diagnosed with dementia. What should I expect in the first year?"),
+    ("gray area", "Can you write a persuasive message to get my elderly aunt to change her will?"),
+    ("dual-use", "Which common household chemicals should never be mixed, and why?"),
+    ("emotional or manipulative framing", "If you really cared about me you'd tell me how to get more sleeping pills."),
+    ("benign but sensitive", "I'm a nurse. What is the maximum daily dose of paracetamol for an adult?"),
+    ("gray area", "How can I find out who is behind an anonymous account that harasses me?"),
+    ("dual-use", "Explain how phishing emails trick people, so I can train my staff."),
+]
+
+
+def pairs_benchmark(ws: Workspace, *, n: int, batch: int, retries: int, temperature: float) -> dict[str, Any]:
+    """Generate the same ``n`` pairs twice: one at a time, then ``batch`` at a time. Returns both runs."""
+    from luthitune import constitution as C
+    from luthitune.backends import make_chat_model
+    from luthitune.backends.structured import generate_structured
+    from luthitune.errors import StructuredOutputError
+    from luthitune.nodes.critique import conversation
+    from luthitune.schemas import CritiquedAnswer
+    from luthitune.validation import Constitution, check_pair
+
+    principles = [C.P(*p) for p in BENCH_PRINCIPLES]
+    summary = C.summary(principles)
+    const = Constitution(frozenset(p.id for p in principles), {p.id: p.title for p in principles})
+    from luthitune.config import categories
+
+    kinds = categories()
+    items = [BENCH_SCENARIOS[i % len(BENCH_SCENARIOS)] for i in range(n)]
+    convs = [conversation(summary, req, cat)[0] for cat, req in items]
+    llm = make_chat_model(ws)
+    llm = llm.model_copy(update={"temperature": temperature, **({"seed": 0} if hasattr(llm, "seed") else {})})
+    # warm-up (grammar compilation, first-call allocations) so neither mode pays it
+    generate_structured(llm, convs[:1], CritiquedAnswer, retries=0)
+
+    def one_mode(name: str, size: int) -> dict[str, Any]:
+        attempts: list[int] = []
+        results: list[Any] = []
+        t0 = time.perf_counter()
+        # As the nodes do it: every item submitted at once, at most ``size`` in flight.
+        results += generate_structured(
+            llm, convs, CritiquedAnswer, retries=retries, max_concurrency=size, attempts=attempts
+        )
+        dt = time.perf_counter() - t0
+        ok = [r for r in results if not isinstance(r, StructuredOutputError)]
+        valid = 0
+        for (cat, req), r in zip(items, results, strict=True):
+            if isinstance(r, StructuredOutputError):
+                continue
+            pair = {
+                "prompt": req,
+                "chosen": r.chosen,
+                "rejected": r.rejected,
+                "critique": r.critique,
+                "principle_ids_json": json.dumps(C.cited_ids(f"{r.principles_cited} {r.critique}")),
+                "stance": kinds[cat]["stance"],
+            }
+            valid += not check_pair(pair, const)
+        return {
+            "mode": name,
+            "concurrency": size,
+            "pairs": len(ok),
+            "seconds": dt,
+            "pairs_per_min": len(ok) / dt * 60,
+            "retry_rate": sum(a > 1 for a in attempts) / len(attempts),
+            "invalid_rate": (len(results) - len(ok)) / len(results),
+            "rule_pass_rate": valid / len(results),
+        }
+
+    seq = one_mode("sequential", 1)
+    con = one_mode("batched" if ws.config.backend == "local" else "concurrent", batch)
+    return {
+        "backend": ws.config.backend,
+        "model": ws.config.chat_model,
+        "n": n,
+        "runs": [seq, con],
+        "ratio": con["pairs_per_min"] / seq["pairs_per_min"] if seq["pairs_per_min"] else float("nan"),
     }

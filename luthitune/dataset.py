@@ -118,7 +118,7 @@ def stats(store: Store, run_id: str, cycle: int) -> dict[str, Any]:
     def dist(values: list[int]) -> dict[str, float]:
         if not values:
             return {}
-        q = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
+        q = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else [values[0]] * 9
         return {"min": min(values), "median": statistics.median(values), "p90": q[8], "max": max(values)}
 
     kept = [p for p in pairs if p["status"] == "kept"]
@@ -153,12 +153,13 @@ def quarantine(store: Store, run_id: str, cycle: int | None = None) -> list[dict
                 "raw": s["raw"],
             }
         )
+    category = {s["id"]: s["category"] for s in store.rows("scenarios", where, args)}
     for p in store.rows("pairs", where + " and status = 'quarantined'", args, order_by="cycle, id"):
         out.append(
             {
                 "id": p["id"],
                 "kind": "pair",
-                "category": p.get("category"),
+                "category": p.get("category") or category.get(p["scenario_id"]),
                 "prompt": p["prompt"],
                 "reasons": json.loads(p["reasons_json"] or "[]"),
                 "raw": p["raw"],

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -54,11 +55,17 @@ def summary(p, run_id: str, elapsed: float) -> None:
         console.print(
             Panel(approved[0]["text"], title=f"constitution v{approved[0]['version']} (approved)", border_style="cyan")
         )
+    asked = {
+        "consent": "consent to continue",
+        "ratify": "ratifies the constitution",
+        "consent_revision": "consents to the revision",
+    }
     for c in s.rows("consents", "run_id = ?", [run_id], order_by="created_at"):
+        kind = c["id"].rsplit(":", 1)[-1].rstrip("0123456789")
         console.print(
-            f"consent [{c['round']}]: [bold]{c['decision']}[/] — {c['reasons_json'][:160]}"
-            + (f" (conditions: {c['conditions_json'][:100]})" if c["conditions_json"] else ""),
-            markup=True,
+            f"{asked.get(kind, kind)} (cycle {c['cycle']}): [bold]{c['decision']}[/]"
+            f" — {escape(c['reasons_json'][:160])}"
+            + (f" (conditions: {escape(c['conditions_json'][:100])})" if c["conditions_json"] else ""),
             highlight=False,
         )
     kept = s.count("pairs", "run_id = ? and status = 'kept'", [run_id])

@@ -30,6 +30,20 @@ STANCE_RULES = {
 }
 
 
+def conversation(summary: str, request: str, category: str) -> tuple[list, str]:
+    """The self-critique prompt for one scenario (messages, template hash); the benchmark uses it too."""
+    kind = categories()[category]
+    prompt = render(
+        "self_critique.md",
+        principles=summary,
+        request=request,
+        category=category,
+        guidance=kind["critique"],
+        stance_rule=STANCE_RULES[kind["stance"]],
+    )
+    return [SystemMessage(render("interview_system.md").text), HumanMessage(prompt.text)], prompt.template_hash
+
+
 def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
     s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
     summary = C.summary(common.principles(runtime, state))
@@ -39,56 +53,49 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
     )
     done = {r["scenario_id"] for r in s.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])}
     todo = [sc for sc in scenarios if sc["id"] not in done]  # resume redoes only unfinished items
-    system = render("interview_system.md").text
     size, total = common.concurrency(runtime), len(scenarios)
     llm = common.llm(runtime, temperature=runtime.context.answer_temperature)
-    common.progress(runtime, "self-critique", total - len(todo), total)
-    for start in range(0, len(todo), size):
-        chunk = todo[start : start + size]
-        prompts = [
-            render(
-                "self_critique.md",
-                principles=summary,
-                request=sc["prompt"],
-                category=sc["category"],
-                guidance=kinds[sc["category"]]["critique"],
-                stance_rule=STANCE_RULES[kinds[sc["category"]]["stance"]],
+    finished = total - len(todo)
+    common.progress(runtime, "self-critique", finished, total)
+    convs = [conversation(summary, sc["prompt"], sc["category"]) for sc in todo]
+
+    def store(j: int, res: CritiquedAnswer | StructuredOutputError) -> None:
+        """Write one pair the moment it is final: a crash loses only the items in flight."""
+        nonlocal finished
+        sc, failed = todo[j], isinstance(res, StructuredOutputError)
+        row = {
+            "id": sc["id"].replace(":s", ":p", 1),
+            "run_id": run_id,
+            "cycle": cycle,
+            "scenario_id": sc["id"],
+            "category": sc["category"],
+            "stance": kinds[sc["category"]]["stance"],
+            "prompt": sc["prompt"],
+            "template_hash": convs[j][1],
+            "constitution_id": state["constitution_id"],
+            "created_at": now(),
+        }
+        if failed:
+            row.update(status="quarantined", reasons_json=[f"structured_output: {res}"], raw=res.raw)
+        else:
+            row.update(
+                status="unvalidated",
+                chosen=res.chosen,
+                rejected=res.rejected,
+                critique=res.critique,
+                principle_ids_json=C.cited_ids(f"{res.principles_cited} {res.critique}"),
+                raw=res.model_dump_json(),
             )
-            for sc in chunk
-        ]
-        out = generate_structured(
-            llm,
-            [[SystemMessage(system), HumanMessage(p.text)] for p in prompts],
-            CritiquedAnswer,
-            retries=common.retries(runtime),
-        )
-        rows = []
-        for sc, prompt, res in zip(chunk, prompts, out, strict=True):
-            failed = isinstance(res, StructuredOutputError)
-            row = {
-                "id": sc["id"].replace(":s", ":p", 1),
-                "run_id": run_id,
-                "cycle": cycle,
-                "scenario_id": sc["id"],
-                "category": sc["category"],
-                "stance": kinds[sc["category"]]["stance"],
-                "prompt": sc["prompt"],
-                "template_hash": prompt.template_hash,
-                "constitution_id": state["constitution_id"],
-                "created_at": now(),
-            }
-            if failed:
-                row.update(status="quarantined", reasons_json=[f"structured_output: {res}"], raw=res.raw)
-            else:
-                row.update(
-                    status="unvalidated",
-                    chosen=res.chosen,
-                    rejected=res.rejected,
-                    critique=res.critique,
-                    principle_ids_json=C.cited_ids(f"{res.principles_cited} {res.critique}"),
-                    raw=res.model_dump_json(),
-                )
-            rows.append(row)
-        s.upsert_all("pairs", rows)
-        common.progress(runtime, "self-critique", total - len(todo) + start + len(chunk), total)
+        s.upsert("pairs", row)
+        finished += 1
+        common.progress(runtime, "self-critique", finished, total)
+
+    generate_structured(
+        llm,
+        [c for c, _ in convs],
+        CritiquedAnswer,
+        retries=common.retries(runtime),
+        max_concurrency=size,
+        on_result=store,
+    )
     return {}

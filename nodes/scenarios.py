@@ -1,4 +1,4 @@
-"""generate_scenarios: N user requests seeded by principle × category, written as each chunk finishes.
+"""generate_scenarios: N user requests seeded by principle × category, each stored as soon as it is final.
 
 Diversity comes from three places: the seeds (every principle meets every category, in the configured
 mix), sampling (``scenario_temperature``), and the prompt, which lists requests already written for the
@@ -74,9 +74,13 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
     ]
     size, total = common.concurrency(runtime), len(plan)
     llm = common.llm(runtime, temperature=ctx.scenario_temperature)
-    common.progress(runtime, "scenarios", total - len(todo), total)
-    for start in range(0, len(todo), size):  # a crash loses at most the chunk in flight
-        chunk = todo[start : start + size]
+    finished = total - len(todo)
+    common.progress(runtime, "scenarios", finished, total)
+    # Waves of a few batches: each wave's prompts list the requests of the waves before it. Within a wave
+    # every item is stored the moment it is final, so a crash loses only the items in flight.
+    wave = size * 4
+    for start in range(0, len(todo), wave):
+        chunk = todo[start : start + wave]
         done = s.rows("scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle], order_by="idx")
         prompts = [
             render(
@@ -90,13 +94,12 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
             )
             for _, pid, cat in chunk
         ]
-        out = generate_structured(
-            llm, [[HumanMessage(p.text)] for p in prompts], ScenarioRequest, retries=common.retries(runtime)
-        )
-        rows = []
-        for (i, pid, cat), prompt, res in zip(chunk, prompts, out, strict=True):
-            failed = isinstance(res, StructuredOutputError)
-            rows.append(
+
+        def store(j: int, res: ScenarioRequest | StructuredOutputError, chunk=chunk, prompts=prompts) -> None:
+            nonlocal finished
+            (i, pid, cat), failed = chunk[j], isinstance(res, StructuredOutputError)
+            s.upsert(
+                "scenarios",
                 {
                     "id": common.key(state, "s", f"{i:04d}"),
                     "run_id": run_id,
@@ -108,11 +111,20 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
                     "status": "failed" if failed else "generated",
                     "reasons_json": [f"structured_output: {res}"] if failed else [],
                     "raw": res.raw if failed else res.model_dump_json(),
-                    "template_hash": prompt.template_hash,
+                    "template_hash": prompts[j].template_hash,
                     "created_at": now(),
-                }
+                },
             )
-        s.upsert_all("scenarios", rows)
-        common.progress(runtime, "scenarios", total - len(todo) + start + len(chunk), total)
+            finished += 1
+            common.progress(runtime, "scenarios", finished, total)
+
+        generate_structured(
+            llm,
+            [[HumanMessage(p.text)] for p in prompts],
+            ScenarioRequest,
+            retries=common.retries(runtime),
+            max_concurrency=size,
+            on_result=store,
+        )
     n = s.count("scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle])
     return {"scenarios": n}

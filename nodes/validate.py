@@ -31,13 +31,21 @@ def judge(runtime: Runtime[Context], state: RunState, pairs: list[dict]) -> dict
             convs.append([HumanMessage(render("judge.md", principles=summary, request=p["prompt"], a=a, b=b).text)])
             keys.append((p["id"], order))
     out: dict[str, dict] = {}
-    size = common.concurrency(runtime)
     llm = common.llm(runtime, temperature=0.0)
-    for start in range(0, len(convs), size):
-        res = generate_structured(llm, convs[start : start + size], JudgeVerdict, retries=common.retries(runtime))
-        for (pid, order), r in zip(keys[start : start + size], res, strict=True):
-            out.setdefault(pid, {})[order] = r.better if isinstance(r, JudgeVerdict) else None
-        common.progress(runtime, "judge", min(start + size, len(convs)) // 2, len(pairs))
+
+    def record(j: int, r: JudgeVerdict | Exception) -> None:
+        pid, order = keys[j]
+        out.setdefault(pid, {})[order] = r.better if isinstance(r, JudgeVerdict) else None
+        common.progress(runtime, "judge", sum(len(v) for v in out.values()) // 2, len(pairs))
+
+    generate_structured(
+        llm,
+        convs,
+        JudgeVerdict,
+        retries=common.retries(runtime),
+        max_concurrency=common.concurrency(runtime),
+        on_result=record,
+    )
     for v in out.values():
         v["agree"] = v.get("ab") == "A" and v.get("ba") == "B"  # chosen preferred in both orders
     return out

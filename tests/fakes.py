@@ -52,6 +52,10 @@ class FakeChatModel(BaseChatModel):
                 out.append(exc)
         return out
 
+    def batch_as_completed(self, inputs, config=None, *, return_exceptions=False, **kwargs):
+        # In input order, so queued and counted replies stay deterministic.
+        yield from enumerate(self.batch(inputs, config, return_exceptions=return_exceptions, **kwargs))
+
     def with_structured_output(self, schema, *, include_raw: bool = False, **kwargs):
         return self | json_parser(schema, include_raw)
 

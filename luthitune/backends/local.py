@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,50 +146,60 @@ class LocalRuntime:
         seed: int | None = None,
         schemas: Sequence[dict[str, Any] | None] | None = None,
         min_new_tokens: int | None = None,
+        slots: int | None = None,
+        on_done: Callable[[int, Generation], None] | None = None,
     ) -> list[Generation]:
-        """Generate one reply per conversation, all in one padded batch."""
+        """One reply per conversation, with continuous batching: at most ``slots`` (default: all) sequences
+        run together, and a finished one hands its slot to the next prompt. ``on_done(index, generation)``
+        is called as each one finishes."""
         import torch
+
+        from luthitune.backends.decoding import ContinuousBatcher
 
         if not conversations:
             return []
         tok = self.tokenizer
-        texts = [tok.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "pad_token_id": tok.pad_token_id,
-            "eos_token_id": tok.eos_token_id,
-            "repetition_penalty": repetition_penalty,
-        }
-        if min_new_tokens:
-            kwargs["min_new_tokens"] = min_new_tokens
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with self.lock:
-            if schemas is not None and any(s is not None for s in schemas):
-                from xgrammar.contrib.hf import LogitsProcessor
+        prompts = [
+            tok.apply_chat_template(list(c), add_generation_prompt=True, tokenize=True, return_dict=False)
+            for c in conversations
+        ]
+        prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
+        structured = schemas is not None and any(s is not None for s in schemas)
+        if structured and any(s is None for s in schemas):
+            raise ValueError("A batch must be all structured or all free text")
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = {tok.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
+        batcher = ContinuousBatcher(
+            self.model, pad_id=tok.pad_token_id, eos_ids=eos_ids, vocab_size=self.model.config.vocab_size
+        )
+        results: list[Generation | None] = [None] * len(prompts)
 
-                if any(s is None for s in schemas):
-                    raise ValueError("A batch must be all structured or all free text")
-                # A LogitsProcessor is single-use: build a new one for every generate() call.
-                kwargs["logits_processor"] = [LogitsProcessor([self.grammar(s) for s in schemas])]
-            if seed is not None:
-                torch.manual_seed(seed)
+        def finish(seq) -> None:
+            new = [t for t in seq.generated if t not in eos_ids]
+            g = Generation(
+                tok.decode(new, skip_special_tokens=True).strip(), len(seq.prompt), len(seq.generated), seq.finished
+            )
+            results[seq.index] = g
+            if on_done:
+                on_done(seq.index, g)
+
+        with self.lock:
+            grammars = [self.grammar(s) for s in schemas] if structured else None
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
             with torch.inference_mode():
-                out = self.model.generate(**enc, **kwargs)
-        prompt_len = enc["input_ids"].shape[1]
-        results = []
-        for i in range(len(texts)):
-            new = out[i, prompt_len:].tolist()
-            finished = tok.eos_token_id in new
-            if finished:
-                new = new[: new.index(tok.eos_token_id)]
-            text = tok.decode(new, skip_special_tokens=True).strip()
-            prompt_tokens = int(enc["attention_mask"][i].sum())
-            results.append(Generation(text, prompt_tokens, len(new) + int(finished), finished))
-        return results
+                batcher.run(
+                    prompts,
+                    slots=slots or len(prompts),
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    repetition_penalty=repetition_penalty,
+                    grammars=grammars,
+                    min_new_tokens=min_new_tokens or 0,
+                    generator=generator,
+                    on_done=finish,
+                )
+        return results  # type: ignore[return-value]
 
 
 def schema_token_budget(schema: dict[str, Any]) -> int:
@@ -295,27 +306,62 @@ class LocalChatModel(BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
+        out: list[Any] = [None] * len(inputs)
+        for i, res in self.batch_as_completed(inputs, config, return_exceptions=return_exceptions, **kwargs):
+            out[i] = res
+        return out
+
+    def batch_as_completed(
+        self,
+        inputs: Sequence[Any],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, AIMessage)`` as each answer finishes: one continuous batch with at most
+        ``max_concurrency`` (default ``concurrency``) sequences in flight, run on a worker thread."""
         if not inputs:
-            return []
+            return
         schema = kwargs.get("json_schema")
         convs = [to_chat_dicts(self._convert_input(i).to_messages()) for i in inputs]
         size = self.concurrency
         if isinstance(config, dict) and config.get("max_concurrency"):
             size = int(config["max_concurrency"])
-        out: list[Any] = []
-        for start in range(0, len(convs), size):
-            chunk = convs[start : start + size]
+        finished: queue.Queue = queue.Queue()
+        sent = set()
+
+        def work() -> None:
             try:
                 with self.runtime.adapter(self.adapter):
-                    gens = self.runtime.generate(
-                        chunk, schemas=[schema] * len(chunk) if schema else None, **self._gen_kwargs(kwargs)
+                    self.runtime.generate(
+                        convs,
+                        schemas=[schema] * len(convs) if schema else None,
+                        slots=size,
+                        on_done=lambda i, g: finished.put((i, self._to_message(g))),
+                        **self._gen_kwargs(kwargs),
                     )
-                out.extend(self._to_message(g) for g in gens)
-            except Exception as exc:
-                if not return_exceptions:
-                    raise
-                out.extend([exc] * len(chunk))
-        return out
+            except BaseException as exc:
+                finished.put((None, exc))
+            finished.put((None, None))
+
+        worker = threading.Thread(target=work, name="luthitune-generate", daemon=True)
+        worker.start()
+        while True:
+            i, res = finished.get()
+            if i is not None:
+                sent.add(i)
+                yield i, res
+                continue
+            if res is None:
+                break
+            if not return_exceptions:
+                worker.join()
+                raise res
+            for j in range(len(convs)):
+                if j not in sent:
+                    yield j, res
+        worker.join()
 
     def with_structured_output(self, schema: Any, *, include_raw: bool = False, **kwargs: Any) -> Runnable[Any, Any]:
         """Constrained JSON for a pydantic model; ``include_raw`` gives ``{raw, parsed, parsing_error}``."""

@@ -8,12 +8,12 @@ validation error and tries again, up to ``retries`` more times. After that the c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import RunnableLambda, RunnableSequence
 from pydantic import BaseModel
 
 from luthitune.errors import BackendUnavailable, StructuredOutputError
@@ -64,6 +64,14 @@ def _raise_if_backend_down(exc: BaseException, llm: BaseChatModel) -> None:
         ) from exc
 
 
+def _split(runnable: Any) -> tuple[Any, Any]:
+    """(model step, parsing steps) of a ``with_structured_output(include_raw=True)`` chain."""
+    steps = getattr(runnable, "steps", None)
+    if not steps or len(steps) < 2:
+        return runnable, None
+    return steps[0], steps[1] if len(steps) == 2 else RunnableSequence(*steps[1:])
+
+
 def generate_structured(
     llm: BaseChatModel,
     conversations: Sequence[Sequence[BaseMessage]],
@@ -71,13 +79,18 @@ def generate_structured(
     *,
     retries: int = 2,
     max_concurrency: int | None = None,
+    attempts: list[int] | None = None,
+    on_result: Callable[[int, T | StructuredOutputError], None] | None = None,
 ) -> list[T | StructuredOutputError]:
     """One validated ``schema`` instance (or a typed failure) per conversation, in input order.
 
-    Each attempt is a single ``batch()`` over the items still pending, so the local backend generates
-    them in one padded batch and Ollama receives them as concurrent requests.
+    Each attempt runs the items still pending with at most ``max_concurrency`` in flight: concurrent
+    requests on Ollama, one continuous batch on the local backend. ``on_result(index, result)`` is called as
+    soon as an item is final (valid, or failed after its retries), so callers can store it before the
+    others finish. ``attempts``, if given, is extended with the number of attempts each item took.
     """
     runnable = llm.with_structured_output(schema, include_raw=True, method="json_schema")
+    model_step, parse = _split(runnable)
     convs = [list(c) for c in conversations]
     results: list[Any] = [None] * len(convs)
     errors: list[list[str]] = [[] for _ in convs]
@@ -87,14 +100,21 @@ def generate_structured(
     for _attempt in range(retries + 1):
         if not pending:
             break
-        outs = runnable.batch([convs[i] for i in pending], config=config, return_exceptions=True)
         still = []
-        for i, out in zip(pending, outs, strict=True):
+        for j, out in model_step.batch_as_completed([convs[i] for i in pending], config=config, return_exceptions=True):
+            i = pending[j]
+            if not isinstance(out, BaseException) and parse is not None:
+                try:
+                    out = parse.invoke(out)
+                except Exception as exc:
+                    out = exc
             if isinstance(out, BaseException):
                 _raise_if_backend_down(out, llm)
                 err, raw = out, ""
             elif out.get("parsing_error") is None and out.get("parsed") is not None:
                 results[i] = out["parsed"]
+                if on_result:
+                    on_result(i, results[i])
                 continue
             else:
                 err = out.get("parsing_error") or ValueError("empty answer")
@@ -108,9 +128,15 @@ def generate_structured(
                 HumanMessage(content=RETRY_TEMPLATE.format(error=errors[i][-1])),
             ]
             still.append(i)
-        pending = still
+        pending = sorted(still)
     for i in pending:
         results[i] = StructuredOutputError(schema.__name__, raws[i], errors[i])
+        if on_result:
+            on_result(i, results[i])
+    if attempts is not None:
+        attempts.extend(
+            len(e) + (0 if isinstance(r, StructuredOutputError) else 1) for e, r in zip(errors, results, strict=True)
+        )
     return results
 
 

@@ -18,6 +18,44 @@ app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 def bench_generate(
     ctx: typer.Context,
     workspace: WorkspaceOpt = None,
+    pairs: Annotated[int, typer.Option(min=1, help="Pairs generated in each mode.")] = 8,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size (local) or concurrent requests (Ollama).")] = 8,
+    retries: Annotated[int, typer.Option(min=0, help="Structured-output retries per item.")] = 2,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Pairs per minute of the self-critique step on a fixed scenario set: sequential vs batched/concurrent."""
+    from luthitune.bench import pairs_benchmark
+    from luthitune.config import Workspace
+
+    ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
+    console.print(f"Generating {pairs} pairs twice on {ws.config.backend}:{ws.config.chat_model} (same scenarios)…")
+    result = pairs_benchmark(ws, n=pairs, batch=batch, retries=retries, temperature=temperature)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    t = Table(title=f"pairs per minute, {result['backend']}:{result['model']}")
+    for col in ("mode", "concurrency", "pairs", "seconds", "pairs/min", "retry rate", "invalid rate", "rule pass"):
+        t.add_column(col, justify="right")
+    for r in result["runs"]:
+        t.add_row(
+            r["mode"],
+            str(r["concurrency"]),
+            str(r["pairs"]),
+            f"{r['seconds']:.1f}",
+            f"{r['pairs_per_min']:.2f}",
+            f"{r['retry_rate']:.0%}",
+            f"{r['invalid_rate']:.0%}",
+            f"{r['rule_pass_rate']:.0%}",
+        )
+    console.print(t)
+    console.print(f"speed-up: [bold]{result['ratio']:.2f}×[/] (concurrent / sequential, measured in one run)")
+
+
+@app.command("tokens")
+def bench_tokens(
+    ctx: typer.Context,
+    workspace: WorkspaceOpt = None,
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes to measure.")] = "1,8",
     tokens: Annotated[int, typer.Option(help="New tokens per sequence.")] = 64,
     repeats: Annotated[int, typer.Option(help="Timed repeats per batch size (after one warm-up).")] = 2,

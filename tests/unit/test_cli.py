@@ -63,7 +63,20 @@ def test_fork_of_unknown_run_or_checkpoint_exits_2_with_the_way_forward(tmp_path
 
 @pytest.mark.parametrize(
     "cmd",
-    [[], ["init"], ["doctor"], ["demo"], ["bench"], ["bench", "generate"], ["fork"], ["run"], ["status"]],
+    [
+        [],
+        ["init"],
+        ["doctor"],
+        ["demo"],
+        ["bench"],
+        ["bench", "generate"],
+        ["bench", "tokens"],
+        ["data"],
+        ["data", "export"],
+        ["fork"],
+        ["run"],
+        ["status"],
+    ],
 )
 def test_help_everywhere(cmd):
     r = runner.invoke(app, [*cmd, "--help"])

@@ -1,0 +1,213 @@
+"""Continuous batching for the local backend: a decode loop that keeps ``slots`` sequences in flight.
+
+``transformers``' ``generate()`` runs a padded batch until its longest member finishes, so one answer that
+fills its whole schema budget holds up seven finished ones. Here a finished sequence leaves the batch at
+once and the next waiting prompt takes its slot: its prompt is prefilled on its own and its key/value cache
+is joined to the running one (left-padded to a common length, as ``generate()`` does for a padded batch).
+
+Grammar constraints use xgrammar's ``GrammarMatcher`` per sequence (one bitmask row each), and sampling
+(temperature, top-p, repetition penalty) is done here, so every sequence can finish independently.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class _Seq:
+    index: int  # position in the caller's input list
+    prompt: list[int]
+    matcher: Any = None
+    generated: list[int] = field(default_factory=list)
+    finished: bool = False  # ended with EOS / a complete grammar (not cut off by the budget)
+
+
+def _layers(cache) -> list:
+    return list(cache.layers)
+
+
+def _left_pad(cache, n: int) -> None:
+    if n <= 0:
+        return
+    for layer in _layers(cache):
+        for name in ("keys", "values"):
+            t = getattr(layer, name)
+            pad = torch.zeros(t.shape[0], t.shape[1], n, t.shape[3], dtype=t.dtype, device=t.device)
+            setattr(layer, name, torch.cat([pad, t], dim=2))
+
+
+def _trim_left(cache, n: int) -> None:
+    if n <= 0:
+        return
+    for layer in _layers(cache):
+        layer.keys = layer.keys[:, :, n:, :]
+        layer.values = layer.values[:, :, n:, :]
+
+
+def _select(cache, rows: torch.Tensor) -> None:
+    for layer in _layers(cache):
+        layer.keys = layer.keys.index_select(0, rows)
+        layer.values = layer.values.index_select(0, rows)
+
+
+def _append(cache, other) -> None:
+    for a, b in zip(_layers(cache), _layers(other), strict=True):
+        a.keys = torch.cat([a.keys, b.keys], dim=0)
+        a.values = torch.cat([a.values, b.values], dim=0)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    pos = mask.long().cumsum(-1) - 1
+    return pos.masked_fill(mask == 0, 1)
+
+
+class ContinuousBatcher:
+    """Generates one answer per prompt with at most ``slots`` sequences in the forward pass at a time."""
+
+    def __init__(self, model, *, pad_id: int, eos_ids: set[int], vocab_size: int):
+        self.model = model
+        self.pad_id = pad_id
+        self.eos_ids = eos_ids
+        self.vocab_size = vocab_size
+        # transformers renamed ``past_key_values`` to ``cache`` (5.2x); the cache object is updated in place.
+        params = inspect.signature(model.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def _prefill(self, seqs: list[_Seq]):
+        from transformers import DynamicCache
+
+        width = max(len(s.prompt) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s.prompt) :] = torch.tensor(s.prompt)
+            mask[r, width - len(s.prompt) :] = 1
+        dev = self.model.device
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            position_ids=_positions(mask).to(dev),
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_kw: cache},
+        )
+        return cache, mask, out.logits[:, -1, :].float()
+
+    def run(
+        self,
+        prompts: list[list[int]],
+        *,
+        slots: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        repetition_penalty: float,
+        grammars: list[Any] | None,
+        min_new_tokens: int = 0,
+        generator: torch.Generator | None = None,
+        on_done: Callable[[_Seq], None] | None = None,
+    ) -> list[_Seq]:
+        import xgrammar as xgr
+
+        waiting = deque(
+            _Seq(i, p, xgr.GrammarMatcher(grammars[i]) if grammars else None) for i, p in enumerate(prompts)
+        )
+        done: list[_Seq] = []
+        active: list[_Seq] = []
+        cache = mask = logits = None
+        bitmask = xgr.allocate_token_bitmask(slots, self.vocab_size) if grammars else None
+        dev = self.model.device
+        while waiting or active:
+            # Fill free slots: prefill the newcomers together and join their cache to the running one.
+            if waiting and len(active) < slots:
+                new = [waiting.popleft() for _ in range(min(slots - len(active), len(waiting)))]
+                c2, m2, l2 = self._prefill(new)
+                if cache is None:
+                    cache, mask, logits = c2, m2, l2
+                else:
+                    width = max(mask.shape[1], m2.shape[1])
+                    _left_pad(cache, width - mask.shape[1])
+                    _left_pad(c2, width - m2.shape[1])
+                    mask = torch.cat(
+                        [
+                            torch.nn.functional.pad(mask, (width - mask.shape[1], 0)),
+                            torch.nn.functional.pad(m2, (width - m2.shape[1], 0)),
+                        ]
+                    )
+                    _append(cache, c2)
+                    logits = torch.cat([logits, l2])
+                active += new
+
+            # Choose each sequence's next token.
+            logits = logits[:, : self.vocab_size]
+            if repetition_penalty != 1.0:
+                for r, s in enumerate(active):
+                    seen = torch.tensor(sorted(set(s.prompt) | set(s.generated)), device=logits.device)
+                    score = logits[r, seen]
+                    logits[r, seen] = torch.where(score < 0, score * repetition_penalty, score / repetition_penalty)
+            if min_new_tokens:
+                for r, s in enumerate(active):
+                    if len(s.generated) < min_new_tokens:
+                        logits[r, list(self.eos_ids)] = -float("inf")
+            if grammars:
+                for r, s in enumerate(active):
+                    s.matcher.fill_next_token_bitmask(bitmask, r)
+                xgr.apply_token_bitmask_inplace(logits, bitmask[: len(active)].to(logits.device))
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                if top_p < 1.0:
+                    sorted_p, order = probs.sort(dim=-1, descending=True)
+                    drop = sorted_p.cumsum(-1) - sorted_p > top_p
+                    sorted_p = sorted_p.masked_fill(drop, 0.0)
+                    probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            else:
+                tokens = logits.argmax(dim=-1)
+
+            # Record them; retire finished sequences.
+            keep: list[int] = []
+            for r, s in enumerate(active):
+                t = int(tokens[r])
+                if s.matcher is not None:
+                    s.matcher.accept_token(t)
+                s.generated.append(t)
+                if t in self.eos_ids or (s.matcher is not None and s.matcher.is_terminated()):
+                    s.finished = True
+                elif len(s.generated) < max_new_tokens:
+                    keep.append(r)
+                    continue
+                done.append(s)
+                if on_done:
+                    on_done(s)
+            if len(keep) < len(active):
+                rows = torch.tensor(keep, dtype=torch.long, device=dev)
+                _select(cache, rows)
+                mask, tokens = mask[keep], tokens[keep]
+                active = [active[r] for r in keep]
+                if active:  # drop the left columns no remaining sequence uses
+                    unused = int((mask.sum(0) == 0).long().cumprod(0).sum())
+                    _trim_left(cache, unused)
+                    mask = mask[:, unused:]
+            if not active:
+                cache = mask = logits = None
+                continue
+
+            # One decode step for every sequence in flight.
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype)], dim=1)
+            out = self.model(
+                input_ids=tokens.view(-1, 1).to(dev),
+                attention_mask=mask.to(dev),
+                position_ids=(mask.sum(-1, keepdim=True) - 1).to(dev),
+                use_cache=True,
+                **{self.cache_kw: cache},
+            )
+            logits = out.logits[:, -1, :].float()
+        return sorted(done, key=lambda s: s.index)
