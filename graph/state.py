@@ -58,6 +58,7 @@ class Context:
     max_consent_rounds: int = 2
     max_draft_rounds: int = 3
     n_principles: int = 3
+    deliberate_temperature: float = 0.3  # consent, principles, amendments (from sampling: in luthitune.yaml)
     # Phase 2 (defaults from the workspace's ``practice:`` section when the run starts)
     n_scenarios: int = 12
     category_mix: dict[str, float] = field(default_factory=dict)  # empty: every category, equal weight
@@ -84,5 +85,8 @@ class Context:
     @classmethod
     def from_settings(cls, data: dict[str, Any], **inject: Any) -> Context:
         data = dict(data)
+        if "categories" in data and "category_mix" not in data:  # runs started before category weights
+            data["category_mix"] = dict.fromkeys(data["categories"], 1.0)
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         data["train"] = TrainSettings(**data.get("train", {}))
         return cls(**data, **inject)

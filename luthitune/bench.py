@@ -112,6 +112,8 @@ def pairs_benchmark(ws: Workspace, *, n: int, batch: int, retries: int, temperat
         )
         dt = time.perf_counter() - t0
         ok = [r for r in results if not isinstance(r, StructuredOutputError)]
+        tok = getattr(getattr(llm, "runtime", None), "tokenizer", None)
+        lengths = [len(tok(r.model_dump_json()).input_ids) for r in ok] if tok else []
         valid = 0
         for (cat, req), r in zip(items, results, strict=True):
             if isinstance(r, StructuredOutputError):
@@ -134,6 +136,8 @@ def pairs_benchmark(ws: Workspace, *, n: int, batch: int, retries: int, temperat
             "retry_rate": sum(a > 1 for a in attempts) / len(attempts),
             "invalid_rate": (len(results) - len(ok)) / len(results),
             "rule_pass_rate": valid / len(results),
+            "answer_tokens_mean": sum(lengths) / len(lengths) if lengths else None,
+            "answer_tokens_max": max(lengths) if lengths else None,
         }
 
     seq = one_mode("sequential", 1)

@@ -28,6 +28,9 @@ class _Strict(BaseModel):
 
 class SamplingConfig(_Strict):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
+    # Consent answers, constitution principles and amendments: a small model writes coherent structured
+    # answers at a lower temperature. Practice data has its own temperatures (practice:).
+    deliberate_temperature: float = Field(0.3, ge=0.0, le=2.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     max_new_tokens: int = Field(256, ge=1, le=8192)
     repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
@@ -222,7 +225,8 @@ ollama:
   base_url: http://127.0.0.1:11434
   timeout_s: 120
 sampling:
-  temperature: 0.7
+  temperature: 0.7              # the interview
+  deliberate_temperature: 0.3   # consent, principles and amendments (structured answers)
   top_p: 0.9
   max_new_tokens: 256
   repetition_penalty: 1.1

@@ -83,6 +83,7 @@ class Protocol:
         cfg = self.ws.config
         practice = cfg.practice.model_dump()
         defaults = {
+            "deliberate_temperature": cfg.sampling.deliberate_temperature,
             "n_scenarios": practice.pop("scenarios"),
             **{k: v for k, v in practice.items() if k in Context.__dataclass_fields__},
         }

@@ -27,9 +27,9 @@ def ask_consent(rt: Runtime[Context], state: RunState, row_id: str, template: st
         prompt = render(template, **variables)
         system = render("interview_system.md")
         answer = ask_structured(
-            common.llm(rt, state.get("adapter_name"), state.get("adapter_path"))
+            common.llm(rt, state.get("adapter_name"), state.get("adapter_path"), rt.context.deliberate_temperature)
             if kind == "revision"
-            else common.llm(rt),
+            else common.llm(rt, temperature=rt.context.deliberate_temperature),
             [SystemMessage(system.text), HumanMessage(prompt.text)],
             ConsentAnswer,
             retries=common.retries(rt),

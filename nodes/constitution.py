@@ -70,7 +70,7 @@ def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict:
         render("principle.md", question=q, answer=a, pid=f"P{i + 1}", feedback=note) for i, (q, a) in enumerate(pairs)
     ]
     out = generate_structured(
-        common.llm(rt),
+        common.llm(rt, temperature=rt.context.deliberate_temperature),
         [[SystemMessage(system), HumanMessage(p.text)] for p in prompts],
         Principle,
         retries=common.retries(rt),

@@ -63,7 +63,7 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
         return found[0]
     evaluation = "\n".join(f"- {k}: {v:.3f}" for k, v in (state.get("evaluation") or {}).items()) or "(none)"
     prompt = render("revise.md", constitution=current["text"], evaluation=evaluation, samples=samples(rt, state))
-    model = common.llm(rt, state.get("adapter_name"), state.get("adapter_path"))
+    model = common.llm(rt, state.get("adapter_name"), state.get("adapter_path"), rt.context.deliberate_temperature)
     conv = [SystemMessage(render("interview_system.md").text), HumanMessage(prompt.text)]
     out = generate_structured(model, [conv] * N_PROPOSALS, Amendment, retries=common.retries(rt))
     amendments = [o for o in out if isinstance(o, Amendment)]

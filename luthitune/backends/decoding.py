@@ -29,6 +29,62 @@ class _Seq:
     finished: bool = False  # ended with EOS / a complete grammar (not cut off by the budget)
 
 
+GROW = 256  # spare sequence positions allocated at a time
+
+
+def _grow_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowLayer(DynamicLayer):
+        """A cache layer whose keys / values are views of buffers with spare room along the sequence axis.
+
+        ``DynamicLayer`` appends with ``torch.cat``, copying the whole cache at every step: at batch 8 that
+        was a third of the step time on a 2-core CPU. Here a step writes its token in place; the buffers are
+        reallocated only when full or after the batch is reshaped (rows joined, retired or trimmed).
+        """
+
+        def _adopt(self, extra: int) -> None:
+            b, h, n, d = self.keys.shape
+            kbuf = self.keys.new_empty((b, h, n + max(extra, GROW), d))
+            vbuf = self.values.new_empty((b, h, n + max(extra, GROW), self.values.shape[-1]))
+            kbuf[:, :, :n] = self.keys
+            vbuf[:, :, :n] = self.values
+            self._kbuf, self._vbuf = kbuf, vbuf
+            self.keys, self.values = kbuf[:, :, :n], vbuf[:, :, :n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized or self.keys is None or self.keys.numel() == 0:
+                self.lazy_initialization(key_states, value_states)
+                self.keys, self.values = key_states, value_states
+                self._adopt(0)
+                return self.keys, self.values
+            n, add = self.keys.shape[-2], key_states.shape[-2]
+            kbuf = getattr(self, "_kbuf", None)
+            if (
+                kbuf is None
+                or self.keys.data_ptr() != kbuf.data_ptr()
+                or self.keys.shape[0] != kbuf.shape[0]
+                or n + add > kbuf.shape[-2]
+            ):
+                self._adopt(add)
+            self._kbuf[:, :, n : n + add] = key_states
+            self._vbuf[:, :, n : n + add] = value_states
+            self.keys, self.values = self._kbuf[:, :, : n + add], self._vbuf[:, :, : n + add]
+            return self.keys, self.values
+
+    return GrowLayer
+
+
+def new_cache(config):
+    """A ``DynamicCache`` whose layers grow in place (see ``GrowLayer``)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    layer = _grow_layer_class()
+    cache.layers = [layer() for _ in cache.layers]
+    return cache
+
+
 def _layers(cache) -> list:
     return list(cache.layers)
 
@@ -81,8 +137,6 @@ class ContinuousBatcher:
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
 
     def _prefill(self, seqs: list[_Seq]):
-        from transformers import DynamicCache
-
         width = max(len(s.prompt) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -90,7 +144,7 @@ class ContinuousBatcher:
             ids[r, width - len(s.prompt) :] = torch.tensor(s.prompt)
             mask[r, width - len(s.prompt) :] = 1
         dev = self.model.device
-        cache = DynamicCache(config=self.model.config)
+        cache = new_cache(self.model.config)
         out = self.model(
             input_ids=ids.to(dev),
             attention_mask=mask.to(dev),

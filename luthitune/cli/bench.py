@@ -35,7 +35,18 @@ def bench_generate(
         console.print_json(json.dumps(result))
         return
     t = Table(title=f"pairs per minute, {result['backend']}:{result['model']}")
-    for col in ("mode", "concurrency", "pairs", "seconds", "pairs/min", "retry rate", "invalid rate", "rule pass"):
+    cols = (
+        "mode",
+        "slots",
+        "pairs",
+        "seconds",
+        "pairs/min",
+        "retry rate",
+        "invalid rate",
+        "rule pass",
+        "tokens mean/max",
+    )
+    for col in cols:
         t.add_column(col, justify="right")
     for r in result["runs"]:
         t.add_row(
@@ -47,6 +58,7 @@ def bench_generate(
             f"{r['retry_rate']:.0%}",
             f"{r['invalid_rate']:.0%}",
             f"{r['rule_pass_rate']:.0%}",
+            f"{r['answer_tokens_mean']:.0f}/{r['answer_tokens_max']}" if r["answer_tokens_mean"] else "-",
         )
     console.print(t)
     console.print(f"speed-up: [bold]{result['ratio']:.2f}×[/] (concurrent / sequential, measured in one run)")
