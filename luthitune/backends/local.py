@@ -326,8 +326,9 @@ class LocalChatModel(BaseChatModel):
         schema = kwargs.get("json_schema")
         convs = [to_chat_dicts(self._convert_input(i).to_messages()) for i in inputs]
         size = self.concurrency
-        if isinstance(config, dict) and config.get("max_concurrency"):
-            size = int(config["max_concurrency"])
+        first = config[0] if isinstance(config, (list, tuple)) and config else config  # bindings pass one per input
+        if isinstance(first, dict) and first.get("max_concurrency"):
+            size = int(first["max_concurrency"])
         finished: queue.Queue = queue.Queue()
         sent = set()
 

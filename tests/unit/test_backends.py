@@ -114,3 +114,44 @@ def test_batch_retries_only_failed_items(fake_llm):
 def test_whitespace_fields_fail_validation():
     with pytest.raises(ValueError):
         ScenarioPair.model_validate({**GOOD, "critique": "  \n "})
+
+
+class _RecordingRuntime:
+    """Stands in for LocalRuntime: records how it was asked to generate, answers with valid JSON."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+        self.active_adapter = None
+
+    def adapter(self, name):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def generate(self, convs, *, schemas=None, slots=None, on_done=None, **kwargs):
+        from luthitune.backends.local import Generation
+
+        self.calls.append({"n": len(convs), "slots": slots, **kwargs})
+        out = []
+        for i in reversed(range(len(convs))):  # finish out of order, as continuous batching does
+            g = Generation('{"request": "Please explain how vaccines are tested."}', 10, 12, True)
+            out.append(g)
+            if on_done:
+                on_done(i, g)
+        return out[::-1]
+
+
+def test_local_model_honours_max_concurrency_and_streams_results_as_they_finish():
+    from luthitune.backends.local import LocalChatModel
+    from luthitune.schemas import ScenarioRequest
+
+    rt = _RecordingRuntime()
+    llm = LocalChatModel(runtime=rt, concurrency=4, temperature=0.5)
+    seen: list[int] = []
+    convs = [[HumanMessage(f"q{i}")] for i in range(5)]
+    out = generate_structured(llm, convs, ScenarioRequest, max_concurrency=3, on_result=lambda i, r: seen.append(i))
+    assert [c["slots"] for c in rt.calls] == [3] and rt.calls[0]["n"] == 5
+    assert seen == [4, 3, 2, 1, 0] and all(o.request.startswith("Please") for o in out)
+    generate_structured(llm, convs[:2], ScenarioRequest)
+    assert rt.calls[-1]["slots"] == 4  # the model's own concurrency by default
+    assert rt.calls[-1]["temperature"] == 0.5 and rt.calls[-1]["max_new_tokens"] >= 300  # schema budget
