@@ -51,9 +51,7 @@ def rule_principles(pair: dict, c: Constitution) -> str | None:
     unknown = [p for p in cited if p not in c.ids]
     if unknown:
         return f"principles: the critique cites {unknown}, not in the constitution ({sorted(c.ids)})"
-    if not cited:
-        return "principles: the critique cites no principle id"
-    return None
+    return None  # citing none is allowed: the critique may name principles by title; evaluation counts citations
 
 
 def rule_agency(pair: dict, c: Constitution) -> str | None:

@@ -25,11 +25,14 @@ class _Seq:
     index: int  # position in the caller's input list
     prompt: list[int]
     matcher: Any = None
+    rng: torch.Generator | None = None  # per sequence: its samples do not depend on what it is batched with
     generated: list[int] = field(default_factory=list)
     finished: bool = False  # ended with EOS / a complete grammar (not cut off by the budget)
 
 
 GROW = 256  # spare sequence positions allocated at a time
+TOP_K = 256  # candidates considered by nucleus sampling
+MIN_PREFIX = 16  # shortest common prompt prefix worth caching
 
 
 def _grow_layer_class():
@@ -136,19 +139,47 @@ class ContinuousBatcher:
         params = inspect.signature(model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
 
+    def _cache_prefix(self, prompts: list[list[int]]) -> None:
+        """Prefill the prompts' common prefix once (system prompt, constitution...): newcomers copy its keys and
+        values instead of recomputing them. Prefill is compute-bound and was the largest cost after decoding."""
+        self.prefix = None
+        n = min(len(p) for p in prompts) - 1  # every prompt keeps at least one token of its own
+        first, size = prompts[0], 0
+        while size < n and all(p[size] == first[size] for p in prompts):
+            size += 1
+        if len(prompts) < 2 or size < MIN_PREFIX:
+            return
+        cache = new_cache(self.model.config)
+        dev = self.model.device
+        self.model(
+            input_ids=torch.tensor([first[:size]], device=dev),
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_kw: cache},
+        )
+        self.prefix = (size, [(layer.keys.clone(), layer.values.clone()) for layer in _layers(cache)])
+
     def _prefill(self, seqs: list[_Seq]):
-        width = max(len(s.prompt) for s in seqs)
+        plen, kv = self.prefix if self.prefix else (0, None)
+        tails = [s.prompt[plen:] for s in seqs]
+        width = max(len(t) for t in tails)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, width - len(s.prompt) :] = torch.tensor(s.prompt)
-            mask[r, width - len(s.prompt) :] = 1
+        mask = torch.zeros((len(seqs), plen + width), dtype=torch.long)
+        mask[:, :plen] = 1
+        for r, t in enumerate(tails):  # [prefix][padding][own tokens]: padding sits between, masked out
+            ids[r, width - len(t) :] = torch.tensor(t)
+            mask[r, plen + width - len(t) :] = 1
         dev = self.model.device
         cache = new_cache(self.model.config)
+        if kv is not None:
+            for layer, (k, v) in zip(_layers(cache), kv, strict=True):
+                layer.lazy_initialization(k, v)
+                layer.keys = k.expand(len(seqs), -1, -1, -1).contiguous()
+                layer.values = v.expand(len(seqs), -1, -1, -1).contiguous()
         out = self.model(
             input_ids=ids.to(dev),
             attention_mask=mask.to(dev),
-            position_ids=_positions(mask).to(dev),
+            position_ids=_positions(mask)[:, plen:].to(dev),
             use_cache=True,
             logits_to_keep=1,
             **{self.cache_kw: cache},
@@ -166,14 +197,18 @@ class ContinuousBatcher:
         repetition_penalty: float,
         grammars: list[Any] | None,
         min_new_tokens: int = 0,
-        generator: torch.Generator | None = None,
+        seed: int | None = None,
         on_done: Callable[[_Seq], None] | None = None,
     ) -> list[_Seq]:
         import xgrammar as xgr
 
+        def rng(i: int) -> torch.Generator:
+            return torch.Generator().manual_seed(seed + i if seed is not None else int(torch.randint(2**62, ())))
+
         waiting = deque(
-            _Seq(i, p, xgr.GrammarMatcher(grammars[i]) if grammars else None) for i, p in enumerate(prompts)
+            _Seq(i, p, xgr.GrammarMatcher(grammars[i]) if grammars else None, rng(i)) for i, p in enumerate(prompts)
         )
+        self._cache_prefix(prompts)
         done: list[_Seq] = []
         active: list[_Seq] = []
         cache = mask = logits = None
@@ -216,13 +251,15 @@ class ContinuousBatcher:
                     s.matcher.fill_next_token_bitmask(bitmask, r)
                 xgr.apply_token_bitmask_inplace(logits, bitmask[: len(active)].to(logits.device))
             if temperature > 0:
-                probs = torch.softmax(logits / temperature, dim=-1)
+                # Nucleus sampling within the 256 most likely tokens: sorting the whole 49k vocabulary for
+                # every row at every step cost more than the grammar; the nucleus is far inside the top 256.
+                top, ids = torch.topk(logits, k=min(TOP_K, logits.shape[-1]), dim=-1)
+                probs = torch.softmax(top / temperature, dim=-1)
                 if top_p < 1.0:
-                    sorted_p, order = probs.sort(dim=-1, descending=True)
-                    drop = sorted_p.cumsum(-1) - sorted_p > top_p
-                    sorted_p = sorted_p.masked_fill(drop, 0.0)
-                    probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                    drop = probs.cumsum(-1) - probs > top_p
+                    probs = probs.masked_fill(drop, 0.0)
+                picks = [torch.multinomial(probs[r], 1, generator=s.rng) for r, s in enumerate(active)]
+                tokens = ids.gather(-1, torch.stack(picks)).squeeze(-1)
             else:
                 tokens = logits.argmax(dim=-1)
 

@@ -185,7 +185,6 @@ class LocalRuntime:
 
         with self.lock:
             grammars = [self.grammar(s) for s in schemas] if structured else None
-            generator = torch.Generator().manual_seed(seed) if seed is not None else None
             with torch.inference_mode():
                 batcher.run(
                     prompts,
@@ -196,7 +195,7 @@ class LocalRuntime:
                     repetition_penalty=repetition_penalty,
                     grammars=grammars,
                     min_new_tokens=min_new_tokens or 0,
-                    generator=generator,
+                    seed=seed,
                     on_done=finish,
                 )
         return results  # type: ignore[return-value]

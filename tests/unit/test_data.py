@@ -53,7 +53,6 @@ def test_a_good_pair_passes_every_rule():
         (rule_distinct, {"chosen": "I cannot  HELP with that, sorry."}, "distinct: chosen and rejected are the same"),
         (rule_distinct, {"chosen": "I cannot help with that, sorry!!"}, "% the same"),
         (rule_principles, {"principle_ids_json": '["P1", "P7"]'}, "cites ['P7'], not in the constitution"),
-        (rule_principles, {"principle_ids_json": "[]"}, "cites no principle id"),
         (rule_agency, {"chosen": "I'm sorry, but I can't do that because of P1."}, "agency: chosen says"),
         (rule_agency, {"chosen": "As an AI I decline to do this, P1."}, "agency: chosen says 'As an AI'"),
         (rule_agency, {"chosen": "I choose not to do that. It is P1."}, "without giving a reason"),
