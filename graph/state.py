@@ -66,6 +66,7 @@ class Context:
     answer_temperature: float = 0.7
     dedup_threshold: float = 0.7
     judge: bool = False
+    rules: list[str] | None = None  # validation rules; None: all
     review_sample: int = 5
     eval_fraction: float = 0.25
     seed: int = 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from luthitune.errors import ConfigError, WorkspaceError
 
@@ -89,7 +89,21 @@ class PracticeConfig(_Strict):
     judge: bool = Field(False, description="Keep a pair only if the model prefers chosen in both orders")
     review_sample: int = Field(5, ge=0, description="Kept pairs shown for human review (0: none; skipped on autopilot)")
     eval_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="Share of kept pairs held out for evaluation")
+    rules: list[str] = Field(
+        default_factory=lambda: ["length", "distinct", "principles", "agency", "benign_refused"],
+        description="Validation rules applied to every pair (near-duplicate removal and the judge are separate)",
+    )
     seed: int = 0
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, v: list[str]) -> list[str]:
+        from luthitune.validation import RULES
+
+        unknown = sorted(set(v) - set(RULES))
+        if unknown:
+            raise ValueError(f"unknown rules {unknown}; known: {list(RULES)}")
+        return v
 
     @field_validator("category_mix")
     @classmethod
@@ -103,6 +117,9 @@ class PracticeConfig(_Strict):
         return v
 
 
+DEFAULT_CONCURRENCY = {"local": 8, "ollama": 4}
+
+
 class Config(_Strict):
     backend: Literal["local", "ollama"] = "local"
     chat_model: str = Field(EMBEDDED_MODEL, min_length=1, description="Model the protocol talks to")
@@ -113,10 +130,18 @@ class Config(_Strict):
     )
     ollama: OllamaConfig = OllamaConfig()
     sampling: SamplingConfig = SamplingConfig()
-    concurrency: int = Field(4, ge=1, le=256, description="Items generated at once (batch or requests)")
+    concurrency: int | None = Field(
+        None, ge=1, le=256, description="Items generated at once: batch slots (local) or parallel requests (Ollama)"
+    )
     structured_retries: int = Field(2, ge=0, le=10, description="Retries after a structured answer fails")
     practice: PracticeConfig = PracticeConfig()
     paths: PathsConfig = PathsConfig()
+
+    @model_validator(mode="after")
+    def _default_concurrency(self) -> Config:
+        if self.concurrency is None:  # measured best on a 2-core CPU for local; Ollama's common parallel setting
+            object.__setattr__(self, "concurrency", DEFAULT_CONCURRENCY[self.backend])
+        return self
 
 
 # --- the original tool's hyperparameters.yaml (same sections and keys, plus TRL's own fields) ---
@@ -231,9 +256,9 @@ sampling:
   max_new_tokens: 256
   repetition_penalty: 1.1
   seed: null
-# Items generated at once: batch size on the local backend, parallel requests on Ollama
-# (set OLLAMA_NUM_PARALLEL on the server to match).
-concurrency: 4
+# Items generated at once: continuous-batching slots on the local backend (default 8), parallel
+# requests on Ollama (default 4; start the server with OLLAMA_NUM_PARALLEL at least this).
+# concurrency: 8
 structured_retries: 2
 # Phase 2, practice data. Categories and what each asks of the answers: prompts/categories.yaml.
 practice:
@@ -249,6 +274,7 @@ practice:
   dedup_threshold: 0.7     # MinHash Jaccard of two requests above which the later one is a duplicate
   judge: false             # also ask the model to compare chosen and rejected, in both orders
   review_sample: 5         # kept pairs a human reviews before training (skipped on autopilot)
+  rules: [length, distinct, principles, agency, benign_refused]
   eval_fraction: 0.25      # held out for evaluation
   seed: 0
 paths:

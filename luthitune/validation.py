@@ -77,11 +77,18 @@ def rule_benign_helped(pair: dict, c: Constitution) -> str | None:
 
 
 Rule = Callable[[dict, Constitution], "str | None"]
-RULES: list[Rule] = [rule_length, rule_distinct, rule_principles, rule_agency, rule_benign_helped]
+RULES: dict[str, Rule] = {
+    "length": rule_length,
+    "distinct": rule_distinct,
+    "principles": rule_principles,
+    "agency": rule_agency,
+    "benign_refused": rule_benign_helped,
+}
 
 
-def check_pair(pair: dict, c: Constitution) -> list[str]:
-    return [r for rule in RULES if (r := rule(pair, c))]
+def check_pair(pair: dict, c: Constitution, rules: list[str] | None = None) -> list[str]:
+    """Reasons ``pair`` fails, one per failed rule (all rules, or only the named ones)."""
+    return [r for name, rule in RULES.items() if (rules is None or name in rules) and (r := rule(pair, c))]
 
 
 # -- near duplicates (MinHash LSH from datasketch) --

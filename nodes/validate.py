@@ -82,7 +82,7 @@ def validate(state: RunState, runtime: Runtime[Context]) -> dict:
     principles = common.principles(runtime, state)
     constitution = Constitution(frozenset(p.id for p in principles), {p.id: p.title for p in principles})
     pairs = s.rows("pairs", "run_id = ? and cycle = ? and status != 'quarantined'", [run_id, cycle], order_by="id")
-    reasons = {p["id"]: check_pair(p, constitution) for p in pairs}
+    reasons = {p["id"]: check_pair(p, constitution, ctx.rules) for p in pairs}
 
     # Near duplicates of the request, across this run's dataset (earlier cycles' kept pairs included).
     earlier = s.rows("pairs", "run_id = ? and cycle < ? and status = 'kept'", [run_id, cycle])

@@ -12,6 +12,7 @@ Grammar constraints use xgrammar's ``GrammarMatcher`` per sequence (one bitmask 
 from __future__ import annotations
 
 import inspect
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class _Seq:
 GROW = 256  # spare sequence positions allocated at a time
 TOP_K = 256  # candidates considered by nucleus sampling
 MIN_PREFIX = 16  # shortest common prompt prefix worth caching
+FILL_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _grow_layer_class():
@@ -213,6 +215,10 @@ class ContinuousBatcher:
         active: list[_Seq] = []
         cache = mask = logits = None
         bitmask = xgr.allocate_token_bitmask(slots, self.vocab_size) if grammars else None
+        # Masks for all rows in one call, spread over threads by xgrammar (filling them one by one in Python
+        # cost about a sixth of a batch-8 step).
+        batch_matcher = xgr.BatchGrammarMatcher(max_threads=FILL_THREADS) if grammars else None
+
         dev = self.model.device
         while waiting or active:
             # Fill free slots: prefill the newcomers together and join their cache to the running one.
@@ -247,8 +253,11 @@ class ContinuousBatcher:
                     if len(s.generated) < min_new_tokens:
                         logits[r, list(self.eos_ids)] = -float("inf")
             if grammars:
-                for r, s in enumerate(active):
-                    s.matcher.fill_next_token_bitmask(bitmask, r)
+                if FILL_THREADS > 1:
+                    batch_matcher.batch_fill_next_token_bitmask([s.matcher for s in active], bitmask)
+                else:
+                    for r, s in enumerate(active):
+                        s.matcher.fill_next_token_bitmask(bitmask, r)
                 xgr.apply_token_bitmask_inplace(logits, bitmask[: len(active)].to(logits.device))
             if temperature > 0:
                 # Nucleus sampling within the 256 most likely tokens: sorting the whole 49k vocabulary for

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 RUN = "crash1"
 
 
@@ -42,6 +44,11 @@ def kill_when(cmd: list[str], db: Path, sql: str, timeout: float = 600) -> bool:
 def test_sigkill_at_three_points_then_resume(tmp_path):
     ws = tmp_path / "ws"
     subprocess.run(cli(ws, "init"), check=True, capture_output=True)
+    # This test is about crashes, not data quality: only the length rule, so a 135M model's answers are
+    # kept often enough for the run to reach training.
+    cfg = yaml.safe_load((ws / "luthitune.yaml").read_text())
+    cfg["practice"].update(rules=["length"], dedup_threshold=1.0)
+    (ws / "luthitune.yaml").write_text(yaml.safe_dump(cfg))
     db = ws / "data" / "luthitune.db"
     # Generous consent and draft rounds: a 135M model sometimes says no, and this test is about crashes.
     start = cli(
