@@ -18,7 +18,7 @@ app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 def bench_generate(
     ctx: typer.Context,
     workspace: WorkspaceOpt = None,
-    pairs: Annotated[int, typer.Option(min=1, help="Pairs generated in each mode.")] = 24,
+    pairs: Annotated[int, typer.Option(min=1, help="Pairs generated in each mode.")] = 32,
     batch: Annotated[int, typer.Option(min=1, help="Batch size (local) or concurrent requests (Ollama).")] = 8,
     retries: Annotated[int, typer.Option(min=0, help="Structured-output retries per item.")] = 2,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
