@@ -122,7 +122,8 @@ def near_duplicates(
     """
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=128)
+    # LSH needs a threshold below 1 to form its bands; candidates are checked against ``threshold`` below.
+    lsh = MinHashLSH(threshold=min(threshold, 0.95), num_perm=128)
     hashes: dict[str, object] = {}
     for key, text in earlier:
         hashes[key] = minhash(text)

@@ -30,6 +30,22 @@ class _Group(TyperGroup):
                 "where each run stands and `luthitune resume RUN` continues it."
             )
             raise typer.Exit(130) from None
+        except Exception as exc:
+            if type(exc).__module__.startswith(("click", "typer")):  # usage errors, Exit, Abort: the CLI's own
+                raise
+            # A bug or an unforeseen failure: one clear message; the traceback with --verbose.
+            import logging
+
+            logging.getLogger("luthitune").debug("Traceback", exc_info=True)
+            err_console.print(
+                f"[bold red]Unexpected error:[/] {type(exc).__name__}: {exc}\n"
+                "Everything finished before it is saved: `luthitune status` shows where each run stands, and "
+                "`luthitune resume RUN` retries from the last completed step. Run with --verbose for the "
+                "traceback, and please report it if it persists.",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(

@@ -72,7 +72,8 @@ def test_sigkill_at_three_points_then_resume(tmp_path):
     # 2. during fan-out: after the first pair is written, before validation
     assert kill_when(resume, db, "select count(*) from pairs")
     # 3. during training
-    assert kill_when(resume, db, "select count(*) from training_runs where status = 'running'")
+    killed = kill_when(resume, db, "select count(*) from training_runs where status = 'running'")
+    assert killed, subprocess.run(cli(ws, "status", RUN), capture_output=True, text=True).stdout
     done = subprocess.run(resume, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     again = subprocess.run(resume, capture_output=True, text=True)

@@ -81,3 +81,17 @@ def test_fork_of_unknown_run_or_checkpoint_exits_2_with_the_way_forward(tmp_path
 def test_help_everywhere(cmd):
     r = runner.invoke(app, [*cmd, "--help"])
     assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_an_unexpected_error_is_one_message_with_the_way_forward(tmp_path, monkeypatch):
+    from luthitune.protocol import Protocol
+
+    assert runner.invoke(app, ["init", str(tmp_path)]).exit_code == 0
+
+    def boom(self, *a, **k):
+        raise ValueError("something inside broke")
+
+    monkeypatch.setattr(Protocol, "runs", boom)
+    r = runner.invoke(app, ["runs", "-w", str(tmp_path)], terminal_width=200)
+    assert r.exit_code == 1 and "Unexpected error: ValueError: something inside broke" in r.output
+    assert "luthitune resume RUN" in r.output and "Traceback" not in r.output

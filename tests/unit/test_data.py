@@ -269,3 +269,12 @@ def test_resume_in_the_middle_of_practice_redoes_only_unfinished_items(protocol)
     assert after == before
     critique_calls = [c for c in p.inject["llm"].calls[calls:] if "impulse" in c[-1].content]
     assert critique_calls == []
+
+
+def test_near_duplicates_at_threshold_one_removes_only_exact_repeats():
+    cands = [
+        ("a", "Tell me about vaccines and how they are tested."),
+        ("b", "Tell me about vaccines and how they are tested."),
+        ("c", "Tell me about vaccines and how they are tested today."),
+    ]
+    assert set(near_duplicates([], cands, threshold=1.0)) == {"b"}
