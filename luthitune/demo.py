@@ -19,6 +19,10 @@ DEMO_SETTINGS = {
     "n_scenarios": 8,
     "interview_turns": 3,
     "max_cycles": 1,
+    # A 135M model's consent answer is close to a coin toss (about one "no" in four at the deliberate
+    # temperature): each "no" is honoured and answered in the interview, and a third round keeps the
+    # demo from ending early most of the time.
+    "max_consent_rounds": 3,
     "train": {"epochs": 2.0, "batch_size": 2, "learning_rate": 5e-5, "beta": 0.1, "max_length": 384},
 }
 

@@ -32,7 +32,7 @@ class _Seq:
 
 
 GROW = 256  # spare sequence positions allocated at a time
-TOP_K = 256  # candidates considered by nucleus sampling
+TOP_K = 50  # candidates considered by nucleus sampling (transformers' default top_k)
 MIN_PREFIX = 16  # shortest common prompt prefix worth caching
 FILL_THREADS = max(1, min(4, os.cpu_count() or 1))
 
@@ -260,8 +260,8 @@ class ContinuousBatcher:
                         s.matcher.fill_next_token_bitmask(bitmask, r)
                 xgr.apply_token_bitmask_inplace(logits, bitmask[: len(active)].to(logits.device))
             if temperature > 0:
-                # Nucleus sampling within the 256 most likely tokens: sorting the whole 49k vocabulary for
-                # every row at every step cost more than the grammar; the nucleus is far inside the top 256.
+                # Nucleus sampling within the TOP_K most likely tokens (as generate() does by default): sorting
+                # the whole 49k vocabulary for every row at every step cost more than the grammar.
                 top, ids = torch.topk(logits, k=min(TOP_K, logits.shape[-1]), dim=-1)
                 probs = torch.softmax(top / temperature, dim=-1)
                 if top_p < 1.0:
