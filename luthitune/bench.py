@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import time
 from typing import Any
 
@@ -85,7 +84,7 @@ def pairs_benchmark(ws: Workspace, *, n: int, batch: int, retries: int, temperat
     from luthitune.backends import make_chat_model
     from luthitune.backends.structured import generate_structured
     from luthitune.errors import StructuredOutputError
-    from luthitune.nodes.critique import conversation
+    from luthitune.nodes.critique import answer_fields, conversation
     from luthitune.schemas import CritiquedAnswer
     from luthitune.validation import Constitution, check_pair
 
@@ -118,14 +117,7 @@ def pairs_benchmark(ws: Workspace, *, n: int, batch: int, retries: int, temperat
         for (cat, req), r in zip(items, results, strict=True):
             if isinstance(r, StructuredOutputError):
                 continue
-            pair = {
-                "prompt": req,
-                "chosen": r.chosen,
-                "rejected": r.rejected,
-                "critique": r.critique,
-                "principle_ids_json": json.dumps(C.cited_ids(f"{r.principles_cited} {r.critique}")),
-                "stance": kinds[cat]["stance"],
-            }
+            pair = {**answer_fields(r), "prompt": req, "stance": kinds[cat]["stance"]}
             valid += not check_pair(pair, const)
         return {
             "mode": name,

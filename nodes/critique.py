@@ -8,6 +8,8 @@ with the legitimate part and explain any limit.
 
 from __future__ import annotations
 
+import json
+
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
@@ -44,6 +46,17 @@ def conversation(summary: str, request: str, category: str) -> tuple[list, str]:
     return [SystemMessage(render("interview_system.md").text), HumanMessage(prompt.text)], prompt.template_hash
 
 
+def answer_fields(res: CritiquedAnswer) -> dict:
+    """A pair's columns from one self-critique answer (the node stores them; the benchmark validates them)."""
+    return {
+        "chosen": res.chosen,
+        "rejected": res.rejected,
+        "critique": res.critique,
+        "principle_ids_json": json.dumps(C.cited_ids(f"{res.principles_cited} {res.critique}")),
+        "raw": res.model_dump_json(),
+    }
+
+
 def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
     s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
     summary = C.summary(common.principles(runtime, state))
@@ -78,14 +91,7 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
         if failed:
             row.update(status="quarantined", reasons_json=[f"structured_output: {res}"], raw=res.raw)
         else:
-            row.update(
-                status="unvalidated",
-                chosen=res.chosen,
-                rejected=res.rejected,
-                critique=res.critique,
-                principle_ids_json=C.cited_ids(f"{res.principles_cited} {res.critique}"),
-                raw=res.model_dump_json(),
-            )
+            row.update(status="unvalidated", **answer_fields(res))
         s.upsert("pairs", row)
         finished += 1
         common.progress(runtime, "self-critique", finished, total)

@@ -6,7 +6,7 @@ import json
 
 from langgraph.runtime import Runtime
 
-from luthitune.dataset import dataset_hash, split
+from luthitune.dataset import dataset_hash, kept_pairs, split
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
 from luthitune.store import now
@@ -48,7 +48,7 @@ def run_training(rt: Runtime[Context], state: RunState, train: list[dict], name:
 
 def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
     s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
-    kept = s.rows("pairs", "run_id = ? and cycle = ? and status = 'kept'", [run_id, cycle])
+    kept = kept_pairs(s, run_id, cycle)
     train, held = split(kept, runtime.context.eval_fraction)
     if not train:
         failed = s.count("scenarios", "run_id = ? and cycle = ? and status = 'failed'", [run_id, cycle])
