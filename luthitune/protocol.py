@@ -15,6 +15,7 @@ from typing import Any
 
 from langgraph.types import Command
 
+from luthitune import cancel
 from luthitune.config import Workspace
 from luthitune.errors import NotFound, UsageError
 from luthitune.graph.builder import build_graph, sqlite_checkpointer
@@ -142,19 +143,29 @@ class Protocol:
         else:
             payload = None  # crashed mid-step: continue from the last checkpoint
         self.store.upsert_run(run_id, status="running")
-        for mode, chunk in self.graph.stream(
-            payload, self.config(run_id), context=ctx, durability="sync", stream_mode=["updates", "custom"]
-        ):
-            if mode == "custom":
-                if on_progress and isinstance(chunk, dict) and "progress" in chunk:
-                    on_progress(chunk["progress"])
-                continue
-            for node, update in chunk.items():
-                if on_update and node != "__interrupt__":
-                    on_update(node, update or {})
+        # Cancellation (the web UI's Cancel, the CLI's Ctrl-C) stops the step at its next progress point, like a
+        # crash: the checkpoint stays at the last completed step and what finished is stored.
+        with cancel.scope(run_id):
+            try:
+                for mode, chunk in self.graph.stream(
+                    payload, self.config(run_id), context=ctx, durability="sync", stream_mode=["updates", "custom"]
+                ):
+                    if mode == "custom":
+                        if on_progress and isinstance(chunk, dict) and "progress" in chunk:
+                            on_progress(chunk["progress"])
+                        continue
+                    for node, update in chunk.items():
+                        if on_update and node != "__interrupt__":
+                            on_update(node, update or {})
+            except (cancel.Cancelled, KeyboardInterrupt):
+                cancel.request(run_id)  # Ctrl-C: also stop generation still running on a worker thread
+                self.store.upsert_run(run_id, status="cancelled")
+                raise
         return self.status(run_id)
 
-    def status(self, run_id: str) -> RunStatus:
+    def status(self, run_id: str, record: bool = True) -> RunStatus:
+        """Where ``run_id`` stands, from its checkpoint. ``record=False`` reads without updating the runs table
+        (the web UI polls while a worker advances the run)."""
         self.run_row(run_id)
         snap = self.graph.get_state(self.config(run_id))
         values = dict(snap.values or {})
@@ -166,8 +177,9 @@ class Protocol:
             st = RunStatus(run_id, "ended" if values.get("ended") else "done", [], None, values)
         else:
             st = RunStatus(run_id, "created", [], None, values)
-        label = f"waiting:{st.interrupt.get('type')}" if st.interrupt else st.status
-        self.store.upsert_run(run_id, status=label, cycle=values.get("cycle", 0), note=values.get("ended"))
+        if record:
+            label = f"waiting:{st.interrupt.get('type')}" if st.interrupt else st.status
+            self.store.upsert_run(run_id, status=label, cycle=values.get("cycle", 0), note=values.get("ended"))
         return st
 
     def fork(self, run_id: str, checkpoint_id: str, new_id: str | None = None) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
+from luthitune import cancel
 from luthitune.config import Workspace
 from luthitune.constitution import P, from_json
 from luthitune.graph.state import Context, RunState
@@ -22,6 +23,11 @@ def _workspace(root: str) -> Workspace:
 @cache
 def _store(db_path: str) -> Store:
     return Store(db_path)
+
+
+def forget_workspace() -> None:
+    """Read the workspace's configuration again on next use (after the web UI changed ``luthitune.yaml``)."""
+    _workspace.cache_clear()
 
 
 def workspace(runtime: Runtime[Context]) -> Workspace:
@@ -80,5 +86,8 @@ def ask(payload: dict[str, Any]) -> Any:
 
 
 def progress(runtime: Runtime[Context], task: str, done: int, total: int, **info: Any) -> None:
-    """Report progress of a long step on the graph's ``custom`` stream (the CLI draws it as a rich bar)."""
+    """Report progress of a long step on the graph's ``custom`` stream (the CLI draws it as a rich bar, the web UI
+    a live view). Also a cancellation point: after a Cancel (web UI) or Ctrl-C, this raises ``Cancelled``; the
+    items reported so far are stored, so resuming redoes only the unfinished ones."""
     runtime.stream_writer({"progress": {"task": task, "done": done, "total": total, **info}})
+    cancel.check()

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from luthitune import cancel
+
 
 @dataclass
 class _Seq:
@@ -221,6 +223,7 @@ class ContinuousBatcher:
 
         dev = self.model.device
         while waiting or active:
+            cancel.check()  # a cancelled run stops within one decode step; finished answers were handed over
             # Fill free slots: prefill the newcomers together and join their cache to the running one.
             if waiting and len(active) < slots:
                 new = [waiting.popleft() for _ in range(min(slots - len(active), len(waiting)))]

@@ -8,6 +8,7 @@ schema, so the JSON is well-formed by construction and pydantic validates the co
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import queue
@@ -345,7 +346,10 @@ class LocalChatModel(BaseChatModel):
                 finished.put((None, exc))
             finished.put((None, None))
 
-        worker = threading.Thread(target=work, name="luthitune-generate", daemon=True)
+        # In the caller's context: the run id bound by ``cancel.scope`` reaches the decode loop's cancel checks.
+        worker = threading.Thread(
+            target=contextvars.copy_context().run, args=(work,), name="luthitune-generate", daemon=True
+        )
         worker.start()
         while True:
             i, res = finished.get()

@@ -16,6 +16,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableLambda, RunnableSequence
 from pydantic import BaseModel
 
+from luthitune.cancel import Cancelled
 from luthitune.errors import BackendUnavailable, StructuredOutputError
 
 T = TypeVar("T", bound=BaseModel)
@@ -108,6 +109,8 @@ def generate_structured(
                     out = parse.invoke(out)
                 except Exception as exc:
                     out = exc
+            if isinstance(out, Cancelled):
+                raise out  # a cancelled run is not a failed answer: nothing is quarantined, resume redoes it
             if isinstance(out, BaseException):
                 _raise_if_backend_down(out, llm)
                 err, raw = out, ""
