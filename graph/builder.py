@@ -12,6 +12,8 @@ from typing import Any
 
 from langgraph.graph import START, StateGraph
 
+from luthitune.config import Workspace
+from luthitune.errors import BackendUnavailable, ConfigError
 from luthitune.graph import routes
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes.consent import consent_check
@@ -55,7 +57,7 @@ def graph_builder() -> StateGraph:
 
 
 def build_graph(checkpointer: Any = None):
-    """A freshly compiled graph; pass a checkpointer (e.g. :func:`sqlite_checkpointer`) to make it resumable."""
+    """A freshly compiled graph; pass a checkpointer (e.g. :func:`checkpointer_for`) to make it resumable."""
     return graph_builder().compile(checkpointer=checkpointer)
 
 
@@ -64,6 +66,45 @@ def sqlite_checkpointer(path: Path):
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteSaver(sqlite3.connect(str(path), check_same_thread=False))
+
+
+def postgres_checkpointer(url: str):
+    """A ``PostgresSaver`` on ``url`` (tables created on first use). The password, if any, comes from PGPASSWORD
+    or ~/.pgpass: the configuration refuses a URL that holds one."""
+    try:
+        import psycopg
+        from langgraph.checkpoint.postgres import PostgresSaver
+        from psycopg.rows import dict_row
+    except ImportError as exc:
+        raise ConfigError(
+            f"checkpointer is a postgresql:// URL, but {exc.name} is not installed. "
+            "Install the extra: pip install 'luthitune[postgres]' (make setup does), or set `checkpointer: sqlite`."
+        ) from None
+    try:
+        # autocommit and dict rows are what PostgresSaver expects; no prepared statements, so a pooler
+        # (PgBouncer in transaction mode) in front of the server works too.
+        conn = psycopg.Connection.connect(
+            url, autocommit=True, prepare_threshold=None, row_factory=dict_row, connect_timeout=5
+        )
+    except psycopg.OperationalError as exc:
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise BackendUnavailable(
+            f"The checkpoint database {url} is not reachable: {detail}.\n"
+            "Start PostgreSQL (and create the database), fix `checkpointer` in luthitune.yaml, or set "
+            "`checkpointer: sqlite` to keep checkpoints in checkpoints/graph.db."
+        ) from None
+    saver = PostgresSaver(conn)
+    saver.setup()  # idempotent: applies the saver's own migrations
+    return saver
+
+
+def checkpointer_for(ws: Workspace):
+    """The workspace's checkpointer: SQLite in ``checkpoints/graph.db`` (default) or PostgreSQL (``checkpointer:
+    postgresql://...``). Artifacts stay in the workspace's SQLite database either way (see the README)."""
+    url = ws.config.checkpointer
+    if url == "sqlite":
+        return sqlite_checkpointer(ws.checkpoints_dir / "graph.db")
+    return postgres_checkpointer(url)
 
 
 # For `langgraph dev` / LangGraph Studio (langgraph.json): the server supplies its own checkpointer.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections import Counter
 from typing import Any
 
 from luthitune.config import Workspace
@@ -104,10 +105,11 @@ def pairs_benchmark(ws: Workspace, *, n: int, batch: int, retries: int, temperat
     def one_mode(name: str, size: int) -> dict[str, Any]:
         attempts: list[int] = []
         results: list[Any] = []
+        hosts: dict[int, str | None] = {}
         t0 = time.perf_counter()
-        # As the nodes do it: every item submitted at once, at most ``size`` in flight.
+        # As the nodes do it: every item submitted at once, at most ``size`` in flight (over all hosts).
         results += generate_structured(
-            llm, convs, CritiquedAnswer, retries=retries, max_concurrency=size, attempts=attempts
+            llm, convs, CritiquedAnswer, retries=retries, max_concurrency=size, attempts=attempts, hosts=hosts
         )
         dt = time.perf_counter() - t0
         ok = [r for r in results if not isinstance(r, StructuredOutputError)]
@@ -130,6 +132,8 @@ def pairs_benchmark(ws: Workspace, *, n: int, batch: int, retries: int, temperat
             "rule_pass_rate": valid / len(results),
             "answer_tokens_mean": sum(lengths) / len(lengths) if lengths else None,
             "answer_tokens_max": max(lengths) if lengths else None,
+            # answers per server (ollama/openai; empty on the local backend): how the work was spread
+            "hosts": dict(Counter(h for h in hosts.values() if h)),
         }
 
     seq = one_mode("sequential", 1)
@@ -137,6 +141,7 @@ def pairs_benchmark(ws: Workspace, *, n: int, batch: int, retries: int, temperat
     return {
         "backend": ws.config.backend,
         "model": ws.config.chat_model,
+        "hosts": [{"url": h.url, "concurrency": h.concurrency} for h in ws.config.hosts()],
         "n": n,
         "runs": [seq, con],
         "ratio": con["pairs_per_min"] / seq["pairs_per_min"] if seq["pairs_per_min"] else float("nan"),

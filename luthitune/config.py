@@ -37,17 +37,78 @@ class SamplingConfig(_Strict):
     seed: int | None = None
 
 
-class OllamaConfig(_Strict):
+def _http_url(v: str) -> str:
+    if not v.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return v.rstrip("/")
+
+
+class HostConfig(_Strict):
+    """One server of a backend that spreads its requests over several hosts."""
+
+    url: str
+    concurrency: int = Field(4, ge=1, le=256, description="Requests in flight on this host")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_url(cls, v: Any) -> Any:
+        return {"url": v} if isinstance(v, str) else v  # `- http://gpu1:11434` means that URL at the default limit
+
+    _url = field_validator("url")(_http_url)
+
+
+class _ServerConfig(_Strict):
+    """What the HTTP backends (ollama, openai) share: one ``base_url``, or several ``hosts``."""
+
+    hosts: list[HostConfig] = Field(
+        default_factory=list, description="Several servers, each with its own concurrency (instead of base_url)"
+    )
+    cooldown_s: float = Field(30.0, gt=0, description="How long a failing host is left out before it is tried again")
+
+    _base_url = field_validator("base_url", check_fields=False)(_http_url)
+
+    @model_validator(mode="after")
+    def _one_or_many(self) -> _ServerConfig:
+        if self.hosts and "base_url" in self.model_fields_set:
+            raise ValueError("set either base_url (one server) or hosts (several servers), not both")
+        urls = [h.url for h in self.hosts]
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"hosts lists a URL twice: {sorted(u for u in set(urls) if urls.count(u) > 1)}")
+        return self
+
+    def host_list(self, concurrency: int) -> list[HostConfig]:
+        """The servers to use: ``hosts``, or ``base_url`` alone at ``concurrency`` requests."""
+        return list(self.hosts) or [HostConfig(url=self.base_url, concurrency=concurrency)]  # type: ignore[attr-defined]
+
+
+class OllamaConfig(_ServerConfig):
     base_url: str = "http://127.0.0.1:11434"
     timeout_s: float = Field(120.0, gt=0)
     keep_alive: str | None = None
 
-    @field_validator("base_url")
+
+class OpenAIConfig(_ServerConfig):
+    """Any OpenAI-compatible server: vLLM, llama.cpp's server, LM Studio, TGI's Messages API."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    # The NAME of the environment variable that holds the key, never the key: luthitune.yaml is stored with every
+    # run. Unset is fine for a server started without an API key.
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key")
+    timeout_s: float = Field(120.0, gt=0)
+    # Server-specific request fields sent as they are, e.g. vLLM's {repetition_penalty: 1.1, top_k: 50}.
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("api_key_env")
     @classmethod
-    def _http(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return v.rstrip("/")
+    def _env_name(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError(
+                "must be the NAME of an environment variable (letters, digits, _), not the key itself: "
+                "export the key in that variable"
+            )
+        return v
 
 
 class PathsConfig(_Strict):
@@ -117,11 +178,26 @@ class PracticeConfig(_Strict):
         return v
 
 
-DEFAULT_CONCURRENCY = {"local": 8, "ollama": 4}
+# local: measured best on a 2-core CPU; ollama: its common OLLAMA_NUM_PARALLEL; openai: vLLM-class servers batch
+# continuously and take many requests at once. With several hosts the default is the sum of their limits.
+DEFAULT_CONCURRENCY = {"local": 8, "ollama": 4, "openai": 8}
+
+
+def _checkpointer_url(v: str) -> str:
+    from urllib.parse import urlsplit
+
+    if v == "sqlite":
+        return v
+    url = urlsplit(v)
+    if url.scheme not in ("postgresql", "postgres") or not url.hostname:
+        raise ValueError("use sqlite (checkpoints/graph.db) or a postgresql://USER@HOST:PORT/DBNAME URL")
+    if url.password is not None:
+        raise ValueError("the URL holds a password: put it in PGPASSWORD or ~/.pgpass, never in luthitune.yaml")
+    return v
 
 
 class Config(_Strict):
-    backend: Literal["local", "ollama"] = "local"
+    backend: Literal["local", "ollama", "openai"] = "local"
     chat_model: str = Field(EMBEDDED_MODEL, min_length=1, description="Model the protocol talks to")
     base_model: str = Field(
         EMBEDDED_MODEL,
@@ -129,19 +205,39 @@ class Config(_Strict):
         description="Weights that are trained: the embedded model, a Hugging Face id or a local path",
     )
     ollama: OllamaConfig = OllamaConfig()
+    openai: OpenAIConfig = OpenAIConfig()
     sampling: SamplingConfig = SamplingConfig()
     concurrency: int | None = Field(
-        None, ge=1, le=256, description="Items generated at once: batch slots (local) or parallel requests (Ollama)"
+        None,
+        ge=1,
+        le=4096,
+        description="Items generated at once: batch slots (local), requests in flight over all hosts (ollama, openai)",
+    )
+    checkpointer: str = Field(
+        "sqlite", description="Where LangGraph checkpoints live: sqlite (checkpoints/graph.db) or a postgresql:// URL"
     )
     structured_retries: int = Field(2, ge=0, le=10, description="Retries after a structured answer fails")
     practice: PracticeConfig = PracticeConfig()
     paths: PathsConfig = PathsConfig()
 
+    _checkpointer = field_validator("checkpointer")(_checkpointer_url)
+
     @model_validator(mode="after")
     def _default_concurrency(self) -> Config:
-        if self.concurrency is None:  # measured best on a 2-core CPU for local; Ollama's common parallel setting
-            object.__setattr__(self, "concurrency", DEFAULT_CONCURRENCY[self.backend])
+        if self.concurrency is None:
+            server = self.server()
+            default = sum(h.concurrency for h in server.hosts) if server and server.hosts else None
+            object.__setattr__(self, "concurrency", default or DEFAULT_CONCURRENCY[self.backend])
         return self
+
+    def server(self) -> OllamaConfig | OpenAIConfig | None:
+        """The settings of the HTTP backend in use (None for the in-process local backend)."""
+        return {"ollama": self.ollama, "openai": self.openai}.get(self.backend)
+
+    def hosts(self) -> list[HostConfig]:
+        """The servers generation goes to: the backend's ``hosts``, or its ``base_url`` at ``concurrency``."""
+        server = self.server()
+        return server.host_list(self.concurrency or 1) if server else []
 
 
 # --- the original tool's hyperparameters.yaml (same sections and keys, plus TRL's own fields) ---
@@ -195,12 +291,23 @@ class Hyperparameters(_Strict):
 # --- loading ---
 
 
+# Fields whose bad value may be a secret (an API key pasted in place of its variable's name, a URL with a password).
+SECRET_FIELDS = {"openai.api_key_env", "checkpointer"}
+
+
 def _format_validation_error(err: ValidationError, path: Path) -> str:
     lines = [f"Invalid configuration in {path}:"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and field.endswith(("api_key", "password", "token")):
+            lines.append(
+                f"  - field '{field}': secrets never go in luthitune.yaml (it is stored with every run); "
+                "put the key in an environment variable and name it in openai.api_key_env"
+            )
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  - field '{field}': unknown key (check the spelling; see `luthitune init`)")
+        elif field in SECRET_FIELDS:  # the value may be a key or hold a password: never echo it
+            lines.append(f"  - field '{field}': {e['msg']}")
         else:
             lines.append(f"  - field '{field}': {e['msg']} (got {e.get('input')!r})")
     lines.append("Fix the file and run the command again. Defaults: `luthitune init --print-defaults`.")
@@ -239,7 +346,8 @@ def default_config_yaml() -> str:
     """The commented default ``luthitune.yaml`` written by ``luthitune init``."""
     return """\
 # LuthiTune workspace configuration. Every key is optional; unknown keys are errors.
-# backend: local (embedded SmolLM2-135M-Instruct, in-process) or ollama (a running `ollama serve`)
+# backend: local (embedded SmolLM2-135M-Instruct, in-process), ollama (a running `ollama serve`) or
+# openai (any OpenAI-compatible server: vLLM, llama.cpp's server, LM Studio, TGI)
 backend: local
 # The model the protocol interviews. For ollama, a pulled model name such as qwen2.5:7b.
 chat_model: smollm2-135m-instruct
@@ -249,6 +357,23 @@ base_model: smollm2-135m-instruct
 ollama:
   base_url: http://127.0.0.1:11434
   timeout_s: 120
+  # Several Ollama servers instead of one: replace base_url with a list of hosts, each with its own
+  # limit of requests in flight. A host that fails is left out for cooldown_s; its items go elsewhere.
+  # hosts:
+  #   - {url: http://gpu1:11434, concurrency: 4}
+  #   - {url: http://gpu2:11434, concurrency: 8}
+  # cooldown_s: 30
+openai:
+  base_url: http://127.0.0.1:8000/v1   # e.g. `vllm serve MODEL --port 8000`
+  # The NAME of the environment variable holding the API key (never the key itself); unset is fine
+  # for a server started without one.
+  api_key_env: OPENAI_API_KEY
+  timeout_s: 120
+  # Server-specific sampling fields, sent as they are (vLLM: repetition_penalty, top_k, min_p...).
+  # extra_body: {repetition_penalty: 1.1}
+  # hosts:                       # several servers, as for ollama
+  #   - {url: http://gpu1:8000/v1, concurrency: 32}
+  #   - {url: http://gpu2:8000/v1, concurrency: 32}
 sampling:
   temperature: 0.7              # the interview
   deliberate_temperature: 0.3   # consent, principles and amendments (structured answers)
@@ -257,9 +382,14 @@ sampling:
   repetition_penalty: 1.1
   seed: null
 # Items generated at once: continuous-batching slots on the local backend (default 8), parallel
-# requests on Ollama (default 4; start the server with OLLAMA_NUM_PARALLEL at least this).
+# requests on Ollama (default 4; start the server with OLLAMA_NUM_PARALLEL at least this) or on an
+# OpenAI-compatible server (default 8). With several hosts: the sum of their limits.
 # concurrency: 8
 structured_retries: 2
+# Where LangGraph checkpoints live: sqlite (checkpoints/graph.db) or a PostgreSQL URL such as
+# postgresql://luthitune@db-host:5432/luthitune (password in PGPASSWORD or ~/.pgpass, never here).
+# The workbench database (data/luthitune.db: transcripts, pairs...) stays SQLite either way.
+checkpointer: sqlite
 # Phase 2, practice data. Categories and what each asks of the answers: prompts/categories.yaml.
 practice:
   scenarios: 12

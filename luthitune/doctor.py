@@ -24,23 +24,46 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _server_checks(ws: Workspace) -> list[Check]:
+    """The ollama or openai backend: every host reachable and serving the model. With several hosts, one that
+    fails is a warning as long as another works (the pool routes around it); all failing is a failure."""
+    cfg = ws.config
+    hosts = cfg.hosts()
+    many = len(hosts) > 1
+    checks: list[Check] = []
+    if cfg.backend == "openai":
+        import os
+
+        env = cfg.openai.api_key_env
+        state = "set" if os.environ.get(env) else "not set (fine for a server started without --api-key)"
+        checks.append(Check("API key", True, f"from ${env}: {state}", required=False))
+    for h in hosts:
+        name = f"{cfg.backend} host {h.url}" if many else f"{cfg.backend} server"
+        limit = f", {h.concurrency} in flight" if many else ""
+        if cfg.backend == "ollama":
+            from luthitune.backends.ollama import check
+
+            st = check(cfg, url=h.url)
+            ok, detail = st.reachable and st.model_present, f"version {st.version}, model {cfg.chat_model} pulled"
+        else:
+            from luthitune.backends.openai import check as check_openai
+
+            st = check_openai(cfg, url=h.url)
+            ok, detail = st.reachable and st.model_present, f"serves {cfg.chat_model}"
+        checks.append(Check(name, ok, f"{detail}{limit}" if ok else (st.error or "unreachable"), required=not many))
+    if many:
+        working = sum(c.ok for c in checks if c.name.startswith(f"{cfg.backend} host"))
+        checks.append(
+            Check(f"{cfg.backend} hosts", working > 0, f"{working} of {len(hosts)} hosts ready; the rest are skipped")
+        )
+    return checks
+
+
 def backend_checks(ws: Workspace) -> list[Check]:
     cfg = ws.config
     checks: list[Check] = []
-    if cfg.backend == "ollama":
-        from luthitune.backends.ollama import check
-
-        st = check(cfg)
-        if not st.reachable:
-            checks.append(Check("ollama server", False, st.error or f"{st.url} unreachable"))
-            return checks
-        checks.append(Check("ollama server", True, f"{st.url} (version {st.version})"))
-        checks.append(
-            Check(
-                f"model {cfg.chat_model}", st.model_present, "pulled" if st.model_present else (st.error or "missing")
-            )
-        )
-        return checks
+    if cfg.backend in ("ollama", "openai"):
+        return _server_checks(ws)
     from luthitune.backends.embedded import cached_dir, gguf_path, is_cached, is_embedded
     from luthitune.errors import EmbeddedModelMissing
 
@@ -107,6 +130,6 @@ def system_checks() -> list[Check]:
             False,
         )
     )
-    libs = ["luthitune", "torch", "transformers", "trl", "peft", "langgraph", "langchain-ollama"]
+    libs = ["luthitune", "torch", "transformers", "trl", "peft", "langgraph", "langchain-ollama", "langchain-openai"]
     checks.append(Check("versions", True, ", ".join(f"{n} {_version(n) or '-'}" for n in libs), False))
     return checks

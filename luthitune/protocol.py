@@ -18,7 +18,7 @@ from langgraph.types import Command
 from luthitune import cancel
 from luthitune.config import Workspace
 from luthitune.errors import NotFound, UsageError
-from luthitune.graph.builder import build_graph, sqlite_checkpointer
+from luthitune.graph.builder import build_graph, checkpointer_for
 from luthitune.graph.state import Context
 from luthitune.store import Store
 
@@ -74,7 +74,7 @@ class Protocol:
         self.ws = ws
         ws.ensure_dirs()
         self.store = Store(ws.db_path)
-        self.graph = build_graph(sqlite_checkpointer(ws.checkpoints_dir / "graph.db"))
+        self.graph = build_graph(checkpointer_for(ws))
         self.inject = inject
 
     # -- runs --
@@ -245,7 +245,9 @@ class Protocol:
             head = tup is chain[0]
             checkpoint = {**tup.checkpoint, "channel_values": rebrand(tup.checkpoint["channel_values"], run_id, new_id)}
             metadata = {**tup.metadata, "forked_from": f"{run_id}@{tup.config['configurable']['checkpoint_id']}"}
-            parent = saver.put(parent, checkpoint, metadata, {})
+            # Every channel's version as "new": PostgresSaver writes only these channels' values apart from the
+            # checkpoint (dicts, lists), so an empty mapping would leave them behind. SqliteSaver ignores it.
+            parent = saver.put(parent, checkpoint, metadata, checkpoint["channel_versions"])
             by_task: dict[str, list] = {}
             for task_id, channel, value in tup.pending_writes or []:
                 if head and channel != "__interrupt__":

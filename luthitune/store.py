@@ -217,6 +217,14 @@ def m008_pair_checks(db: sqlite_utils.Database) -> None:
         db["pairs"].add_column(col, str)
 
 
+@migration
+def m010_generation_host(db: sqlite_utils.Database) -> None:
+    # Which server produced a scenario or a pair (an ollama/openai base URL; several when generation is spread
+    # over hosts). NULL on the in-process local backend.
+    for table in ("scenarios", "pairs"):
+        db[table].add_column("host", str)
+
+
 class Store:
     """Thin, typed access to the workbench database."""
 

@@ -71,6 +71,7 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
     finished = total - len(todo)
     common.progress(runtime, "self-critique", finished, total)
     convs = [conversation(summary, sc["prompt"], sc["category"]) for sc in todo]
+    hosts: dict[int, str | None] = {}  # which server produced each answer (filled before ``store`` is called)
 
     def store(j: int, res: CritiquedAnswer | StructuredOutputError) -> None:
         """Write one pair the moment it is final: a crash loses only the items in flight."""
@@ -86,6 +87,7 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
             "prompt": sc["prompt"],
             "template_hash": convs[j][1],
             "constitution_id": state["constitution_id"],
+            "host": hosts.get(j),
             "created_at": now(),
         }
         if failed:
@@ -103,5 +105,6 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
         retries=common.retries(runtime),
         max_concurrency=size,
         on_result=store,
+        hosts=hosts,
     )
     return {}

@@ -95,7 +95,11 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
             for _, pid, cat in chunk
         ]
 
-        def store(j: int, res: ScenarioRequest | StructuredOutputError, chunk=chunk, prompts=prompts) -> None:
+        hosts: dict[int, str | None] = {}  # which server produced each answer (filled before ``store`` is called)
+
+        def store(
+            j: int, res: ScenarioRequest | StructuredOutputError, chunk=chunk, prompts=prompts, hosts=hosts
+        ) -> None:
             nonlocal finished
             (i, pid, cat), failed = chunk[j], isinstance(res, StructuredOutputError)
             s.upsert(
@@ -112,6 +116,7 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
                     "reasons_json": [f"structured_output: {res}"] if failed else [],
                     "raw": res.raw if failed else res.model_dump_json(),
                     "template_hash": prompts[j].template_hash,
+                    "host": hosts.get(j),
                     "created_at": now(),
                 },
             )
@@ -125,6 +130,7 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
             retries=common.retries(runtime),
             max_concurrency=size,
             on_result=store,
+            hosts=hosts,
         )
     n = s.count("scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle])
     return {"scenarios": n}

@@ -38,10 +38,18 @@ def local_runtime(ws: Workspace, name: str | None = None):
 def make_chat_model(ws: Workspace, *, model: str | None = None) -> BaseChatModel:
     """The configured backend's chat model, with the workspace's sampling and concurrency settings."""
     cfg = ws.config
+    if cfg.backend in ("ollama", "openai") and len(cfg.hosts()) > 1:
+        from luthitune.backends.hosts import make_host_pool
+
+        return make_host_pool(cfg, model)  # several servers: one chat model that spreads the work over them
     if cfg.backend == "ollama":
         from luthitune.backends.ollama import make_chat_ollama
 
-        return make_chat_ollama(cfg, model)
+        return make_chat_ollama(cfg, model, base_url=cfg.hosts()[0].url)
+    if cfg.backend == "openai":
+        from luthitune.backends.openai import make_chat_openai
+
+        return make_chat_openai(cfg, model, base_url=cfg.hosts()[0].url)
     if cfg.backend == "local":
         from luthitune.backends.local import LocalChatModel
 
@@ -56,4 +64,4 @@ def make_chat_model(ws: Workspace, *, model: str | None = None) -> BaseChatModel
             seed=s.seed,
             concurrency=cfg.concurrency,
         )
-    raise ConfigError(f"Unknown backend {cfg.backend!r}; use 'local' or 'ollama'.")  # pragma: no cover
+    raise ConfigError(f"Unknown backend {cfg.backend!r}; use 'local', 'ollama' or 'openai'.")  # pragma: no cover

@@ -16,13 +16,13 @@ from luthitune.config import Config
 from luthitune.errors import BackendUnavailable
 
 
-def make_chat_ollama(config: Config, model: str | None = None):
+def make_chat_ollama(config: Config, model: str | None = None, *, base_url: str | None = None):
     from langchain_ollama import ChatOllama
 
     s = config.sampling
     return ChatOllama(
         model=model or config.chat_model,
-        base_url=config.ollama.base_url,
+        base_url=base_url or config.ollama.base_url,
         temperature=s.temperature,
         top_p=s.top_p,
         num_predict=s.max_new_tokens,
@@ -77,9 +77,11 @@ class OllamaStatus:
     error: str | None = None
 
 
-def check(config: Config, model: str | None = None, timeout_s: float = 3.0) -> OllamaStatus:
-    """Ask the server for its version and model list, within ``timeout_s`` (doctor's 5 s budget)."""
-    url, model = config.ollama.base_url, model or config.chat_model
+def check(
+    config: Config, model: str | None = None, timeout_s: float = 3.0, *, url: str | None = None
+) -> OllamaStatus:
+    """Ask the server (``url``, default ``ollama.base_url``) for its version and model list, within ``timeout_s``."""
+    url, model = url or config.ollama.base_url, model or config.chat_model
     status = OllamaStatus(url=url, reachable=False)
     try:
         with httpx.Client(base_url=url, timeout=timeout_s) as client:

@@ -49,11 +49,9 @@ def _short_error(exc: BaseException) -> str:
 
 
 def _raise_if_backend_down(exc: BaseException, llm: BaseChatModel) -> None:
-    from luthitune.backends.ollama import translate_error
+    from luthitune.backends.hosts import translate_backend_error
 
-    url = getattr(llm, "base_url", None)
-    if url:  # ChatOllama (and other HTTP chat models) name their server
-        exc = translate_error(exc, str(url), str(getattr(llm, "model", "?")))
+    exc = translate_backend_error(exc, llm)  # ChatOllama and the openai client name their server
     if isinstance(exc, BackendUnavailable):
         raise exc
     import httpx
@@ -82,14 +80,19 @@ def generate_structured(
     max_concurrency: int | None = None,
     attempts: list[int] | None = None,
     on_result: Callable[[int, T | StructuredOutputError], None] | None = None,
+    hosts: dict[int, str | None] | None = None,
 ) -> list[T | StructuredOutputError]:
     """One validated ``schema`` instance (or a typed failure) per conversation, in input order.
 
     Each attempt runs the items still pending with at most ``max_concurrency`` in flight: concurrent
     requests on Ollama, one continuous batch on the local backend. ``on_result(index, result)`` is called as
     soon as an item is final (valid, or failed after its retries), so callers can store it before the
-    others finish. ``attempts``, if given, is extended with the number of attempts each item took.
+    others finish. ``attempts``, if given, is extended with the number of attempts each item took. ``hosts``, if
+    given, maps each item's index to the server that produced its last answer (set before ``on_result``; None on
+    the local backend).
     """
+    from luthitune.backends.hosts import message_host
+
     runnable = llm.with_structured_output(schema, include_raw=True, method="json_schema")
     model_step, parse = _split(runnable)
     convs = [list(c) for c in conversations]
@@ -111,6 +114,8 @@ def generate_structured(
                     out = exc
             if isinstance(out, Cancelled):
                 raise out  # a cancelled run is not a failed answer: nothing is quarantined, resume redoes it
+            if hosts is not None and isinstance(out, dict) and out.get("raw") is not None:
+                hosts[i] = message_host(out["raw"], llm)
             if isinstance(out, BaseException):
                 _raise_if_backend_down(out, llm)
                 err, raw = out, ""

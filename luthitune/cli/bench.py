@@ -19,7 +19,14 @@ def bench_generate(
     ctx: typer.Context,
     workspace: WorkspaceOpt = None,
     pairs: Annotated[int, typer.Option(min=1, help="Pairs generated in each mode.")] = 32,
-    batch: Annotated[int, typer.Option(min=1, help="Batch size (local) or concurrent requests (Ollama).")] = 8,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Batch size (local) or requests in flight over all hosts (ollama, openai). "
+            "Default: the workspace's concurrency (with several hosts, the sum of their limits).",
+        ),
+    ] = None,
     retries: Annotated[int, typer.Option(min=0, help="Structured-output retries per item.")] = 2,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -30,7 +37,8 @@ def bench_generate(
 
     ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
     console.print(f"Generating {pairs} pairs twice on {ws.config.backend}:{ws.config.chat_model} (same scenarios)…")
-    result = pairs_benchmark(ws, n=pairs, batch=batch, retries=retries, temperature=temperature)
+    size = batch or ws.config.concurrency or 1
+    result = pairs_benchmark(ws, n=pairs, batch=size, retries=retries, temperature=temperature)
     if as_json:
         console.print_json(json.dumps(result))
         return
@@ -61,6 +69,16 @@ def bench_generate(
             f"{r['answer_tokens_mean']:.0f}/{r['answer_tokens_max']}" if r["answer_tokens_mean"] else "-",
         )
     console.print(t)
+    if len(result["hosts"]) > 1:  # how the work was spread: answers per host in each mode
+        h = Table(title="answers per host")
+        h.add_column("host")
+        h.add_column("limit", justify="right")
+        for r in result["runs"]:
+            h.add_column(r["mode"], justify="right")
+        for host in result["hosts"]:
+            counts = [str(r["hosts"].get(host["url"], 0)) for r in result["runs"]]
+            h.add_row(host["url"], str(host["concurrency"]), *counts)
+        console.print(h)
     console.print(f"speed-up: [bold]{result['ratio']:.2f}×[/] (concurrent / sequential, measured in one run)")
 
 
