@@ -3,6 +3,7 @@ one of them failing mid-run. No client object is mocked."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
@@ -192,3 +193,23 @@ def test_failed_item_keeps_the_host_of_its_last_answer(tmp_path):
     # the raw text of the last answer (the stand-in echoes the retry prompt, which shows the model its error)
     assert isinstance(res, StructuredOutputError) and res.raw.startswith('{"word": "word for Your previous answer')
     assert hosts[0] in (a.url, b.url)
+
+
+def test_bench_generate_reports_answers_per_host(tmp_path):
+    from typer.testing import CliRunner
+
+    from luthitune.cli import app
+
+    with StandIn("openai", model=MODEL, delay=0.01) as a, StandIn("openai", model=MODEL, delay=0.01) as b:
+        (tmp_path / "luthitune.yaml").write_text(
+            f"backend: openai\nchat_model: {MODEL}\nopenai:\n  hosts: [{a.url}, {{url: '{b.url}', concurrency: 2}}]\n"
+        )
+        r = CliRunner().invoke(app, ["bench", "generate", "-w", str(tmp_path), "--pairs", "6", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output[r.output.index("{") :])
+    assert result["hosts"] == [{"url": a.url, "concurrency": 4}, {"url": b.url, "concurrency": 2}]
+    seq, con = result["runs"]
+    assert con["concurrency"] == 6  # the workspace's concurrency: the sum of the host limits
+    assert sum(seq["hosts"].values()) == sum(con["hosts"].values()) == 6 and con["pairs"] == 6
+    assert set(con["hosts"]) == {a.url, b.url}  # the concurrent run used both hosts
+    assert len(a.answered) + len(b.answered) == 6 * 2 + 1  # both modes, plus one warm-up answer
