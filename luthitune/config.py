@@ -202,7 +202,10 @@ class Config(_Strict):
     base_model: str = Field(
         EMBEDDED_MODEL,
         min_length=1,
-        description="Weights that are trained: the embedded model, a Hugging Face id or a local path",
+        description="Weights that are trained: the embedded model, ollama:NAME[:TAG], a HF id or a local path",
+    )
+    allow_mismatch: bool = Field(
+        False, description="Start runs even when chat_model and base_model are different weights (recorded on the run)"
     )
     ollama: OllamaConfig = OllamaConfig()
     openai: OpenAIConfig = OpenAIConfig()
@@ -352,8 +355,12 @@ backend: local
 # The model the protocol interviews. For ollama, a pulled model name such as qwen2.5:7b.
 chat_model: smollm2-135m-instruct
 # The weights that are trained. Keep it the same model as chat_model: the model that consents
-# should be the model that is trained.
+# should be the model that is trained. With backend: ollama, use ollama:NAME (the GGUF Ollama
+# serves for NAME, dequantized once for training).
 base_model: smollm2-135m-instruct
+# Runs refuse to start when chat_model and base_model are different weights; true lets them
+# start anyway and records that it did.
+allow_mismatch: false
 ollama:
   base_url: http://127.0.0.1:11434
   timeout_s: 120

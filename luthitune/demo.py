@@ -113,6 +113,9 @@ def summary(p, run_id: str, elapsed: float) -> None:
                 f"{'applied' if a.get('applied') else 'not applied (' + a.get('why', '') + ')'}",
                 highlight=False,
             )
+    from luthitune.cli.runs import show_identity
+
+    show_identity(s, run_id)
     console.print(
         f"Run {run_id} {st.status}"
         + (f" ({st.values.get('ended')})" if st.values.get("ended") else "")

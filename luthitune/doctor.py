@@ -133,3 +133,31 @@ def system_checks() -> list[Check]:
     libs = ["luthitune", "torch", "transformers", "trl", "peft", "langgraph", "langchain-ollama", "langchain-openai"]
     checks.append(Check("versions", True, ", ".join(f"{n} {_version(n) or '-'}" for n in libs), False))
     return checks
+
+def identity_checks(ws: Workspace) -> list[Check]:
+    """The chat model's and the training base's identities (digest of the weights) and whether they match."""
+    from luthitune import identity
+
+    ids = identity.check(ws)
+
+    def detail(ident: dict) -> str:
+        if not ident.get("digest"):
+            return f"{ident.get('backend')} {ident.get('name')}: digest unknown ({ident.get('error')})"
+        extra = ", ".join(str(x) for x in (ident.get("kind"), ident.get("quantization")) if x)
+        return f"{ident.get('backend')} {ident.get('name')}: {ident['digest']} ({extra}; {ident.get('source')})"
+
+    m = ids.match
+    if m.same:
+        verdict = "the model interviewed is the model trained" + ("" if m.verified else f" ({m.reason})")
+    else:
+        verdict = f"different weights: {m.reason}. " + (
+            "allow_mismatch is set: runs start anyway and record it"
+            if ids.allow_mismatch
+            else "Runs refuse to start: set base_model to the chat model's weights (ollama:NAME for an Ollama chat "
+            "model), or allow_mismatch: true"
+        )
+    return [
+        Check("chat model identity", bool(ids.chat.get("digest")) or m.same, detail(ids.chat), required=False),
+        Check("training base identity", bool(ids.train.get("digest")) or m.same, detail(ids.train), required=False),
+        Check("one model", m.same, verdict, required=not ids.allow_mismatch),
+    ]

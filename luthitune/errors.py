@@ -21,6 +21,10 @@ class WorkspaceError(LuthiTuneError):
     exit_code = 2
 
 
+class IdentityMismatch(ConfigError):
+    """The model the run talks to is not the model it would train, and the configuration does not allow that."""
+
+
 class BackendUnavailable(LuthiTuneError):
     """The model backend cannot be reached or the model is not present."""
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from langgraph.types import Command
 
-from luthitune import cancel
+from luthitune import cancel, identity
 from luthitune.config import Workspace
 from luthitune.errors import NotFound, UsageError
 from luthitune.graph.builder import build_graph, checkpointer_for
@@ -89,6 +89,10 @@ class Protocol:
             **{k: v for k, v in practice.items() if k in Context.__dataclass_fields__},
         }
         ctx = Context(workspace=str(self.ws.root), **{**defaults, **(settings or {})})
+        # One model throughout: the weights talked to and the weights trained, compared; a mismatch stops the run
+        # here unless the configuration says allow_mismatch (and then the run records that it did).
+        ids = identity.check(self.ws)
+        identity.enforce(self.ws, ids)
         self.store.upsert_run(
             run_id,
             backend=cfg.backend,
@@ -97,6 +101,7 @@ class Protocol:
             status="created",
             config_json=json.dumps({"context": ctx.settings(), "workspace": cfg.model_dump(mode="json")}),
         )
+        identity.record_run(self.store, run_id, ids)
         return run_id
 
     def context(self, run_id: str) -> Context:

@@ -225,6 +225,52 @@ def m010_generation_host(db: sqlite_utils.Database) -> None:
         db[table].add_column("host", str)
 
 
+@migration
+def m009_model_identity(db: sqlite_utils.Database) -> None:
+    # One model throughout (luthitune.identity): the identity of the model each run talks to and of the weights
+    # it trains, whether they are the same, and whether the configuration allowed a mismatch; which model each
+    # later step talked to (base digest + adapter hash); and the Ollama models `export ollama` wrote.
+    for col, kind in (
+        ("chat_identity_json", str),
+        ("train_identity_json", str),
+        ("identity_match", str),
+        ("identity_reason", str),
+        ("allow_mismatch", int),
+    ):
+        db["runs"].add_column(col, kind)
+    db["run_models"].create(
+        {
+            "run_id": str,
+            "cycle": int,
+            "step": str,
+            "model": str,
+            "digest": str,
+            "adapters_json": str,
+            "identity_json": str,
+            "created_at": str,
+        },
+        pk=("run_id", "cycle", "step"),
+    )
+    db["model_exports"].create(
+        {
+            "name": str,
+            "mode": str,
+            "run_id": str,
+            "cycle": int,
+            "adapter_path": str,
+            "adapter_sha256": str,
+            "base_digest": str,
+            "identity_json": str,
+            "folder": str,
+            "modelfile": str,
+            "ollama_url": str,
+            "created": int,
+            "created_at": str,
+        },
+        pk="name",
+    )
+
+
 class Store:
     """Thin, typed access to the workbench database."""
 

@@ -14,10 +14,15 @@ if TYPE_CHECKING:
 
 
 def local_model_dir(ws: Workspace, name: str | None = None) -> Path:
-    """Folder of the local weights: the cached embedded model, or a local path / HF id already cached."""
+    """Folder of the local weights: the cached embedded model, the GGUF an Ollama model serves (``ollama:NAME``,
+    dequantized and cached by its digest), or a local folder of transformers weights."""
     name = name or ws.config.chat_model
     if is_embedded(name):
         return ensure_cached(ws.base_cache_dir)
+    from luthitune.backends.ollama_store import ensure_weights, is_ollama_ref
+
+    if is_ollama_ref(name):
+        return ensure_weights(ws.base_cache_dir, name, ws.config.ollama.base_url)
     path = Path(name).expanduser()
     if not path.is_absolute():
         path = ws.root / path
@@ -25,7 +30,8 @@ def local_model_dir(ws: Workspace, name: str | None = None) -> Path:
         return path
     raise ConfigError(
         f"chat_model {name!r} is not the embedded model nor a folder of transformers weights "
-        f"(looked for {path}). Use `smollm2-135m-instruct`, a local model folder, or `backend: ollama`."
+        f"(looked for {path}). Use `smollm2-135m-instruct`, a local model folder, `ollama:NAME[:TAG]` (the weights "
+        f"an Ollama model serves), or `backend: ollama`."
     )
 
 

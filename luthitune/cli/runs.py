@@ -103,7 +103,18 @@ def run(
     }
     run_id = p.start({k: v for k, v in settings.items() if v is not None}, run_id=name)
     console.print(f"Started run [bold]{run_id}[/] in {p.ws.root}")
+    show_identity(p.store, run_id)
     advance(p, run_id)
+
+
+def show_identity(store, run_id: str) -> None:
+    """The run's model identity in one line: the same weights interviewed and trained, or a plain warning."""
+    from luthitune.identity import describe_run
+
+    found = describe_run(store, run_id)
+    if found:
+        text, ok = found
+        console.print(("  " if ok else "  [bold yellow]warning[/]: ") + escape(text), highlight=False, soft_wrap=True)
 
 
 def resume(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -> None:
@@ -137,6 +148,7 @@ def status(
     counts["pairs kept"] = s.count("pairs", "run_id = ? and status = 'kept'", [run_id])
     counts["pairs quarantined"] = s.count("pairs", "run_id = ? and status = 'quarantined'", [run_id])
     console.print("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    show_identity(p.store, run_id)
 
 
 def runs(ctx: typer.Context, workspace: WorkspaceOpt = None) -> None:
