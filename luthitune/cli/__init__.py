@@ -87,6 +87,9 @@ def _register() -> None:
     runs.register(app)
     app.add_typer(data.app, name="data")
     app.add_typer(bench.app, name="bench")
+    from luthitune.cli import export
+
+    app.add_typer(export.app, name="export")
 
 
 _register()

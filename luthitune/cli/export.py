@@ -1,0 +1,65 @@
+"""``luthitune export``: serve a trained adapter elsewhere (``export ollama``)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from luthitune.cli import WorkspaceOpt, workspace_arg
+from luthitune.logs import console
+
+app = typer.Typer(help="Export a trained adapter to serve it outside LuthiTune.", no_args_is_help=True)
+
+
+class Mode(str, Enum):
+    adapter = "adapter"
+    merged = "merged"
+
+
+@app.command("ollama")
+def ollama(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None, typer.Argument(help="Ollama model name (default: BASE-luthitune-cN, e.g. smol-luthitune-c0).")
+    ] = None,
+    adapter: Annotated[
+        str, typer.Option("--adapter", help="Adapter folder, or its name under models/adapters/ (e.g. RUN-c0).")
+    ] = ...,  # type: ignore[assignment]
+    mode: Annotated[
+        Mode | None,
+        typer.Option(
+            help="adapter: FROM the same base + ADAPTER (the default for ollama: bases); "
+            "merged: the adapter merged into the base, as safetensors (the default otherwise)."
+        ),
+    ] = None,
+    create: Annotated[
+        bool | None,
+        typer.Option("--create/--no-create", help="Run `ollama create` (default: when the Ollama server answers)."),
+    ] = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Write a Modelfile (and the adapter folder or the merged weights) and create the model in Ollama."""
+    from luthitune.config import Workspace
+    from luthitune.export import export_ollama
+
+    ws = Workspace.open(workspace_arg(ctx, workspace))
+    r = export_ollama(ws, adapter, name, mode=mode.value if mode else None, create=create)
+    base = r.identity
+    console.print(
+        f"Exported [bold]{escape(r.name)}[/] ({r.mode} mode): base {escape(str(base.get('name')))} "
+        f"{base.get('digest')} + adapter {base['adapters'][0]}",
+        highlight=False,
+    )
+    console.print(f"  Modelfile: {r.modelfile}", highlight=False)
+    for note in r.notes:
+        console.print(f"  [yellow]note[/]: {escape(note)}", highlight=False)
+    if r.created:
+        console.print(f"Created [bold]{escape(r.name)}[/] in Ollama at {r.url} ({escape(r.status)}).")
+        console.print(f"Talk to it: `ollama run {escape(r.name)}`", highlight=False)
+    else:
+        why = "Not created (--no-create)" if r.reachable else f"Ollama is not reachable at {r.url}"
+        console.print(f"{why}: create the model with", highlight=False)
+        console.print(f"  {escape(r.command)}", highlight=False, soft_wrap=True)
