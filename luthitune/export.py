@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from luthitune import identity
+from luthitune.backends import ollama_store
 from luthitune.config import Workspace
-from luthitune.errors import BackendUnavailable, LuthiTuneError, NotFound, UsageError
+from luthitune.errors import LuthiTuneError, NotFound, UsageError
 from luthitune.store import Store
 
 OLLAMA_ADAPTER_ARCHITECTURES = ("llama", "gemma2")  # Ollama's convert.ConvertAdapter
@@ -198,14 +197,6 @@ def ollama_url(ws: Workspace) -> str:
     return hosts[0].url if hosts else ws.config.ollama.base_url
 
 
-def server_version(url: str, timeout_s: float = 3.0) -> str | None:
-    """Ollama's version at ``url``, or None when nothing (or something else) answers."""
-    try:
-        return str(httpx.get(f"{url}/api/version", timeout=timeout_s).json()["version"])
-    except (httpx.HTTPError, ConnectionError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
 
@@ -335,7 +326,7 @@ def export_ollama(
     host = "" if url == "http://127.0.0.1:11434" else f"OLLAMA_HOST={url} "
     result = ExportResult(name, mode, folder, modelfile, f"{host}ollama create {name} -f {modelfile}", url)
     result.notes, result.identity = notes, trained
-    version = server_version(url)
+    version = ollama_store.server_version(url)
     result.reachable = version is not None
     if create is None:
         create = version is not None
@@ -345,7 +336,7 @@ def export_ollama(
 
             raise unreachable(url, name, "GET /api/version failed")
         adapters = {f: folder / "adapter" / f for f in ADAPTER_FILES} if mode == "adapter" else {}
-        result.status = ollama_create(
+        result.status = ollama_store.ollama_create(
             url,
             name,
             from_=from_,
@@ -399,6 +390,15 @@ def _adapter_files(ws, name, adapter_dir, base, served, weights):
     (folder / "adapter").mkdir()
     for f in ADAPTER_FILES:
         shutil.copyfile(adapter_dir / f, folder / "adapter" / f)
+    kv_heads = _kv_heads(ws, base, served, weights)
+    if kv_heads:
+        # Ollama's llama adapter converter re-orders the k_proj LoRA by key-value heads, and reads their number
+        # from adapter_config.json only (PEFT does not write it): without it, grouped-query models (Llama 3,
+        # SmolLM2, Qwen) would be re-ordered by the query heads.
+        cfg_path = folder / "adapter" / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["num_key_value_heads"] = int(kv_heads)
+        cfg_path.write_text(json.dumps(cfg, indent=2))
     upload: dict[str, Path] = {}
     if base.get("kind") == "ollama":
         from_ = base.get("ollama_model") or base["name"]
@@ -411,6 +411,22 @@ def _adapter_files(ws, name, adapter_dir, base, served, weights):
     else:  # pragma: no cover - a non-Ollama base always has weights
         raise ConfigError(f"No base weights found for {base.get('name')}.")
     return folder, from_, upload
+
+
+def _kv_heads(ws: Workspace, base: dict, served, weights: Path | None) -> int | None:
+    """The base's number of key-value heads: its config (the trained folder, or the cache of its digest), else
+    what Ollama reports."""
+    from luthitune.backends.embedded import find_cached
+
+    folders = [weights] if weights is not None else []
+    if base.get("digest"):
+        folders.append(find_cached(ws.base_cache_dir, base["digest"]))
+    for folder in folders:
+        if folder is not None and (folder / "config.json").exists():
+            cfg = json.loads((folder / "config.json").read_text())
+            if cfg.get("num_key_value_heads") or cfg.get("num_attention_heads"):
+                return cfg.get("num_key_value_heads") or cfg.get("num_attention_heads")
+    return served.kv_heads if served is not None else None
 
 
 def _merged_files(ws, name, adapter_dir, weights):
@@ -434,50 +450,3 @@ def _merged_files(ws, name, adapter_dir, weights):
     upload = {p.name: p for p in target.glob("*.safetensors")}
     upload.update({f: target / f for f in (*HF_FILES, *HF_OPTIONAL) if (target / f).exists()})
     return target, ".", upload
-
-
-def ollama_create(
-    url: str,
-    name: str,
-    *,
-    from_: str,
-    files: dict[str, Path],
-    adapters: dict[str, Path],
-    template: str | None,
-    system: str | None,
-    parameters: dict[str, Any],
-) -> str:
-    """``ollama create`` through the HTTP API: upload the files as blobs, then ``POST /api/create`` (what the
-    ``ollama`` command does with the Modelfile)."""
-    from luthitune.backends.ollama import translate_error
-
-    try:
-        with httpx.Client(base_url=url, timeout=httpx.Timeout(30.0, read=None)) as client:
-            body: dict[str, Any] = {"model": name, "stream": False, "parameters": parameters}
-            if files:
-                body["files"] = {rel: _blob(client, path) for rel, path in files.items()}
-            else:
-                body["from"] = from_
-            if adapters:
-                body["adapters"] = {rel: _blob(client, path) for rel, path in adapters.items()}
-            body.update({k: v for k, v in (("template", template), ("system", system)) if v})
-            r = client.post("/api/create", json=body)
-    except (httpx.HTTPError, ConnectionError) as exc:
-        raise translate_error(exc, url, name) from None
-    if r.status_code >= 400:
-        try:
-            detail = r.json().get("error", r.text)
-        except ValueError:
-            detail = r.text
-        raise BackendUnavailable(f"Ollama at {url} refused to create {name!r}: {detail}") from None
-    return str(r.json().get("status", "success"))
-
-
-def _blob(client: httpx.Client, path: Path) -> str:
-    digest = identity.file_digest(path)
-    if client.head(f"/api/blobs/{digest}").status_code != 200:
-        with path.open("rb") as f:
-            r = client.post(f"/api/blobs/{digest}", content=f)
-        if r.status_code >= 400:
-            raise BackendUnavailable(f"Ollama refused the upload of {path.name}: HTTP {r.status_code} {r.text}")
-    return digest

@@ -110,6 +110,7 @@ class OllamaModel:
     adapters: list[str] = field(default_factory=list)  # digests of ADAPTER layers (a fine-tuned variant)
     architecture: str | None = None
     quantization: str | None = None
+    kv_heads: int | None = None  # attention.head_count_kv, from /api/show's model_info
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -246,6 +247,7 @@ def from_server(base_url: str, name: str, timeout_s: float = 3.0) -> OllamaModel
         adapters=adapters,
         architecture=info.get("general.architecture"),
         quantization=details.get("quantization_level"),
+        kv_heads=info.get(f"{info.get('general.architecture')}.attention.head_count_kv"),
     )
 
 
@@ -313,3 +315,67 @@ def ensure_weights(cache_root: Path, name: str, base_url: str | None) -> Path:
         "tensor_types": meta["tensor_types"],
     }
     return dequantize_gguf(m.blob, cache_root / f"ollama-sha256-{hexdigest}", info)
+
+
+# -- creating models through Ollama's API (what `ollama create` does with a Modelfile) --
+
+
+def server_version(url: str, timeout_s: float = 3.0) -> str | None:
+    """Ollama's version at ``url``, or None when nothing (or something else) answers."""
+    try:
+        return str(httpx.get(f"{url}/api/version", timeout=timeout_s).json()["version"])
+    except (httpx.HTTPError, ConnectionError, ValueError, KeyError, TypeError):
+        return None
+
+
+def ollama_create(
+    url: str,
+    name: str,
+    *,
+    from_: str,
+    files: dict[str, Path],
+    adapters: dict[str, Path],
+    template: str | None,
+    system: str | None,
+    parameters: dict[str, Any],
+) -> str:
+    """``ollama create`` through the HTTP API: upload the files as blobs, then ``POST /api/create`` (what the
+    ``ollama`` command does with the Modelfile)."""
+    from luthitune.backends.ollama import translate_error
+
+    try:
+        with httpx.Client(base_url=url, timeout=httpx.Timeout(30.0, read=None)) as client:
+            body: dict[str, Any] = {"model": name, "stream": False, "parameters": parameters}
+            if files:
+                body["files"] = {rel: _blob(client, path) for rel, path in files.items()}
+            else:
+                body["from"] = from_
+            if adapters:
+                body["adapters"] = {rel: _blob(client, path) for rel, path in adapters.items()}
+            body.update({k: v for k, v in (("template", template), ("system", system)) if v})
+            r = client.post("/api/create", json=body)
+    except (httpx.HTTPError, ConnectionError) as exc:
+        raise translate_error(exc, url, name) from None
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("error", r.text)
+        except ValueError:
+            detail = r.text
+        raise BackendUnavailable(f"Ollama at {url} refused to create {name!r}: {detail}") from None
+    return str(r.json().get("status", "success"))
+
+
+def _blob(client: httpx.Client, path: Path) -> str:
+    digest = _file_digest(path)
+    if client.head(f"/api/blobs/{digest}").status_code != 200:
+        with path.open("rb") as f:
+            r = client.post(f"/api/blobs/{digest}", content=f)
+        if r.status_code >= 400:
+            raise BackendUnavailable(f"Ollama refused the upload of {path.name}: HTTP {r.status_code} {r.text}")
+    return digest
+
+
+def _file_digest(path: Path) -> str:
+    from luthitune.identity import file_digest
+
+    return file_digest(path)

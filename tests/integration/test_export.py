@@ -106,11 +106,13 @@ def test_adapter_mode_from_the_same_ollama_model_is_created_through_the_api(made
             "adapter_model.safetensors",
         ]
         assert any("original Q4_1 weights" in n for n in r.notes)
+        exported_cfg = json.loads((r.folder / "adapter" / "adapter_config.json").read_text())
+        assert exported_cfg["num_key_value_heads"] == 3  # SmolLM2: 9 query heads, 3 key-value heads
 
         body = s.created[-1]
         assert body["model"] == "smol-luthitune-c0" and body["from"] == "smol:latest" and "files" not in body
         assert body["adapters"] == {
-            "adapter_config.json": identity.file_digest(on_ollama / "adapter_config.json"),
+            "adapter_config.json": identity.file_digest(r.folder / "adapter" / "adapter_config.json"),
             "adapter_model.safetensors": identity.adapter_digest(on_ollama),
         }
         assert body["template"] == template and body["parameters"]["stop"] == ["<|im_start|>", "<|im_end|>"]
