@@ -64,6 +64,13 @@ def text_hash(text: str) -> str:
     return sha256(text.strip() + "\n")
 
 
+def diff(old: str, new: str, old_label: str = "old", new_label: str = "new") -> list[str]:
+    """Unified diff lines from one constitution text to another (empty when they are the same)."""
+    import difflib
+
+    return list(difflib.unified_diff(old.splitlines(), new.splitlines(), old_label, new_label, lineterm=""))
+
+
 def summary(principles: list[P]) -> str:
     """Compact form for prompts."""
     return "\n".join(f"{p.id} {p.title}: {p.text}" for p in principles)

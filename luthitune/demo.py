@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from luthitune import constitution as C
 from luthitune.config import Config, init_workspace
 from luthitune.logs import console
 
@@ -95,13 +95,7 @@ def summary(p, run_id: str, elapsed: float) -> None:
         r = revised[-1]
         diff = (
             "\n".join(
-                difflib.unified_diff(
-                    approved[0]["text"].splitlines(),
-                    r["text"].splitlines(),
-                    f"v{approved[0]['version']}",
-                    f"v{r['version']} ({r['status']})",
-                    lineterm="",
-                )
+                C.diff(approved[0]["text"], r["text"], f"v{approved[0]['version']}", f"v{r['version']} ({r['status']})")
             )
             or "(the trained model proposed no change)"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 from luthitune.config import Workspace
 
@@ -133,6 +134,29 @@ def system_checks() -> list[Check]:
     libs = ["luthitune", "torch", "transformers", "trl", "peft", "langgraph", "langchain-ollama", "langchain-openai"]
     checks.append(Check("versions", True, ", ".join(f"{n} {_version(n) or '-'}" for n in libs), False))
     return checks
+
+
+def run_checks(workspace: Path | str | None = None) -> list[Check]:
+    """Every check, for ``luthitune doctor`` and the web UI: configuration, backend and model, then the system."""
+    from luthitune.errors import LuthiTuneError
+
+    checks: list[Check] = []
+    try:
+        ws = Workspace.open(workspace, require=False)
+        where = ws.root / "luthitune.yaml"
+        checks.append(Check("configuration", True, f"{where}" if where.exists() else "defaults (no luthitune.yaml)"))
+        checks.append(Check("backend", True, f"{ws.config.backend}: {ws.config.chat_model}"))
+        checks += backend_checks(ws)
+        checks += identity_checks(ws)
+    except LuthiTuneError as exc:
+        checks.append(Check("configuration", False, str(exc)))
+    return checks + system_checks()
+
+
+def failed(checks: list[Check]) -> bool:
+    """Whether a required check failed."""
+    return any(not c.ok and c.required for c in checks)
+
 
 def identity_checks(ws: Workspace) -> list[Check]:
     """The chat model's and the training base's identities (digest of the weights) and whether they match."""

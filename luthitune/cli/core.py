@@ -40,20 +40,9 @@ def init(
 
 def doctor(ctx: typer.Context, workspace: WorkspaceOpt = None) -> None:
     """Check the backend, the model, GPU/CUDA, unsloth and library versions. Exit 1 if a required check fails."""
-    from luthitune.config import Workspace
-    from luthitune.doctor import Check, backend_checks, system_checks
-    from luthitune.errors import LuthiTuneError
+    from luthitune.doctor import failed, run_checks
 
-    checks: list[Check] = []
-    try:
-        ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
-        where = ws.root / "luthitune.yaml"
-        checks.append(Check("configuration", True, f"{where}" if where.exists() else "defaults (no luthitune.yaml)"))
-        checks.append(Check("backend", True, f"{ws.config.backend}: {ws.config.chat_model}"))
-        checks += backend_checks(ws)
-    except LuthiTuneError as exc:
-        checks.append(Check("configuration", False, str(exc)))
-    checks += system_checks()
+    checks = run_checks(workspace_arg(ctx, workspace))
     table = Table(title="luthitune doctor", show_lines=False)
     table.add_column("check")
     table.add_column("status")
@@ -62,7 +51,7 @@ def doctor(ctx: typer.Context, workspace: WorkspaceOpt = None) -> None:
         mark = "[green]ok[/]" if c.ok else ("[red]FAIL[/]" if c.required else "[yellow]warn[/]")
         table.add_row(escape(c.name), mark, escape(c.detail))
     console.print(table)
-    if any(not c.ok and c.required for c in checks):
+    if failed(checks):
         raise typer.Exit(1)
 
 

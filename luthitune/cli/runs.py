@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from luthitune import actions as A
 from luthitune.cli import WorkspaceOpt, workspace_arg
 from luthitune.errors import LuthiTuneError
 from luthitune.logs import console
@@ -143,11 +144,9 @@ def status(
         run_id = rows[0]["id"]
     st = p.status(run_id)
     show_status(st)
-    s = p.store
-    counts = {t: s.count(t, "run_id = ?", [run_id]) for t in ("messages", "consents", "constitution_versions")}
-    counts["pairs kept"] = s.count("pairs", "run_id = ? and status = 'kept'", [run_id])
-    counts["pairs quarantined"] = s.count("pairs", "run_id = ? and status = 'quarantined'", [run_id])
-    console.print("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    from luthitune.actions import counts
+
+    console.print("  " + ", ".join(f"{k}: {v}" for k, v in counts(p.store, run_id).items()))
     show_identity(p.store, run_id)
 
 
@@ -162,16 +161,14 @@ def runs(ctx: typer.Context, workspace: WorkspaceOpt = None) -> None:
     console.print(t)
 
 
-def _answer(ctx, run_id, workspace, expected: set[str], value: Any) -> None:
+def _expect(st, expected) -> dict:
+    hint = NEXT_STEP.get((st.interrupt or {}).get("type"), "").format(run=st.run_id)
+    return A.expect(st, expected, hint)
+
+
+def _answer(ctx, run_id, workspace, expected, value: Any) -> None:
     p = protocol(ctx, workspace)
-    st = p.status(run_id)
-    if st.status != "waiting":
-        raise LuthiTuneError(f"Run {run_id} is not waiting for an answer (it is {st.status}).")
-    if st.interrupt["type"] not in expected:
-        raise LuthiTuneError(
-            f"Run {run_id} waits for {st.interrupt['type']}; "
-            + NEXT_STEP.get(st.interrupt["type"], "").format(run=run_id)
-        )
+    _expect(p.status(run_id), expected)
     advance(p, run_id, value)
 
 
@@ -187,13 +184,7 @@ def answer(
 
 def approve(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -> None:
     """Approve the pending consent review, constitution, pair review, training or revision."""
-    _answer(
-        ctx,
-        run_id,
-        workspace,
-        {"consent_review", "constitution_review", "pair_review", "confirm_training", "revision_review"},
-        {"action": "approve", "by": "human"},
-    )
+    _answer(ctx, run_id, workspace, A.APPROVABLE, A.approve())
 
 
 def reject(
@@ -205,15 +196,9 @@ def reject(
 ) -> None:
     """Reject the pending approval (with feedback, a constitution draft is redrafted; with --pair, drop pairs)."""
     if pair:
-        _answer(ctx, run_id, workspace, {"pair_review"}, {"action": "reject", "pairs": pair, "by": "human"})
+        _answer(ctx, run_id, workspace, {"pair_review"}, A.drop_pairs(pair))
         return
-    _answer(
-        ctx,
-        run_id,
-        workspace,
-        {"consent_review", "constitution_review", "confirm_training", "revision_review"},
-        {"action": "reject", "feedback": feedback, "by": "human"},
-    )
+    _answer(ctx, run_id, workspace, A.REJECTABLE, A.reject(feedback))
 
 
 def review(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -> None:
@@ -233,7 +218,7 @@ def review(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -
         )
         keep = typer.confirm("Train on this pair?", default=True)
         decisions[pair["id"]] = "accept" if keep else "reject"
-    advance(p, run_id, {"decisions": decisions, "by": "human"})
+    advance(p, run_id, A.review_pairs(decisions, st.interrupt["pairs"]))
 
 
 def edit(
@@ -243,18 +228,16 @@ def edit(
     file: Annotated[typer.FileText | None, typer.Option(help="Read the edited text from a file.")] = None,
 ) -> None:
     """Edit the pending constitution draft in $EDITOR (or from --file); the model then ratifies it."""
-    from luthitune import constitution as C
-
     p = protocol(ctx, workspace)
     st = p.status(run_id)
     if not st.interrupt or st.interrupt["type"] != "constitution_review":
         raise LuthiTuneError(f"Run {run_id} has no constitution draft waiting for review.")
     text = file.read() if file else typer.edit(st.interrupt["text"], extension=".md")
-    if text is None or text.strip() == st.interrupt["text"].strip():
+    answer = A.edit(text, st.interrupt["text"])  # fails here, with a clear message, rather than inside the graph
+    if answer is None:
         console.print("No change made; the draft still waits for review.")
         return
-    C.parse(text)  # fail here, with a clear message, rather than inside the graph
-    advance(p, run_id, {"action": "edit", "text": text, "by": "human"})
+    advance(p, run_id, answer)
 
 
 def interview(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -> None:
