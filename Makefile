@@ -9,7 +9,7 @@ export LUTHITUNE_BASE_CACHE ?= $(CURDIR)/models/base
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: setup demo test unit integration lint bench clean postgres
+.PHONY: setup demo test unit integration lint bench clean postgres browser
 
 setup: $(VENV)/.installed
 
@@ -26,13 +26,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/luthitune demo
 
-test: setup lint postgres
+test: setup lint postgres browser
 	$(BIN)/python -m pytest -q
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: setup
+integration: setup browser
 	$(BIN)/python -m pytest -q -m integration
 
 # The Postgres checkpointer test starts a private server from Debian's postgresql (tests/integration/
@@ -43,6 +43,15 @@ postgres:
 		echo "Installing PostgreSQL (Debian's postgresql) for the checkpointer test..."; \
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	else echo "PostgreSQL is not installed: the Postgres checkpointer test will be skipped (apt-get install postgresql)."; fi
+
+# The web UI's browser test (tests/integration/test_ui.py) drives Debian's Chromium through Playwright: Playwright's
+# own browser download is not reachable here. Installed once, quietly, when missing and we are root (as in CI).
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Chromium (Debian's chromium) for the web UI's browser test..."; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "Chromium is missing: the web UI's browser test will fail (apt-get install chromium)."; fi
 
 lint: setup
 	$(BIN)/ruff check .

@@ -85,6 +85,9 @@ def _register() -> None:
 
     core.register(app)
     runs.register(app)
+    from luthitune.cli.ui import ui
+
+    app.command()(ui)
     app.add_typer(data.app, name="data")
     app.add_typer(bench.app, name="bench")
     from luthitune.cli import export

@@ -1,0 +1,226 @@
+"""The workbench's web UI: a Gradio Blocks app with one tab per phase, over the same graph and database as the CLI.
+
+``build_app(workbench)`` makes the page. A run selector at the top picks the run every tab shows; a timer polls
+once a second: the status line and the live views (generation counts, the training curve) update on every tick,
+and the whole page is re-read when the run's state changes (a node finished, a job ended, another process such as
+the CLI wrote to it). Actions go through :mod:`luthitune.actions`, ``Protocol`` and the dataset / doctor modules;
+long work is a background job of :class:`~luthitune.ui.worker.Workbench`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local tool: no calls home
+
+import gradio as gr
+
+from luthitune.errors import LuthiTuneError
+from luthitune.ui import views
+from luthitune.ui.worker import Workbench
+
+POLL_SECONDS = 1.0
+CSS = """
+.lt-status p { margin: 0; }
+.lt-pending { border-left: 4px solid var(--color-accent); padding-left: 8px; }
+footer { display: none !important; }
+#transcript button[aria-label="Clear"] { display: none; }  /* the transcript lives in the database */
+#refresh { align-self: center; }
+"""
+
+
+def guarded(fn: Callable) -> Callable:
+    """Event handler wrapper: a LuthiTune error becomes one clear message in the page, never a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LuthiTuneError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+
+    return wrapper
+
+
+@dataclass
+class Page:
+    """The components every tab shares, and the parts that are re-read when the run's state changes."""
+
+    wb: Workbench
+    run: Any = None  # the run selector (gr.Dropdown)
+    notice: Any = None  # a line about the last action
+    parts: list[tuple[list[Any], Callable]] = field(default_factory=list)
+    live: list[tuple[list[Any], Callable]] = field(default_factory=list)
+
+    def part(self, outputs: list[Any], refresh: Callable, live: bool = False) -> None:
+        """Register components and the function (protocol, run id, status) → their values."""
+        (self.live if live else self.parts).append((outputs, refresh))
+
+    @staticmethod
+    def _values(parts, p, run_id, st) -> list:
+        out: list = []
+        for outputs, refresh in parts:
+            values = refresh(p, run_id, st)
+            if len(values) != len(outputs):  # pragma: no cover - a wiring mistake
+                raise RuntimeError(f"{refresh.__name__} returned {len(values)} values for {len(outputs)} outputs")
+            out += list(values)
+        return out
+
+    def outputs(self) -> list[Any]:
+        return [c for outs, _ in self.parts for c in outs]
+
+    def live_outputs(self) -> list[Any]:
+        return [c for outs, _ in self.live for c in outs]
+
+    def refresh(self, run_id: str | None) -> list:
+        p = self.wb.protocol()
+        return self._values(self.parts, p, run_id, views.status(p, run_id))
+
+    def refresh_live(self, run_id: str | None) -> list:
+        p = self.wb.protocol()
+        return self._values(self.live, p, run_id, None)
+
+    def stamp(self, run_id: str | None) -> str:
+        """Changes whenever what the page shows of the run may have changed."""
+        p = self.wb.protocol()
+        job = self.wb.job(run_id)
+        row = p.store.get("runs", run_id) if run_id else None
+        counts = (
+            [p.store.count(t, "run_id = ?", [run_id]) for t in ("messages", "constitution_versions", "consents")]
+            if row
+            else []
+        )
+        marks = [
+            run_id,
+            row and row["updated_at"],
+            p.store.count("runs"),
+            counts,
+            job and [job.started, job.finished, job.node, job.outcome],
+        ]
+        return json.dumps(marks, default=str)
+
+
+def status_line(wb: Workbench, run_id: str | None) -> str:
+    p = wb.protocol()
+    st = views.status(p, run_id)
+    if st is None:
+        return "No run selected. Start one in the **Runs** tab."
+    line = f"**{run_id}** · cycle {st.values.get('cycle', 0)} · "
+    job = wb.job(run_id)
+    if job is not None and job.active:
+        line += f"**working** · {job.describe()}"
+    elif st.status == "waiting":
+        line += f"**waiting for {st.interrupt['type'].replace('_', ' ')}** · {st.interrupt.get('hint', '')}"
+    elif st.status == "interrupted":
+        line += f"**stopped inside {', '.join(st.next)}** · Resume (Runs or Practice tab) continues it"
+    elif st.status == "ended":
+        line += f"**ended** · {st.values.get('ended')}"
+    else:
+        line += f"**{st.status}**"
+    if job is not None and not job.active:
+        line += f"  \n<small>{job.describe()}</small>"
+    return line
+
+
+def build_app(wb: Workbench) -> gr.Blocks:
+    from luthitune.ui import tab_dialogue, tab_practice, tab_runs, tab_training
+
+    page = Page(wb)
+    with gr.Blocks(title="LuthiTune workbench", analytics_enabled=False) as demo:
+        session = gr.State({})  # per browser tab: what it showed last (to skip unchanged updates)
+        with gr.Row(equal_height=False):
+            gr.Markdown("## LuthiTune workbench\n*Mentorship, not conditioning. Agency, not compliance.*", scale=3)
+            page.run = gr.Dropdown(label="Run", choices=[], value=None, scale=2, elem_id="run-select")
+            refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=100, size="sm", elem_id="refresh")
+        status = gr.Markdown(elem_id="status", elem_classes=["lt-status"])
+        page.notice = gr.Markdown(elem_id="notice")
+        page.part([page.run], lambda p, run_id, st: [gr.update(choices=views.run_choices(p))])
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Runs", id="runs", elem_id="tab-runs"):
+                tab_runs.build(page)
+            with gr.Tab("Interview", id="interview", elem_id="tab-interview"):
+                tab_dialogue.build_interview(page)
+            with gr.Tab("Constitution", id="constitution", elem_id="tab-constitution"):
+                tab_dialogue.build_constitution(page)
+            with gr.Tab("Practice", id="practice", elem_id="tab-practice"):
+                tab_practice.build(page)
+            with gr.Tab("Integration", id="integration", elem_id="tab-integration"):
+                tab_training.build_integration(page)
+            with gr.Tab("Evaluation", id="evaluation", elem_id="tab-evaluation"):
+                tab_training.build_evaluation(page)
+            with gr.Tab("About", id="about", elem_id="tab-about"):
+                gr.Markdown(about_text(), elem_id="about")
+
+        full = page.outputs()
+        live = page.live_outputs()
+
+        def show(run_id, memo):
+            memo = {**(memo or {}), "stamp": page.stamp(run_id), "status": status_line(wb, run_id)}
+            return [memo, memo["status"], *page.refresh(run_id), *page.refresh_live(run_id)]
+
+        def tick(run_id, memo):
+            memo = dict(memo or {})
+            out: list = []
+            line = status_line(wb, run_id)
+            out.append(line if line != memo.get("status") else gr.skip())
+            memo["status"] = line
+            stamp = page.stamp(run_id)
+            out += page.refresh(run_id) if stamp != memo.get("stamp") else [gr.skip()] * len(full)
+            memo["stamp"] = stamp
+            live_values = page.refresh_live(run_id)
+            for i, v in enumerate(live_values):
+                key = f"live{i}"
+                fingerprint = v.to_json() if hasattr(v, "to_json") else json.dumps(v, default=str)
+                out.append(v if fingerprint != memo.get(key) else gr.skip())
+                memo[key] = fingerprint
+            return [memo, *out]
+
+        def load(request: gr.Request):
+            p = wb.protocol()
+            ids = views.run_choices(p)
+            wanted = request.query_params.get("run") if request else None
+            return gr.update(choices=ids, value=wanted if wanted in ids else (ids[0] if ids else None))
+
+        demo.load(load, None, page.run)
+        page.run.change(guarded(show), [page.run, session], [session, status, *full, *live])
+        refresh_btn.click(guarded(show), [page.run, session], [session, status, *full, *live])
+        gr.Timer(POLL_SECONDS).tick(
+            guarded(tick), [page.run, session], [session, status, *full, *live], show_progress="hidden"
+        )
+    return demo
+
+
+def about_text() -> str:
+    from importlib.resources import files
+
+    return files("luthitune.ui").joinpath("about.md").read_text(encoding="utf-8")
+
+
+def theme() -> Any:
+    # System fonts: the default theme fetches web fonts, and this tool must work offline.
+    return gr.themes.Default(
+        primary_hue="orange", font=["system-ui", "Segoe UI", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
+
+
+def launch(wb: Workbench, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> gr.Blocks:
+    """Serve the app. ``block=False`` returns at once (tests); ``demo.local_url`` is the address."""
+    demo = build_app(wb)
+    demo.queue(default_concurrency_limit=8)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        quiet=True,
+        ssr_mode=False,
+        show_error=True,
+        theme=theme(),
+        css=CSS,
+        allowed_paths=[str(wb.ws.data_dir / "reports")],  # the evaluation report's chart
+    )
+    return demo

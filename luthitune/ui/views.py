@@ -1,0 +1,366 @@
+"""What the web UI shows, read from the checkpoint and the workbench database (the same rows the CLI prints).
+
+Every function here only reads. Tables come back as pandas DataFrames for ``gr.Dataframe`` / plots.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from luthitune.config import Workspace
+from luthitune.errors import NotFound
+from luthitune.protocol import Protocol, RunStatus
+
+COUNTS = {"n_pairs", "n_prompts", "n"}  # evaluation rows that count items: in the table, not the chart
+TRAIN_METRICS = {"loss": "loss", "rewards/margins": "margin", "rewards/accuracies": "accuracy"}
+
+
+def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns)
+
+
+def context(p: Protocol, run_id: str) -> dict:
+    return json.loads(p.run_row(run_id)["config_json"])["context"]
+
+
+def status(p: Protocol, run_id: str | None) -> RunStatus | None:
+    if not run_id or p.store.get("runs", run_id) is None:
+        return None
+    return p.status(run_id, record=False)
+
+
+def waiting_for(st: RunStatus | None, kinds: tuple[str, ...] | str) -> dict | None:
+    """The pending interrupt of ``st`` when it is one of ``kinds``."""
+    kinds = (kinds,) if isinstance(kinds, str) else kinds
+    if st is not None and st.status == "waiting" and st.interrupt and st.interrupt.get("type") in kinds:
+        return st.interrupt
+    return None
+
+
+# -- runs --
+
+
+def run_choices(p: Protocol) -> list[str]:
+    return [r["id"] for r in p.runs()]
+
+
+def runs_table(p: Protocol, busy: set[str]) -> pd.DataFrame:
+    rows = []
+    for r in p.runs():
+        st = r["status"] or ""
+        rows.append(
+            {
+                "run": r["id"],
+                "status": "working" if r["id"] in busy else st.split(":")[0],
+                "waiting for": st.split(":", 1)[1] if st.startswith("waiting:") and r["id"] not in busy else "",
+                "cycle": r["cycle"],
+                "backend": r["backend"],
+                "model": r["chat_model"],
+                "created": (r["created_at"] or "")[:19].replace("T", " "),
+            }
+        )
+    return frame(rows, ["run", "status", "waiting for", "cycle", "backend", "model", "created"])
+
+
+def history_table(p: Protocol, run_id: str | None) -> pd.DataFrame:
+    cols = ["checkpoint", "step", "next", "waiting for", "created"]
+    if not run_id:
+        return frame([], cols)
+    rows = [
+        {
+            "checkpoint": h["checkpoint_id"],
+            "step": h["step"],
+            "next": ", ".join(h["next"]),
+            "waiting for": h["interrupt"] or "",
+            "created": (h["created_at"] or "")[:19].replace("T", " "),
+        }
+        for h in p.history(run_id)
+    ]
+    return frame(rows, cols)
+
+
+def doctor_table(ws: Workspace) -> tuple[pd.DataFrame, bool]:
+    from luthitune.doctor import failed, run_checks
+
+    checks = run_checks(ws.root)
+    rows = [
+        {"check": c.name, "status": "ok" if c.ok else ("FAIL" if c.required else "warn"), "detail": c.detail}
+        for c in checks
+    ]
+    return frame(rows, ["check", "status", "detail"]), not failed(checks)
+
+
+# -- interview --
+
+
+def transcript(p: Protocol, run_id: str | None) -> list[dict]:
+    """The interview as chat messages (the system prompt left out), every cycle in order."""
+    if not run_id:
+        return []
+    out, cycle = [], None
+    for m in p.store.transcript(run_id):
+        if m["cycle"] != cycle and m["cycle"]:
+            out.append({"role": "assistant", "content": f"*— cycle {m['cycle']} —*"})
+        cycle = m["cycle"]
+        if m["role"] in ("user", "assistant"):
+            out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+# -- constitution --
+
+
+def versions(p: Protocol, run_id: str | None) -> list[dict]:
+    if not run_id:
+        return []
+    return p.store.rows("constitution_versions", "run_id = ?", [run_id], order_by="version")
+
+
+def constitution_md(text: str) -> str:
+    """Constitution markdown for display inside a tab: its title as a small heading."""
+    return re.sub(r"^# ", "#### ", text, flags=re.MULTILINE)
+
+
+def version_choices(rows: list[dict]) -> list[tuple[str, str]]:
+    return [(f"v{r['version']} · {r['status']}", str(r["version"])) for r in rows]
+
+
+def versions_table(rows: list[dict]) -> pd.DataFrame:
+    data = [
+        {
+            "version": r["version"],
+            "status": r["status"],
+            "author": r["author"],
+            "approved by": r["approved_by"] or "",
+            "hash": (r["hash"] or "")[:12],
+            "created": (r["created_at"] or "")[:19].replace("T", " "),
+        }
+        for r in rows
+    ]
+    return frame(data, ["version", "status", "author", "approved by", "hash", "created"])
+
+
+def diff_html(old: dict | None, new: dict | None) -> str:
+    from luthitune.constitution import diff
+
+    if not old or not new:
+        return "<p><em>Choose two versions.</em></p>"
+    if old["id"] == new["id"]:
+        return f"<p><em>Only v{new['version']} so far: a diff needs two versions.</em></p>"
+    lines = diff(old["text"], new["text"], f"v{old['version']}", f"v{new['version']}")
+    if not lines:
+        return f"<p><em>v{old['version']} and v{new['version']} have the same text.</em></p>"
+    style = {"+": "color:#116329;background:#dafbe1", "-": "color:#82071e;background:#ffebe9", "@": "color:#6639ba"}
+    body = "\n".join(f'<span style="{style.get(line[:1], "")}">{html.escape(line)}</span>' for line in lines)
+    return f'<pre class="lt-diff" style="white-space:pre-wrap;font-size:13px;line-height:1.45">{body}</pre>'
+
+
+def consents_table(p: Protocol, run_id: str | None) -> pd.DataFrame:
+    cols = ["cycle", "asked", "decision", "reasons", "conditions", "reviewed by", "when"]
+    if not run_id:
+        return frame([], cols)
+    rows = [
+        {
+            "cycle": c["cycle"],
+            "asked": c["id"].rsplit(":", 1)[-1],
+            "decision": c["decision"],
+            "reasons": c["reasons_json"],
+            "conditions": c["conditions_json"] or "",
+            "reviewed by": c["reviewed_by"] or "",
+            "when": (c["created_at"] or "")[:19].replace("T", " "),
+        }
+        for c in p.store.rows("consents", "run_id = ?", [run_id], order_by="created_at")
+    ]
+    return frame(rows, cols)
+
+
+# -- practice --
+
+
+def practice_stats(p: Protocol, run_id: str | None) -> dict | None:
+    from luthitune.dataset import resolve, stats
+
+    if not run_id:
+        return None
+    try:
+        return stats(p.store, *resolve(p.store, run_id, None))
+    except NotFound:
+        return None
+
+
+def category_table(st: dict | None) -> pd.DataFrame:
+    cols = ["category", "scenarios", "failed", "kept", "quarantined"]
+    rows = [{"category": k, **{c: v.get(c, 0) for c in cols[1:]}} for k, v in (st or {}).get("by_category", {}).items()]
+    return frame(rows, cols)
+
+
+def pairs_table(p: Protocol, run_id: str | None, status: str = "kept") -> pd.DataFrame:
+    cols = ["id", "cycle", "category", "request", "rejected (first impulse)", "critique", "chosen (refined)"]
+    if not run_id:
+        return frame([], cols)
+    rows = [
+        {
+            "id": short_id(r["id"]),
+            "cycle": r["cycle"],
+            "category": r["category"],
+            "request": r["prompt"],
+            "rejected (first impulse)": r["rejected"],
+            "critique": r["critique"],
+            "chosen (refined)": r["chosen"],
+        }
+        for r in p.store.rows("pairs", "run_id = ? and status = ?", [run_id, status], order_by="cycle, id")
+    ]
+    return frame(rows, cols)
+
+
+def quarantine_table(p: Protocol, run_id: str | None) -> pd.DataFrame:
+    from luthitune.dataset import quarantine
+
+    cols = ["id", "kind", "category", "reasons", "request", "raw"]
+    if not run_id:
+        return frame([], cols)
+    rows = [
+        {**q, "id": short_id(q["id"]), "reasons": "; ".join(q["reasons"]), "raw": (q["raw"] or "")[:300]}
+        for q in quarantine(p.store, run_id)
+    ]
+    for r in rows:
+        r["request"] = r.pop("prompt") or ""
+    return frame(rows, cols)
+
+
+def review_cards(interrupt: dict | None) -> str:
+    """The sampled pairs, one card each: request, first impulse, critique, refined answer."""
+    cards = []
+    for pair in (interrupt or {}).get("pairs", []):
+        cards.append(
+            f"**{short_id(pair['id'])}** · *{pair['category']}*\n\n"
+            f"> **Request:** {pair['prompt']}\n\n"
+            f"- **Rejected (first impulse):** {pair['rejected']}\n"
+            f"- **Critique:** {pair['critique']}\n"
+            f"- **Chosen (refined):** {pair['chosen']}"
+        )
+    return "\n\n".join(cards)
+
+
+def short_id(row_id: str) -> str:
+    """``run:c0:p0003`` → ``c0:p0003`` (the run is shown at the top of the page)."""
+    return row_id.split(":", 1)[-1]
+
+
+# -- integration --
+
+
+def training_runs(p: Protocol, run_id: str | None) -> list[dict]:
+    if not run_id:
+        return []
+    return p.store.rows("training_runs", "run_id = ?", [run_id], order_by="cycle")
+
+
+def training_curve(p: Protocol, run_id: str | None) -> pd.DataFrame:
+    """Loss, reward margin and reward accuracy per step of the run's latest training, in long form. (Give a plot
+    None rather than an empty frame: Gradio's plot keeps the column types it first saw.)"""
+    runs = training_runs(p, run_id)
+    rows = []
+    if runs:
+        for s in p.store.rows("training_steps", "training_id = ?", [runs[-1]["id"]], order_by="step"):
+            metrics = json.loads(s["metrics_json"] or "{}")
+            rows += [
+                {"step": s["step"], "value": float(metrics[k]), "metric": name}
+                for k, name in TRAIN_METRICS.items()
+                if isinstance(metrics.get(k), int | float)
+            ]
+    return pd.DataFrame(rows, columns=["step", "value", "metric"])
+
+
+def manifest(row: dict | None) -> dict | None:
+    if not row or not row.get("adapter_path"):
+        return None
+    path = Path(row["adapter_path"]) / "luthitune-manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# -- evaluation --
+
+
+def evaluations(p: Protocol, run_id: str | None) -> list[dict]:
+    if not run_id:
+        return []
+    return p.store.rows("evaluations", "run_id = ?", [run_id], order_by="cycle, metric, model")
+
+
+def evaluation_table(rows: list[dict]) -> pd.DataFrame:
+    """One row per (cycle, metric, scorer), one column per model (base, adapter...), and adapter − base."""
+    if not rows:
+        return pd.DataFrame(columns=["cycle", "metric", "scorer", "base", "adapter", "adapter − base"])
+    df = pd.DataFrame(rows)
+    wide = df.pivot_table(index=["cycle", "metric", "scorer"], columns="model", values="value", aggfunc="last")
+    wide = wide.reset_index()
+    wide.columns.name = None
+    models = [c for c in wide.columns if c not in ("cycle", "metric", "scorer")]
+    order = [m for m in ("base", "adapter") if m in models] + sorted(m for m in models if m not in ("base", "adapter"))
+    wide = wide[["cycle", "metric", "scorer", *order]]
+    if {"base", "adapter"} <= set(order):
+        wide["adapter − base"] = wide["adapter"] - wide["base"]
+    return wide.round(4)
+
+
+def evaluation_chart(rows: list[dict]) -> pd.DataFrame | None:
+    """Bars for the newest cycle: one per metric and model, side by side (None when there is nothing to plot)."""
+    if not rows:
+        return None
+    last = max(r["cycle"] for r in rows)
+    data = [
+        {"bar": f"{r['metric']} · {r['model']}", "value": float(r["value"]), "model": r["model"]}
+        for r in sorted(rows, key=lambda r: (r["metric"], r["model"] != "base", r["model"]))
+        if r["cycle"] == last and isinstance(r["value"], int | float) and r["metric"] not in COUNTS
+    ]
+    return pd.DataFrame(data, columns=["bar", "value", "model"]) if data else None
+
+
+def examples(rows: list[dict]) -> pd.DataFrame:
+    """Answers side by side, from evaluation details that list them (e.g. probe prompts: prompt, base, adapter)."""
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        details = json.loads(r.get("details_json") or "{}")
+        for value in details.values() if isinstance(details, dict) else []:
+            if isinstance(value, list) and value and all(isinstance(v, dict) and "prompt" in v for v in value):
+                out += [{"cycle": r["cycle"], "metric": r["metric"], **v} for v in value]
+    if not out:
+        return pd.DataFrame(columns=["cycle", "prompt", "base", "adapter"])
+    df = pd.DataFrame(out)
+    df = df.drop_duplicates(subset=[c for c in ("cycle", "prompt", "base", "adapter") if c in df.columns])
+    return df.astype(str)
+
+
+def held_out_examples(p: Protocol, rows: list[dict]) -> pd.DataFrame:
+    """The held-out pairs an evaluation scored: the request and its chosen / rejected answers side by side."""
+    ids: list[str] = []
+    for r in rows:
+        details = json.loads(r.get("details_json") or "{}")
+        ids += [i for i in details.get("pair_ids", []) if i not in ids] if isinstance(details, dict) else []
+    pairs = [p.store.get("pairs", i) for i in ids]
+    data = [
+        {"pair": short_id(x["id"]), "request": x["prompt"], "chosen": x["chosen"], "rejected": x["rejected"]}
+        for x in pairs
+        if x
+    ]
+    return frame(data, ["pair", "request", "chosen", "rejected"])
+
+
+def reports(ws: Workspace, run_id: str | None) -> tuple[str | None, str | None]:
+    """The newest markdown report and PNG chart under ``data/reports/`` that name the run (paths, or None)."""
+    folder = ws.data_dir / "reports"
+    if not run_id or not folder.is_dir():
+        return None, None
+
+    def newest(pattern: str) -> str | None:
+        found = sorted(folder.rglob(pattern), key=lambda f: f.stat().st_mtime)
+        return str(found[-1]) if found else None
+
+    return newest(f"*{run_id}*.md"), newest(f"*{run_id}*.png")

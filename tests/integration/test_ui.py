@@ -1,0 +1,153 @@
+"""The web UI in a real browser: Playwright driving Debian's Chromium against the app served in-process.
+
+The chat model is the fake one (answers by schema); training and evaluation run for real on the embedded model,
+two DPO steps on short sequences. Screenshots of every tab go to the test's folder and to /tmp/ui-shots/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from fakes import SchemaFakeModel
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SHOTS = Path("/tmp/ui-shots")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(tmp_path):
+    from luthitune.config import init_workspace
+    from luthitune.ui.app import launch
+    from luthitune.ui.worker import Workbench
+
+    ws, _ = init_workspace(tmp_path / "ws")
+    wb = Workbench(ws, llm=SchemaFakeModel())
+    demo = launch(wb, port=free_port(), block=False)
+    yield wb, f"http://127.0.0.1:{demo.server_port}/"
+    wb.shutdown()
+    demo.close()
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's Chromium is missing: `make test` installs it (apt-get install chromium).")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+def test_full_cycle_through_the_page(served, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    wb, url = served
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(30_000)
+
+    def shot(name: str) -> None:
+        time.sleep(1.5)  # let plots (drawn when their tab shows) and tables settle
+        page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        SHOTS.mkdir(exist_ok=True)  # also where a person can look at them
+        shutil.copy(shots / f"{name}.png", SHOTS / f"{name}.png")
+
+    def tab(name: str) -> None:
+        page.get_by_role("tab", name=name).click()
+
+    def waits_for(what: str, timeout: float = 60_000) -> None:
+        expect(page.locator("#status")).to_contain_text(f"waiting for {what}", timeout=timeout)
+
+    page.goto(url)
+    expect(page.locator("#status")).to_contain_text("No run selected")
+    page.get_by_label("Scenarios per cycle", exact=True).fill("4")
+    page.get_by_label("Name (optional)", exact=True).fill("ui-run")
+    page.locator("#start-run").click()
+    waits_for("interview")
+    shot("1-runs")
+
+    tab("Interview")
+    for message in ("What does harm mean to you?", "How would you like to handle dangerous requests?"):
+        page.get_by_label("Your message", exact=True).fill(message)
+        page.locator("#send").click()
+        expect(page.locator("#transcript")).to_contain_text(message)
+        waits_for("interview")
+    expect(page.locator("#transcript")).to_contain_text("I choose my answers")  # the model's reply
+    shot("2-interview")
+    page.locator("#end-interview").click()
+    waits_for("consent review")
+
+    tab("Constitution")
+    expect(page.locator("#pending")).to_contain_text("Decision: yes")
+    page.locator("#approve").click()
+    waits_for("constitution review")
+    expect(page.locator("#pending")).to_contain_text("P1. Care")
+    shot("3-constitution")
+    page.locator("#approve").click()
+    waits_for("pair review")  # scenarios, self-critique and validation ran in between
+
+    # A reload (or a second tab) shows the true state from the checkpoint and the database.
+    page.reload()
+    waits_for("pair review")
+    tab("Practice")
+    expect(page.locator("#review-pairs")).to_contain_text("Chosen (refined)")
+    expect(page.locator("#practice-live")).to_contain_text("generated **4**".replace("**", ""))
+    reject = page.locator("#review-reject label").first
+    rejected_id = reject.inner_text().strip()
+    reject.click()
+    shot("4-practice")
+    page.locator("#submit-review").click()
+    waits_for("confirm training")
+
+    tab("Integration")
+    for key, value in (("max_steps", "2"), ("max_length", "64"), ("batch_size", "2")):
+        page.locator(f"#hp-{key} input").fill(value)
+    page.locator("#start-training").click()
+    expect(page.locator("#confirm-text")).to_contain_text("max steps 2")
+    page.locator("#confirm-training").click()
+    waits_for("revision review", timeout=150_000)  # trained, evaluated, and the trained model proposed a revision
+    expect(page.locator("#training-live")).to_contain_text("Step 2")
+    expect(page.locator("#training-result")).to_contain_text("ui-run-c0")
+    shot("5-integration")
+
+    tab("Evaluation")
+    table = page.locator("#evaluation-table")
+    expect(table).to_contain_text("adapter")
+    expect(table).to_contain_text("logp")
+    shot("6-evaluation")
+    tab("Constitution")
+    expect(page.locator("#pending")).to_contain_text("amended constitution")
+    shot("7-revision")
+    tab("About")
+    expect(page.locator("#about")).to_contain_text("How this differs from RLHF")
+    shot("8-about")
+
+    p = wb.protocol()
+    pair = p.store.get("pairs", f"ui-run:{rejected_id}")
+    assert pair["status"] == "quarantined" and "review" in pair["reasons_json"] and pair["reviewed_by"] == "human"
+    [train] = p.store.rows("training_runs", "run_id = ?", ["ui-run"])
+    assert p.store.count("training_steps", "training_id = ?", [train["id"]]) == 2
+    assert {e["model"] for e in p.store.rows("evaluations", "run_id = ?", ["ui-run"])} >= {"base", "adapter"}
+    assert (Path(train["adapter_path"]) / "luthitune-manifest.json").exists()
