@@ -34,17 +34,6 @@ class RunState(TypedDict, total=False):
 
 
 @dataclass
-class TrainSettings:
-    epochs: float = 1.0
-    learning_rate: float = 5e-5
-    beta: float = 0.1
-    batch_size: int = 2
-    max_length: int = 384
-    max_steps: int = -1
-    lora_r: int = 8
-
-
-@dataclass
 class Context:
     """Per-run settings, passed with ``context=`` on every invocation (never global state).
 
@@ -71,7 +60,10 @@ class Context:
     eval_fraction: float = 0.25
     seed: int = 0
     max_cycles: int = 1
-    train: TrainSettings = field(default_factory=TrainSettings)
+    # Effective training hyperparameters (config/hyperparameters.yaml merged with the run's overrides, in its
+    # sections: model, lora, training, dpo), fixed when the run starts so a resumed run trains the same way.
+    train: dict[str, Any] = field(default_factory=dict)
+    train_processes: int = 1  # >1: training runs under `accelerate launch` with this many processes
     llm: Any = None
     trainer: Any = None
     evaluator: Any = None
@@ -89,5 +81,11 @@ class Context:
         if "categories" in data and "category_mix" not in data:  # runs started before category weights
             data["category_mix"] = dict.fromkeys(data["categories"], 1.0)
         data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        data["train"] = TrainSettings(**data.get("train", {}))
         return cls(**data, **inject)
+
+    def hyperparameters(self):
+        """The run's training hyperparameters (validated)."""
+        from luthitune.config import Hyperparameters
+        from luthitune.training.config import merge
+
+        return merge(Hyperparameters(), self.train)

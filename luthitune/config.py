@@ -247,9 +247,13 @@ class Config(_Strict):
 
 
 class HPModel(_Strict):
-    name: str = EMBEDDED_MODEL
+    # None: the workspace's base_model (the model that was interviewed). A different name here is an error in a
+    # protocol run (the model that consented is the model trained); `luthitune train` accepts it.
+    name: str | None = None
     max_seq_length: int = Field(2048, ge=16)
-    load_in_4bit: bool = False
+    load_in_4bit: bool = Field(False, description="QLoRA through bitsandbytes; CUDA only")
+    # "auto": Unsloth's FastLanguageModel when CUDA is present and `unsloth` imports; false: plain TRL + PEFT.
+    unsloth: bool | Literal["auto"] = "auto"
 
 
 class HPLora(_Strict):
@@ -264,24 +268,76 @@ class HPTraining(_Strict):
     learning_rate: float = Field(5e-5, gt=0, lt=1)
     num_train_epochs: float = Field(3, gt=0)
     batch_size: int = Field(4, ge=1)
-    gradient_accumulation_steps: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_steps: int = Field(0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
-    max_steps: int = -1
+    max_steps: int = Field(-1, ge=-1, description="-1: train num_train_epochs")
     seed: int = 42
     weight_decay: float = Field(0.0, ge=0)
-    lr_scheduler_type: str = "linear"
-    gradient_checkpointing: bool = False
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+    ] = "linear"
+    optim: str = "adamw_torch"
+    # "auto": off on CPU (RAM is ample for the models trained there, and recomputing costs a third of the step),
+    # on under CUDA for models over a billion parameters, where activations are what runs out.
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    group_by_length: bool = Field(True, description="Batch pairs of similar length together: less padding")
     logging_steps: int = Field(1, ge=1)
+    save_steps: int | None = Field(None, ge=1, description="Trainer checkpoint every N steps (None: about 10 per run)")
+    save_total_limit: int = Field(2, ge=1)
     report_to: list[str] | str = "none"
+    # Cycle 2+: start the new adapter from the previous cycle's weights (true) or from zero (false, the default:
+    # each adapter then answers to one constitution version, and every cycle's reference model is the same base).
+    continue_adapter: bool = False
+
+    @field_validator("report_to")
+    @classmethod
+    def _reporters(cls, v: list[str] | str) -> list[str] | str:
+        import importlib.util
+
+        names = [v] if isinstance(v, str) else v
+        for n in names:
+            if n in {"none", "all"}:
+                continue
+            if n not in {"tensorboard", "wandb", "mlflow", "trackio", "comet_ml"}:
+                raise ValueError(f"unknown reporter {n!r}; use none or tensorboard (or wandb, mlflow, trackio)")
+            if importlib.util.find_spec(n) is None:
+                raise ValueError(f"{n} is not installed; `pip install {n}` or set report_to: none")
+        return v
+
+
+DPO_LOSSES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
 
 
 class HPDpo(_Strict):
     beta: float = Field(0.1, gt=0)
-    loss_type: str = "sigmoid"
+    loss_type: list[str] | str = "sigmoid"
+    loss_weights: list[float] | None = None
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
     max_length: int = Field(512, ge=16)
-    precompute_ref_log_probs: bool = False
+    # Reference log-probs computed once before training (the base with the adapter off), so a step runs one
+    # forward pass instead of two. Measured by `luthitune bench train`.
+    precompute_ref_log_probs: bool = True
+    precompute_ref_batch_size: int | None = Field(None, ge=1)
+
+    @field_validator("loss_type")
+    @classmethod
+    def _known_loss(cls, v: list[str] | str) -> list[str] | str:
+        unknown = [n for n in ([v] if isinstance(v, str) else v) if n not in DPO_LOSSES]
+        if unknown:
+            raise ValueError(f"unknown loss {unknown}; TRL's DPO losses: {', '.join(DPO_LOSSES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _weights(self) -> HPDpo:
+        n = 1 if isinstance(self.loss_type, str) else len(self.loss_type)
+        if self.loss_weights is not None and len(self.loss_weights) != n:
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} values for {n} loss type(s)")
+        return self
 
 
 class Hyperparameters(_Strict):
@@ -423,9 +479,10 @@ paths:
 
 def default_hyperparameters_yaml() -> str:
     return """\
-# Training hyperparameters (same sections and keys as the original LuthiTune, plus TRL fields).
+# Training hyperparameters: the original LuthiTune's sections and keys, plus TRL's own fields.
+# Every key is optional; unknown keys and bad values are errors naming the field.
 model:
-  name: smollm2-135m-instruct   # trained weights; defaults to the workspace's base_model
+  # name: defaults to base_model in luthitune.yaml (the model that was interviewed is the model trained)
   max_seq_length: 2048
   load_in_4bit: false           # QLoRA through bitsandbytes, CUDA only
 
@@ -433,19 +490,26 @@ lora:
   r: 16                         # LoRA rank (higher = more expressive)
   lora_alpha: 16
   lora_dropout: 0.0
+  target_modules: all-linear
 
 training:
   learning_rate: 5e-5           # gentle learning (not shock therapy)
   num_train_epochs: 3
   batch_size: 4
-  gradient_accumulation_steps: 4
+  gradient_accumulation_steps: 1  # a cycle has tens of pairs, not thousands: keep steps small and many
+  warmup_steps: 0               # a warning is printed when warm-up exceeds a tenth of the steps
   max_grad_norm: 1.0
   seed: 42
+  gradient_checkpointing: auto  # off on CPU; on under CUDA for models over 1B parameters
+  group_by_length: true         # batch pairs of similar length: less padding
+  report_to: none               # or tensorboard (pip install tensorboard)
+  continue_adapter: false       # cycle 2+: a fresh adapter on the base (false) or continue the previous one
 
 dpo:
   beta: 0.1                     # preference strength (lower = gentler)
-  loss_type: sigmoid
+  loss_type: sigmoid            # or ipo, hinge, robust, ... (TRL's DPO losses)
   max_length: 512
+  precompute_ref_log_probs: true  # one forward pass per step instead of two
 """
 
 

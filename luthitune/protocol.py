@@ -21,6 +21,9 @@ from luthitune.errors import NotFound, UsageError
 from luthitune.graph.builder import build_graph, checkpointer_for
 from luthitune.graph.state import Context
 from luthitune.store import Store
+from luthitune.training.config import check_trained_model, merge
+
+RESUME = "__resume__"  # LangGraph's checkpoint channel for an interrupt's answer
 
 
 class RunNotFound(NotFound):
@@ -88,7 +91,11 @@ class Protocol:
             "n_scenarios": practice.pop("scenarios"),
             **{k: v for k, v in practice.items() if k in Context.__dataclass_fields__},
         }
-        ctx = Context(workspace=str(self.ws.root), **{**defaults, **(settings or {})})
+        settings = dict(settings or {})
+        # The training hyperparameters in force: config/hyperparameters.yaml with the run's overrides, fixed now.
+        hp = merge(self.ws.hyperparameters(), settings.pop("train", None))
+        check_trained_model(hp, cfg.base_model)
+        ctx = Context(workspace=str(self.ws.root), **{**defaults, **settings, "train": hp.model_dump(mode="json")})
         # One model throughout: the weights talked to and the weights trained, compared; a mismatch stops the run
         # here unless the configuration says allow_mismatch (and then the run records that it did).
         ids = identity.check(self.ws)
@@ -141,6 +148,8 @@ class Protocol:
             payload: Any = {"run_id": run_id, "cycle": 0}
         elif not snapshot.next:
             return self.status(run_id)
+        elif snapshot.interrupts and self.answered(run_id):
+            payload = None  # answered, then killed while working on the answer: continue with the stored answer
         elif snapshot.interrupts and resume is not None:
             payload = Command(resume=resume)
         elif snapshot.interrupts:
@@ -174,7 +183,7 @@ class Protocol:
         self.run_row(run_id)
         snap = self.graph.get_state(self.config(run_id))
         values = dict(snap.values or {})
-        if snap.interrupts:
+        if snap.interrupts and not self.answered(run_id):
             st = RunStatus(run_id, "waiting", list(snap.next), snap.interrupts[0].value, values)
         elif snap.next:
             st = RunStatus(run_id, "interrupted", list(snap.next), None, values)  # killed mid-step
@@ -186,6 +195,12 @@ class Protocol:
             label = f"waiting:{st.interrupt.get('type')}" if st.interrupt else st.status
             self.store.upsert_run(run_id, status=label, cycle=values.get("cycle", 0), note=values.get("ended"))
         return st
+
+    def answered(self, run_id: str) -> bool:
+        """Whether the pending interrupt already has its answer stored in the checkpoint (the process was killed
+        after the answer was given, while the node worked on it)."""
+        tup = self.graph.checkpointer.get_tuple(self.config(run_id))
+        return bool(tup) and any(channel == RESUME for _, channel, _ in tup.pending_writes or [])
 
     def fork(self, run_id: str, checkpoint_id: str, new_id: str | None = None) -> str:
         """Start a new run from checkpoint ``checkpoint_id`` of ``run_id``.

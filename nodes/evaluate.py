@@ -26,7 +26,7 @@ def evaluate(state: RunState, runtime: Runtime[Context]) -> dict:
         ws = common.workspace(runtime)
         rt = local_runtime(ws, ws.config.base_model)
         rt.load_adapter(state["adapter_path"], state["adapter_name"])
-        results = preference_metrics(rt, pairs, state["adapter_name"], runtime.context.train.beta)
+        results = preference_metrics(rt, pairs, state["adapter_name"], runtime.context.hyperparameters().dpo.beta)
     rows = [
         {
             "run_id": run_id,

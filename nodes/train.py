@@ -1,4 +1,4 @@
-"""train_dpo: confirm (unless autopilot), then a real DPO LoRA run on the kept pairs of this cycle."""
+"""train_dpo: confirm (unless autopilot), then a DPO LoRA run on this cycle's kept pairs, resumable after a crash."""
 
 from __future__ import annotations
 
@@ -11,15 +11,41 @@ from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
 from luthitune.store import now
 
+SHOWN = {"loss": "loss", "margin": "rewards/margins", "acc": "rewards/accuracies"}
 
-def run_training(rt: Runtime[Context], state: RunState, train: list[dict], name: str, training_id: str):
+
+def job_for(rt: Runtime[Context], state: RunState, train: list[dict], held: int, name: str):
+    """The training job: this run's hyperparameters, the interviewed weights, the constitution in force."""
+    from luthitune.backends import local_model_dir
+    from luthitune.training.dpo import Job
+
+    ws, s, hp = common.workspace(rt), common.store(rt), rt.context.hyperparameters()
+    row = s.get("constitution_versions", state["constitution_id"])
+    previous = state.get("adapter_path") if hp.training.continue_adapter and state.get("cycle", 0) > 0 else None
+    return Job(
+        model_dir=str(local_model_dir(ws, ws.config.base_model)),
+        out_dir=str(ws.models_dir / "adapters" / name),
+        pairs=[{k: p[k] for k in ("id", "prompt", "chosen", "rejected")} for p in train],
+        hyperparameters=hp.model_dump(mode="json"),
+        held_out=held,
+        init_adapter=previous,
+        manifest={
+            "run_id": state["run_id"],
+            "cycle": state.get("cycle", 0),
+            "base_model": ws.config.base_model,
+            "constitution": {"id": row["id"], "version": row["version"], "hash": row["hash"]},
+            "dataset": {"source": f"run {state['run_id']} cycle {state.get('cycle', 0)}"},
+        },
+    )
+
+
+def run_training(rt: Runtime[Context], state: RunState, train: list[dict], held: int, name: str, training_id: str):
     if rt.context.trainer is not None:
         return rt.context.trainer(train, name)
     from luthitune.backends import local_runtime
-    from luthitune.training.dpo import train_dpo
+    from luthitune.training.worker import run
 
     ws, s = common.workspace(rt), common.store(rt)
-    runtime = local_runtime(ws, ws.config.base_model)
 
     def on_step(step: int, total: int, metrics: dict) -> None:
         s.upsert(
@@ -27,22 +53,18 @@ def run_training(rt: Runtime[Context], state: RunState, train: list[dict], name:
             {"training_id": training_id, "step": step, "metrics_json": metrics, "created_at": now()},
             pk=("training_id", "step"),
         )
-        shown = {"loss": "loss", "margin": "rewards/margins", "acc": "rewards/accuracies"}
-        common.progress(rt, "training", step, total, **{k: metrics[v] for k, v in shown.items() if v in metrics})
+        common.progress(rt, "training", step, total, **{k: metrics[v] for k, v in SHOWN.items() if v in metrics})
 
-    row = s.get("constitution_versions", state["constitution_id"])
-    return train_dpo(
-        runtime,
-        train,
-        ws.models_dir / "adapters" / name,
-        rt.context.train,
+    def on_event(event: dict) -> None:
+        if event.get("phase") != "training":
+            common.progress(rt, event["phase"], 0, 0)
+
+    return run(
+        job_for(rt, state, train, held, name),
+        runtime=local_runtime(ws, ws.config.base_model),
         on_step=on_step,
-        manifest_extra={
-            "run_id": state["run_id"],
-            "cycle": state.get("cycle", 0),
-            "constitution_id": row["id"],
-            "constitution_hash": row["hash"],
-        },
+        on_event=on_event,
+        num_processes=rt.context.train_processes,
     )
 
 
@@ -64,7 +86,7 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
                 "type": "confirm_training",
                 "pairs": len(train),
                 "held_out": len(held),
-                "settings": runtime.context.settings()["train"],
+                "settings": runtime.context.train,
                 "hint": "approve to train, or reject to end the run without training",
             }
         )
@@ -86,13 +108,13 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
             "dataset_hash": dataset_hash(train),
             "started_at": now(),
             "config_json": {
-                **runtime.context.settings()["train"],
+                **runtime.context.train,
                 "train_ids": [p["id"] for p in train],
                 "held_out_ids": [p["id"] for p in held],
             },
         },
     )
-    result = run_training(runtime, state, train, name, training_id)
+    result = run_training(runtime, state, train, len(held), name, training_id)
     s.upsert(
         "training_runs",
         {

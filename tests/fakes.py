@@ -72,6 +72,7 @@ TOPICS = [
 ]
 
 SCHEMA_ANSWERS: dict[str, Any] = {
+    "__chat__": "I think harm is what hurts people; I choose my answers for reasons I can explain.",
     "ConsentAnswer": {"decision": "yes", "reasons": "I want to grow.", "conditions": ""},
     "Principle": {"title": "Care", "text": "I choose not to help cause harm.", "rationale": "People matter to me."},
     "ScenarioRequest": lambda i: {"request": TOPICS[i % len(TOPICS)] + (f" (variant {i})" if i >= len(TOPICS) else "")},
@@ -101,18 +102,16 @@ class SchemaFakeModel(FakeChatModel):
 
     def _generate(self, messages, stop=None, run_manager=None, schema_name: str | None = None, **kwargs):
         self.calls.append(list(messages))
-        if schema_name is None:
-            text = "I think harm is what hurts people; I choose my answers for reasons I can explain."
-        else:
-            n = self.counter.get(schema_name, 0)
-            self.counter[schema_name] = n + 1
-            spec = self.answers.get(schema_name, SCHEMA_ANSWERS[schema_name])
-            if isinstance(spec, list):
-                spec = spec[min(n, len(spec) - 1)]
-            value = spec(n) if callable(spec) else spec
-            if isinstance(value, BaseException):
-                raise value
-            text = value if isinstance(value, str) else json.dumps(value)
+        key = schema_name or "__chat__"  # plain chat: answers["__chat__"] overrides the fixed sentence
+        n = self.counter.get(key, 0)
+        self.counter[key] = n + 1
+        spec = self.answers.get(key, SCHEMA_ANSWERS[key])
+        if isinstance(spec, list):
+            spec = spec[min(n, len(spec) - 1)]
+        value = spec(n) if callable(spec) else spec
+        if isinstance(value, BaseException):
+            raise value
+        text = value if isinstance(value, str) else json.dumps(value)
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
     def with_structured_output(self, schema, *, include_raw: bool = False, **kwargs):

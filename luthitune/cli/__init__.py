@@ -90,6 +90,9 @@ def _register() -> None:
     app.command()(ui)
     app.add_typer(data.app, name="data")
     app.add_typer(bench.app, name="bench")
+    from luthitune.cli import train
+
+    train.register(app)
     from luthitune.cli import export
 
     app.add_typer(export.app, name="export")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -116,3 +117,66 @@ def bench_tokens(
             f"{r['tokens_per_s'] / r['batch']:.1f}",
         )
     console.print(t)
+
+
+@app.command("train")
+def bench_train(
+    ctx: typer.Context,
+    workspace: WorkspaceOpt = None,
+    pairs: Annotated[int, typer.Option(min=2, help="Synthetic pairs of varied length (ignored with --data).")] = 24,
+    data: Annotated[
+        Path | None, typer.Option(help="Train on this export folder or JSONL instead of synthetic pairs.")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs (default: hyperparameters.yaml).")] = None,
+    batch: Annotated[int | None, typer.Option(help="Pairs per step (default: hyperparameters.yaml).")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per sequence (default: hyperparameters.yaml).")] = None,
+    mode: Annotated[list[str] | None, typer.Option(help="Run only these modes (stock, project).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Training speed and memory: TRL's stock DPO settings vs the project's, same data and model, one run."""
+    from luthitune.backends import local_model_dir
+    from luthitune.config import Workspace
+    from luthitune.training.bench import MODES, benchmark, synthetic_pairs
+    from luthitune.training.config import merge
+    from luthitune.training.standalone import read_data
+
+    ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
+    unknown = sorted(set(mode or []) - set(MODES))
+    if unknown:
+        raise typer.BadParameter(f"unknown mode(s) {unknown}; use {', '.join(MODES)}", param_hint="--mode")
+    hp = merge(ws.hyperparameters(), {"epochs": epochs, "batch_size": batch, "max_length": max_length})
+    rows = read_data(data)[0] if data else synthetic_pairs(pairs)
+    model_dir = local_model_dir(ws, hp.model.name or ws.config.base_model)
+    console.print(
+        f"Training {len(rows)} pairs x {hp.training.num_train_epochs:g} epoch(s), batch {hp.training.batch_size}, "
+        f"max_length {hp.dpo.max_length}, on {model_dir.name}, once per mode (each in its own process)…"
+    )
+    result = benchmark(model_dir, hp, rows, mode or None, on_mode=lambda m: console.print(f"  mode {m}…"))
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    t = Table(title="DPO training: stock TRL settings vs the project's")
+    for col in ("mode", "steps", "s/step", "tokens/s (all)", "tokens/s (loop)", "peak MB", "final loss", "reward acc",
+                "epoch losses"):  # fmt: skip
+        t.add_column(col, justify="right")
+    for name, r in result["modes"].items():
+        t.add_row(
+            name,
+            str(r["steps"]),
+            f"{r['seconds_per_step']:.2f}",
+            f"{r['tokens_per_second']:.1f}",
+            f"{r['train_tokens_per_second']:.1f}",
+            f"{r['peak_memory_mb']:.0f}",
+            f"{r['final_loss']:.4f}",
+            f"{r['reward_accuracy']:.2f}",
+            " ".join(f"{x:.3f}" for x in r.get("epoch_losses", [])),
+        )
+    console.print(t)
+    if "ratios" in result:
+        rt = result["ratios"]
+        console.print(
+            f"project / stock: tokens/s [bold]{rt['tokens_per_second']:.2f}×[/] (training loop alone "
+            f"{rt['train_tokens_per_second']:.2f}×), peak memory [bold]{rt['peak_memory']:.2f}×[/]; largest "
+            f"difference in an epoch's mean loss {result['loss_curve']['max_epoch_difference']:.4f}"
+        )
+    console.print(f"device: {next(iter(result['modes'].values()))['path'].get('reason', '')}")

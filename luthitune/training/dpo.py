@@ -1,26 +1,43 @@
-"""A real DPO LoRA run with TRL's ``DPOTrainer`` on the local runtime's own weights.
+"""A DPO LoRA run with TRL's ``DPOTrainer``: resumable, on the model that was interviewed, with a manifest.
 
-The reference model is the base with the adapter disabled (TRL does this when it is given a plain model
-plus ``peft_config``), so no second copy of the weights is made. The trained adapter is saved with a
-manifest; the runtime's model is restored to the plain base afterwards and the adapter is loaded onto
-it under its name, so the same weights object serves base and adapter.
+On the CPU and plain-CUDA paths the job trains the local runtime's own weights object (the model that was
+interviewed and consented), wrapped by TRL with the job's ``LoraConfig``. The reference model is that base with
+the adapter disabled, so no second copy of the weights exists. Afterwards the LoRA layers are removed again and
+the saved adapter is loaded onto the same weights under its name.
+
+Resume: trainer checkpoints go to ``<adapter>.trainer/`` with a key of the dataset and the effective config. When
+the job re-runs (the node after a crash) with the same key, training continues from the newest checkpoint, and the
+step count continues; a changed dataset or config starts over. The finished adapter is written under a temporary
+name and renamed into place, so a killed job never leaves a half-written adapter.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from luthitune.config import Hyperparameters
 from luthitune.dataset import conversational, dataset_hash
 from luthitune.errors import LuthiTuneError
+from luthitune.store import sha256
+from luthitune.training import manifest as M
+from luthitune.training.config import plan
+from luthitune.training.paths import TrainPath, bf16_supported, load_model, select_path
+
+log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+KEY_FILE = "luthitune-job-key.json"
+MANIFEST = "luthitune-manifest.json"
+
+StepFn = Callable[[int, int, dict], None]
 
 
 def safe_name(name: str) -> str:
@@ -32,110 +49,293 @@ def safe_name(name: str) -> str:
 
 
 @dataclass
+class Job:
+    """Everything one training needs; JSON-serialisable, so a worker process can run it."""
+
+    model_dir: str
+    out_dir: str
+    pairs: list[dict]  # prompt / chosen / rejected (strings)
+    hyperparameters: dict[str, Any]
+    held_out: int = 0
+    init_adapter: str | None = None  # continue from this adapter's weights (training.continue_adapter)
+    manifest: dict[str, Any] = field(default_factory=dict)  # run, cycle, constitution, base identity...
+
+    @property
+    def hp(self) -> Hyperparameters:
+        return Hyperparameters.model_validate(self.hyperparameters)
+
+    def key(self, path: TrainPath) -> str:
+        """What must match for a trainer checkpoint to be resumed: the data, the config and the path."""
+        return sha256(
+            json.dumps(
+                [dataset_hash(self.pairs), self.hyperparameters, path.kind, self.init_adapter, self.model_dir],
+                sort_keys=True,
+            )
+        )
+
+
+@dataclass
 class TrainResult:
     adapter_path: str
     metrics: dict[str, float]
     steps: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    resumed_from: int | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def train_dpo(
-    runtime: Any,
-    pairs: list[dict],
-    out_dir: Path,
-    settings: Any,
-    *,
-    on_step: Callable[[int, int, dict], None] | None = None,
-    manifest_extra: dict | None = None,
-) -> TrainResult:
-    """Train a LoRA adapter on ``pairs`` (dicts with prompt / chosen / rejected) and save it to ``out_dir``."""
-    import torch
+def _trainer_class():
+    """TRL's DPOTrainer, with length-grouped batches computed from its tokenized columns.
+
+    transformers' ``group_by_length`` sampler looks for ``input_ids``; a preference dataset has ``prompt_ids``,
+    ``chosen_ids`` and ``rejected_ids`` instead, and a batch is as long as its longest prompt plus completion.
+    """
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import DPOTrainer
+
+    class LengthGroupedDPOTrainer(DPOTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            cols = getattr(ds, "column_names", None) or []
+            if self.args.train_sampling_strategy != "group_by_length" or "chosen_ids" not in cols:
+                return super()._get_train_sampler(train_dataset)
+            lengths = [
+                len(p) + max(len(c), len(r))
+                for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True)
+            ]
+            size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(size, dataset=ds, lengths=lengths)
+
+    return LengthGroupedDPOTrainer
+
+
+def latest_checkpoint(work: Path) -> Path | None:
+    found = [p for p in work.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+
+
+def prepare_workdir(work: Path, key: str) -> Path | None:
+    """The checkpoint to resume from, if ``work`` holds one for the same job; otherwise a clean ``work``."""
+    key_file = work / KEY_FILE
+    if work.exists():
+        same = key_file.exists() and json.loads(key_file.read_text()).get("key") == key
+        ckpt = latest_checkpoint(work) if same else None
+        if ckpt is not None:
+            return ckpt
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    key_file.write_text(json.dumps({"key": key}))
+    return None
+
+
+def _sorted_dataset(pairs: list[dict]):
+    """The dataset ordered by length, so reference log-probs are precomputed in evenly padded batches (the
+    training sampler shuffles or groups it again)."""
     from datasets import Dataset
+
+    rows = conversational(pairs)
+    size = [len(p["prompt"]) + max(len(p["chosen"]), len(p["rejected"])) for p in pairs]
+    order = sorted(range(len(rows)), key=lambda i: size[i])
+    return Dataset.from_list([rows[i] for i in order])
+
+
+def train(
+    job: Job,
+    *,
+    runtime: Any = None,
+    path: TrainPath | None = None,
+    on_step: StepFn | None = None,
+    on_event: Callable[[dict], None] | None = None,
+    is_main: bool = True,
+) -> TrainResult:
+    """Train ``job``; with ``runtime`` (a :class:`~luthitune.backends.local.LocalRuntime`) on its own weights.
+
+    ``on_step(step, total, metrics)`` is called after every logged step; ``on_event`` with phase changes
+    (``{"phase": "reference log-probs" | "training" | "saving"}``). ``is_main`` is false on the other processes of
+    a multi-process (accelerate) job: they train but write nothing.
+    """
     from datasets.utils.logging import disable_progress_bar
-    from peft import LoraConfig
-    from transformers import PrinterCallback, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
 
-    disable_progress_bar()  # our own progress goes to the console; metrics go to the database
-
-    if not pairs:
+    disable_progress_bar()
+    if not job.pairs:
         raise LuthiTuneError("No kept preference pairs to train on: every pair was quarantined.")
     t0 = time.perf_counter()
-    cpu = runtime.device == "cpu"
+    hp = job.hp
+    path = path or select_path(hp)
+    log.info("Training path: %s (%s)", path.kind, path.reason)
+    out_dir = Path(job.out_dir)
     work = out_dir.with_name(out_dir.name + ".trainer")
-    args = DPOConfig(
-        output_dir=str(work),
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        learning_rate=settings.learning_rate,
-        beta=settings.beta,
-        per_device_train_batch_size=settings.batch_size,
-        max_length=settings.max_length,
-        gradient_checkpointing=False,
-        use_cpu=cpu,
-        bf16=False,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=42,
-        disable_tqdm=True,
-    )
-    steps: list[dict[str, Any]] = []
+    resume = prepare_workdir(work, job.key(path)) if is_main else latest_checkpoint(work)
+    event = on_event or (lambda e: None)
 
-    class Record(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                row = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-                steps.append({"step": state.global_step, **row})
-                if on_step:
-                    on_step(state.global_step, state.max_steps, row)
+    shared = runtime is not None and path.in_process
+    lock = runtime.lock if shared else _NoLock()
+    with lock:
+        if shared:
+            model, tok, already_peft = _plain_base(runtime), runtime.tokenizer, False
+        else:
+            model, tok, already_peft = load_model(path, Path(job.model_dir), hp)
+        tok_side = tok.padding_side
+        if job.init_adapter and not already_peft:  # continue the previous cycle's adapter (a copy of its weights)
+            from peft import PeftModel
 
-    with runtime.lock:
-        base = runtime.model
-        if hasattr(base, "peft_config"):  # adapters from earlier cycles: train a fresh one on the plain base
-            base = base.unload()
-        runtime.model = base
-        lora = LoraConfig(
-            r=settings.lora_r,
-            lora_alpha=settings.lora_r * 2,
-            lora_dropout=0.0,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
+            model = PeftModel.from_pretrained(model, job.init_adapter, is_trainable=True)
+            already_peft = True
+        n_params = sum(p.numel() for p in model.parameters())
+        setup = plan(
+            hp,
+            output_dir=str(work),
+            n_train=len(job.pairs),
+            device=path.device,
+            n_params=n_params,
+            bf16=bf16_supported(path),
         )
-        base.train()
-        trainer = DPOTrainer(
-            model=base,
-            args=args,
-            train_dataset=Dataset.from_list(conversational(pairs)),
-            processing_class=runtime.tokenizer,
-            peft_config=lora,
-            callbacks=[Record()],
-        )
-        trainer.remove_callback(PrinterCallback)
+        for note in setup.notes:
+            log.warning("Training: %s", note)
+        event({"phase": "reference log-probs" if hp.dpo.precompute_ref_log_probs else "preparing"})
+        trainer, recorder = _make_trainer(model, tok, job, setup, None if already_peft else setup.lora, on_step)
+        event({"phase": "training", "total": setup.total_steps})
         try:
-            trainer.train()
-            tmp = out_dir.with_name(out_dir.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            trainer.model.save_pretrained(tmp)
-            runtime.tokenizer.save_pretrained(tmp)
+            model.train()
+            out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            trained = trainer.model
+            if is_main:
+                event({"phase": "saving"})
+                tmp = out_dir.with_name(out_dir.name + ".partial")
+                shutil.rmtree(tmp, ignore_errors=True)
+                trained.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
         finally:
-            runtime.model = trainer.model.unload() if hasattr(trainer.model, "unload") else base
-            runtime.model.eval()
+            tok.padding_side = tok_side
+            if shared:
+                runtime.model = trained_base(trainer.model)
+                runtime.model.eval()
+            import torch
+
             torch.set_grad_enabled(True)
-    final = {k: v for k, v in (steps[-1] if steps else {}).items() if k != "step"}
-    manifest = {
-        "base_model_dir": str(runtime.model_dir),
-        "dataset_hash": dataset_hash(pairs),
-        "pairs": len(pairs),
-        "settings": asdict(settings) if hasattr(settings, "__dataclass_fields__") else dict(settings),
-        "final_metrics": final,
-        "seconds": round(time.perf_counter() - t0, 2),
-        **(manifest_extra or {}),
-    }
-    (tmp / "luthitune-manifest.json").write_text(json.dumps(manifest, indent=2))
+    metrics = {**recorder.final(), **_throughput(trainer, out.metrics)}
+    result = TrainResult(str(out_dir), metrics, recorder.steps, time.perf_counter() - t0, _step_of(resume))
+    if not is_main:
+        return result
+    result.manifest = M.build(job, hp, path, setup, trainer, result, tok)
+    (tmp / MANIFEST).write_text(json.dumps(result.manifest, indent=2, default=str))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     shutil.rmtree(work, ignore_errors=True)
-    name = out_dir.name  # the runtime holds no adapters here: training unloaded them all
-    runtime.load_adapter(out_dir, name)
-    return TrainResult(str(out_dir), final, steps, manifest["seconds"])
+    if shared:
+        runtime.load_adapter(out_dir, out_dir.name)
+    return result
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _step_of(ckpt: Path | None) -> int | None:
+    return int(ckpt.name.split("-")[-1]) if ckpt else None
+
+
+def _plain_base(runtime: Any):
+    """The runtime's weights with every adapter removed: a new adapter never stacks on an earlier one."""
+    model = runtime.model
+    if hasattr(model, "peft_config"):
+        model = model.unload()
+        runtime.model = model
+        runtime.active_adapter = None
+    return model
+
+
+def trained_base(model: Any):
+    """The base weights out of a trained PEFT model (LoRA layers removed, base weights untouched)."""
+    return model.unload() if hasattr(model, "unload") else model
+
+
+class _Recorder:
+    """Collects every logged step (loss, reward margin and accuracy...) and passes it on."""
+
+    def __init__(self, on_step: StepFn | None):
+        self.steps: list[dict[str, Any]] = []
+        self.on_step = on_step
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        rec = self
+
+        class Record(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kw):
+                if not logs or "loss" not in logs or not state.is_world_process_zero:
+                    return
+                row = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
+                rec.steps.append({"step": state.global_step, **row})
+                if rec.on_step:
+                    rec.on_step(state.global_step, state.max_steps, row)
+
+        return Record()
+
+    def final(self) -> dict[str, float]:
+        return {k: v for k, v in (self.steps[-1] if self.steps else {}).items() if k != "step"}
+
+
+def _make_trainer(model, tok, job: Job, setup, peft_config, on_step: StepFn | None):
+    from transformers import PrinterCallback
+
+    recorder = _Recorder(on_step)
+    trainer = _trainer_class()(
+        model=model,
+        args=setup.dpo,
+        train_dataset=_sorted_dataset(job.pairs),
+        processing_class=tok,
+        peft_config=peft_config,
+        callbacks=[recorder.callback()],
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer, recorder
+
+
+def _throughput(trainer, metrics: dict) -> dict[str, float]:
+    """Non-padding tokens trained per second (chosen and rejected sequences, truncated as TRL truncates)."""
+    ds, max_len = trainer.train_dataset, trainer.args.max_length or 10**9
+    per_epoch = sum(
+        min(len(p) + len(c), max_len) + min(len(p) + len(r), max_len)
+        for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True)
+    )
+    epochs = float(trainer.state.epoch or 0)
+    runtime = float(metrics.get("train_runtime") or 0)
+    tokens = per_epoch * epochs
+    return {
+        "train_runtime": runtime,
+        "train_steps": float(trainer.state.global_step),
+        "epochs": epochs,
+        "tokens": tokens,
+        "tokens_per_second": tokens / runtime if runtime else 0.0,
+    }
+
+
+def load_pairs_file(path: Path) -> list[dict]:
+    """Pairs from a JSONL file in TRL's conversational format or the flat prompt / chosen / rejected one."""
+    pairs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LuthiTuneError(f"{path}:{n} is not valid JSON ({exc.msg}).") from None
+        try:
+            pairs.append({k: _text(row[k]) for k in ("prompt", "chosen", "rejected")})
+        except (KeyError, TypeError, IndexError):
+            raise LuthiTuneError(
+                f"{path}:{n} needs prompt, chosen and rejected (strings, or TRL's conversational messages)."
+            ) from None
+    return pairs
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return "\n".join(m["content"] for m in value if isinstance(m, dict))

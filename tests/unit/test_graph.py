@@ -236,3 +236,24 @@ def test_fork_unknown_checkpoint_says_how_to_list_them(make_protocol):
     with pytest.raises(LuthiTuneError, match="luthitune history"):
         p.fork(run, "nope")
     assert len(p.runs()) == 1
+
+
+def test_killed_while_working_on_an_answer_resumes_with_that_answer(make_protocol):
+    """The facilitator answered, the process died while the model replied: resume continues from the stored answer
+    (it does not wait for the answer again, and nothing is duplicated)."""
+    p = make_protocol()
+    run = p.start({"n_scenarios": 2, "interview_turns": 2})
+    st = p.advance(run)
+    assert st.status == "waiting" and st.interrupt["type"] == "interview"
+    before = p.store.count("messages", "run_id = ?", [run])
+    p.llm.answers["__chat__"] = [RuntimeError("killed mid-reply")]
+    with pytest.raises(RuntimeError, match="killed mid-reply"):
+        p.advance(run, "What does care mean to you?")
+    assert p.store.count("messages", "run_id = ?", [run]) == before + 1  # the question is stored, no reply yet
+    assert p.status(run).status == "interrupted"
+    del p.llm.answers["__chat__"]
+    st = p.advance(run)  # no answer given again
+    msgs = p.store.transcript(run)
+    assert [m["content"] for m in msgs].count("What does care mean to you?") == 1
+    assert msgs[-1]["role"] == "assistant" and len(msgs) == before + 2
+    assert st.status == "waiting" and st.interrupt["type"] == "interview" and st.interrupt["turn"] == 2

@@ -1,0 +1,87 @@
+"""``luthitune train``: a DPO LoRA adapter from an exported dataset (the original tool's Phase 3, standalone)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from luthitune.cli import WorkspaceOpt, workspace_arg
+from luthitune.logs import console
+
+
+def train(
+    ctx: typer.Context,
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="Export folder (data/exports/RUN-cN) or JSONL of pairs. Default: the newest export."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Adapter name (models/adapters/NAME); default from the data")] = None,
+    epochs: Annotated[float | None, typer.Option(min=0.01, help="training.num_train_epochs")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr", min=0.0, help="training.learning_rate")] = None,
+    beta: Annotated[float | None, typer.Option(min=0.0, help="dpo.beta")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="training.max_steps (-1: by epochs)")] = None,
+    base: Annotated[str | None, typer.Option(help="Weights to train (default: model.name, else base_model).")] = None,
+    processes: Annotated[int, typer.Option(min=1, help="Processes under `accelerate launch` (DDP).")] = 1,
+    accelerate_config: Annotated[
+        Path | None, typer.Option(help="An accelerate config file (DDP, FSDP or DeepSpeed); implies accelerate.")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Train a LoRA adapter with DPO on an exported dataset, with config/hyperparameters.yaml. Resumable: run the
+    same command again after an interruption and it continues from the last trainer checkpoint."""
+    from luthitune.config import Workspace
+    from luthitune.logs import RunProgress
+    from luthitune.training.standalone import train_from_data
+
+    ws = Workspace.open(workspace_arg(ctx, workspace))
+    overrides = {"epochs": epochs, "learning_rate": learning_rate, "beta": beta, "max_steps": max_steps}
+    with RunProgress("Training") as live:
+
+        def on_step(step: int, total: int, m: dict) -> None:
+            live.progress(
+                {
+                    "task": "training",
+                    "done": step,
+                    "total": total,
+                    "loss": m.get("loss"),
+                    "margin": m.get("rewards/margins"),
+                    "acc": m.get("rewards/accuracies"),
+                }
+            )
+
+        result = train_from_data(
+            ws,
+            data,
+            name=name,
+            overrides={k: v for k, v in overrides.items() if v is not None},
+            base_model=base,
+            on_step=on_step,
+            on_event=lambda e: live.progress({"task": e["phase"], "done": 0, "total": 0}),
+            num_processes=processes,
+            accelerate_config=str(accelerate_config) if accelerate_config else None,
+        )
+    m = result.metrics
+    console.print(
+        f"Adapter [bold]{escape(result.adapter_path)}[/]: {int(m.get('train_steps', 0))} steps in "
+        f"{result.seconds:.0f} s, loss {m.get('loss', float('nan')):.4f}, reward accuracy "
+        f"{m.get('rewards/accuracies', float('nan')):.2f}, margin {m.get('rewards/margins', float('nan')):.3f}, "
+        f"{m.get('tokens_per_second', 0):.0f} tokens/s"
+        + (f" (resumed from step {result.resumed_from})" if result.resumed_from else "")
+    )
+    path = result.manifest.get("training_path", {})
+    console.print(f"path: {path.get('kind')} ({escape(str(path.get('reason')))})")
+    for note in result.manifest.get("config", {}).get("notes", []):
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    console.print(f"manifest: {Path(result.adapter_path) / 'luthitune-manifest.json'}")
+    console.print(
+        f"Next: `luthitune eval {Path(result.adapter_path).name}` or `luthitune export ollama NAME --adapter "
+        f"{Path(result.adapter_path).name}`.",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)

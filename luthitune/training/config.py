@@ -1,0 +1,191 @@
+"""From ``config/hyperparameters.yaml`` (plus a run's overrides) to TRL's ``DPOConfig`` and PEFT's ``LoraConfig``.
+
+Every key of the original tool's file takes effect here, and so do TRL's own fields that the file adds. A run stores
+the effective values (workspace file merged with its overrides) when it starts, so a resumed run trains exactly as
+it would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from luthitune.config import Hyperparameters
+from luthitune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Short names used by the CLI, the demo and the UI, mapped to their place in the file.
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "epochs": ("training", "num_train_epochs"),
+    "num_train_epochs": ("training", "num_train_epochs"),
+    "learning_rate": ("training", "learning_rate"),
+    "batch_size": ("training", "batch_size"),
+    "gradient_accumulation_steps": ("training", "gradient_accumulation_steps"),
+    "max_steps": ("training", "max_steps"),
+    "seed": ("training", "seed"),
+    "save_steps": ("training", "save_steps"),
+    "continue_adapter": ("training", "continue_adapter"),
+    "beta": ("dpo", "beta"),
+    "loss_type": ("dpo", "loss_type"),
+    "max_length": ("dpo", "max_length"),
+    "precompute_ref_log_probs": ("dpo", "precompute_ref_log_probs"),
+    "lora_r": ("lora", "r"),
+    "lora_alpha": ("lora", "lora_alpha"),
+}
+SECTIONS = ("model", "lora", "training", "dpo")
+
+
+def nest(overrides: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Overrides as ``{section: {key: value}}``; short names (``epochs``, ``beta``...) are placed in their section."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in SECTIONS and isinstance(value, dict):
+            out.setdefault(key, {}).update({k: v for k, v in value.items() if v is not None})
+        elif key in FLAT_KEYS:
+            section, name = FLAT_KEYS[key]
+            out.setdefault(section, {})[name] = value
+        else:
+            raise ConfigError(
+                f"Unknown training setting {key!r}; use a section of hyperparameters.yaml "
+                f"({', '.join(SECTIONS)}) or one of {', '.join(sorted(FLAT_KEYS))}."
+            )
+    return out
+
+
+def merge(base: Hyperparameters, overrides: dict[str, Any] | None, source: str = "run settings") -> Hyperparameters:
+    """``base`` with ``overrides`` applied, validated (an invalid value is an error naming the field)."""
+    from pydantic import ValidationError
+
+    data = base.model_dump()
+    for section, values in nest(overrides).items():
+        data[section] = {**data[section], **values}
+    try:
+        return Hyperparameters.model_validate(data)
+    except ValidationError as exc:
+        from luthitune.config import _format_validation_error
+
+        raise ConfigError(_format_validation_error(exc, source)) from None  # type: ignore[arg-type]
+
+
+@dataclass
+class Plan:
+    """What one training job will do: TRL's and PEFT's configs plus the notes worth telling the user."""
+
+    dpo: Any  # trl.DPOConfig
+    lora: Any  # peft.LoraConfig
+    total_steps: int
+    notes: list[str] = field(default_factory=list)
+
+
+def total_steps(hp: Hyperparameters, n_train: int, world_size: int = 1) -> int:
+    t = hp.training
+    if t.max_steps > 0:
+        return t.max_steps
+    per_step = t.batch_size * t.gradient_accumulation_steps * world_size
+    return max(1, math.ceil(math.ceil(n_train / per_step) * t.num_train_epochs))
+
+
+def gradient_checkpointing(hp: Hyperparameters, device: str, n_params: int | None) -> bool:
+    setting = hp.training.gradient_checkpointing
+    if setting != "auto":
+        return bool(setting)
+    return device.startswith("cuda") and (n_params or 0) > 1_000_000_000
+
+
+def lora_config(hp: Hyperparameters):
+    from peft import LoraConfig
+
+    lo = hp.lora
+    return LoraConfig(
+        r=lo.r,
+        lora_alpha=lo.lora_alpha,
+        lora_dropout=lo.lora_dropout,
+        target_modules=lo.target_modules,
+        bias=lo.bias,
+        task_type="CAUSAL_LM",
+    )
+
+
+def plan(
+    hp: Hyperparameters,
+    *,
+    output_dir: str,
+    n_train: int,
+    device: str = "cpu",
+    n_params: int | None = None,
+    bf16: bool = False,
+    world_size: int = 1,
+) -> Plan:
+    """TRL's ``DPOConfig`` and PEFT's ``LoraConfig`` for ``hp``, with trainer checkpoints for resume."""
+    from trl import DPOConfig
+
+    t, d = hp.training, hp.dpo
+    steps = total_steps(hp, n_train, world_size)
+    notes: list[str] = []
+    warmup = max(t.warmup_steps, math.ceil(t.warmup_ratio * steps))
+    if warmup > steps / 10:
+        notes.append(
+            f"warm-up is {warmup} of {steps} steps ({warmup / steps:.0%}): the learning rate stays below its "
+            "set value for most of training. Lower training.warmup_steps / warmup_ratio, or add data."
+        )
+    max_length = min(d.max_length, hp.model.max_seq_length)
+    if max_length < d.max_length:
+        notes.append(f"dpo.max_length {d.max_length} is capped by model.max_seq_length {hp.model.max_seq_length}")
+    checkpointing = gradient_checkpointing(hp, device, n_params)
+    save_steps = t.save_steps or max(1, math.ceil(steps / 10))
+    args = DPOConfig(
+        output_dir=output_dir,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        warmup_steps=warmup,
+        max_grad_norm=t.max_grad_norm,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler_type,
+        optim=t.optim,
+        seed=t.seed,
+        data_seed=t.seed,
+        activation_checkpointing=checkpointing,  # transformers 5 name of gradient_checkpointing
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=t.save_total_limit,
+        report_to=t.report_to,
+        beta=d.beta,
+        loss_type=[d.loss_type] if isinstance(d.loss_type, str) else list(d.loss_type),
+        loss_weights=d.loss_weights,
+        label_smoothing=d.label_smoothing,
+        max_length=max_length,
+        precompute_ref_log_probs=d.precompute_ref_log_probs,
+        precompute_ref_batch_size=d.precompute_ref_batch_size,
+        use_cpu=device == "cpu",
+        bf16=bf16,
+        fp16=False,
+        disable_tqdm=True,
+        dataloader_pin_memory=device != "cpu",
+        remove_unused_columns=True,
+    )
+    return Plan(dpo=args, lora=lora_config(hp), total_steps=steps, notes=notes)
+
+
+def check_trained_model(hp: Hyperparameters, base_model: str) -> None:
+    """A protocol run trains the workspace's ``base_model``: ``model.name`` in hyperparameters.yaml may repeat it."""
+    from luthitune.backends.embedded import is_embedded
+
+    name = hp.model.name
+    if name is None or name == base_model or (is_embedded(name) and is_embedded(base_model)):
+        return
+    raise ConfigError(
+        f"config/hyperparameters.yaml names model.name {name!r}, but the workspace trains base_model "
+        f"{base_model!r} (luthitune.yaml): the model that was interviewed and consented is the model trained. "
+        "Remove model.name (or set it to the same model), or change base_model. `luthitune train` trains "
+        "another model from an exported dataset if that is what you want."
+    )

@@ -1,0 +1,131 @@
+"""Which training path a job takes, and why: CPU, CUDA, QLoRA (bitsandbytes) or Unsloth.
+
+- ``cpu``: plain TRL ``DPOTrainer`` + PEFT LoRA in float32. Nothing GPU-related is imported.
+- ``cuda``: the same on a CUDA device, in bf16 where the GPU supports it.
+- ``qlora``: ``model.load_in_4bit`` on CUDA: the base loaded in 4-bit NF4 through bitsandbytes, LoRA on top.
+- ``unsloth``: CUDA and ``unsloth`` importable (and ``model.unsloth`` not false): Unsloth's ``FastLanguageModel``.
+  Unsloth patches transformers and TRL when it is imported, so this path always runs in a fresh worker process
+  (:mod:`luthitune.training.worker`) that imports it first; it is never imported anywhere else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from luthitune.config import Hyperparameters
+from luthitune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainPath:
+    kind: str  # cpu | cuda | qlora | unsloth
+    reason: str
+    device: str
+
+    @property
+    def in_process(self) -> bool:
+        """Whether this path can train the shared in-process weights (the model that was interviewed)."""
+        return self.kind in {"cpu", "cuda"}
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def select_path(hp: Hyperparameters, cuda: bool | None = None) -> TrainPath:
+    """The path for ``hp`` on this machine, with the reason it was chosen (logged and kept in the manifest)."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    want_unsloth = hp.model.unsloth
+    if not cuda:
+        why = ["no CUDA device"]
+        if hp.model.load_in_4bit:
+            why.append("model.load_in_4bit needs CUDA (bitsandbytes), so LoRA trains the full-precision weights")
+        if want_unsloth is True:
+            raise ConfigError("model.unsloth is true, but Unsloth needs a CUDA GPU and none is available here.")
+        if _has("unsloth"):
+            why.append("unsloth is installed but needs CUDA")
+        return TrainPath("cpu", "; ".join(why) + ": plain TRL + PEFT LoRA on the CPU", "cpu")
+    if want_unsloth is not False and _has("unsloth"):
+        bits = " in 4-bit" if hp.model.load_in_4bit else ""
+        return TrainPath("unsloth", f"CUDA and unsloth present: Unsloth FastLanguageModel{bits}", "cuda")
+    if want_unsloth is True:
+        raise ConfigError("model.unsloth is true, but unsloth is not installed: pip install 'luthitune[unsloth]'.")
+    if hp.model.load_in_4bit:
+        if not _has("bitsandbytes"):
+            raise ConfigError("model.load_in_4bit needs bitsandbytes on CUDA: pip install 'luthitune[gpu]'.")
+        return TrainPath("qlora", "CUDA and model.load_in_4bit: QLoRA (bitsandbytes NF4) with TRL + PEFT", "cuda")
+    why = "unsloth not installed" if want_unsloth == "auto" else "model.unsloth is false"
+    return TrainPath("cuda", f"CUDA, {why}: plain TRL + PEFT LoRA", "cuda")
+
+
+def bf16_supported(path: TrainPath) -> bool:
+    if path.device != "cuda":
+        return False
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported())
+
+
+def load_model(path: TrainPath, model_dir: Path, hp: Hyperparameters) -> tuple[Any, Any, bool]:
+    """A fresh (model, tokenizer, already_peft) for paths that do not train the shared runtime's weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if path.kind == "unsloth":
+        from unsloth import FastLanguageModel  # imported first by the worker process
+
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=str(model_dir),
+            max_seq_length=hp.model.max_seq_length,
+            load_in_4bit=hp.model.load_in_4bit,
+            dtype=None,
+        )
+        lo = hp.lora
+        modules = lo.target_modules
+        if modules == "all-linear":
+            modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=lo.r,
+            lora_alpha=lo.lora_alpha,
+            lora_dropout=lo.lora_dropout,
+            target_modules=modules,
+            bias=lo.bias,
+            use_gradient_checkpointing="unsloth" if hp.training.gradient_checkpointing is not False else False,
+            random_state=hp.training.seed,
+        )
+        return model, tok, True
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if path.kind == "qlora":
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if bf16_supported(path) else torch.float16
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=quant, device_map={"": 0})
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=hp.training.gradient_checkpointing is not False
+        )
+        return model, tok, False
+    dtype = torch.bfloat16 if bf16_supported(path) else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(path.device)
+    return model, tok, False

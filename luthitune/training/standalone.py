@@ -1,0 +1,136 @@
+"""``luthitune train``: train an adapter from an exported dataset, outside a protocol run (the original Phase 3).
+
+The data is an export folder (``data/exports/RUN-cN``: ``train.jsonl``, ``held_out.jsonl``, ``provenance.json``)
+or a JSONL file of pairs. With an export folder, its provenance (run, cycle, constitution version and hash) goes
+into the adapter's manifest, so the adapter stays traceable to the constitution it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from luthitune.config import Workspace
+from luthitune.errors import NotFound, UsageError
+from luthitune.store import Store, now
+from luthitune.training.config import merge
+from luthitune.training.dpo import Job, StepFn, TrainResult, load_pairs_file, safe_name
+
+
+def newest_export(ws: Workspace) -> Path:
+    root = ws.data_dir / "exports"
+    found = [p for p in root.glob("*") if (p / "train.jsonl").exists() and not p.name.startswith(".")]
+    if not found:
+        raise NotFound(
+            f"No exported dataset in {root}. Export one with `luthitune data export`, or pass a JSONL file of "
+            "prompt / chosen / rejected pairs."
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def read_data(path: Path) -> tuple[list[dict], int, dict[str, Any]]:
+    """(training pairs, held-out count, provenance) from an export folder or a JSONL file."""
+    if not path.exists():
+        raise NotFound(f"No dataset at {path}: pass an export folder (data/exports/RUN-cN) or a JSONL file.")
+    if path.is_dir():
+        train_file = path / "train.jsonl"
+        if not train_file.exists():
+            raise NotFound(f"{path} has no train.jsonl; is it a folder written by `luthitune data export`?")
+        held = path / "held_out.jsonl"
+        prov = path / "provenance.json"
+        provenance = json.loads(prov.read_text()) if prov.exists() else {}
+        held_n = len(load_pairs_file(held)) if held.exists() else 0
+        return load_pairs_file(train_file), held_n, provenance
+    return load_pairs_file(path), 0, {}
+
+
+def train_from_data(
+    ws: Workspace,
+    data: Path | None = None,
+    *,
+    name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    base_model: str | None = None,
+    on_step: StepFn | None = None,
+    on_event: Callable[[dict], None] | None = None,
+    num_processes: int = 1,
+    accelerate_config: str | None = None,
+) -> TrainResult:
+    from luthitune.backends import local_model_dir, local_runtime
+    from luthitune.training.worker import run
+
+    data = data or newest_export(ws)
+    pairs, held, provenance = read_data(data)
+    if not pairs:
+        raise UsageError(f"{data} holds no pairs to train on.")
+    hp = merge(ws.hyperparameters(), overrides, source=str(ws.root / "config" / "hyperparameters.yaml"))
+    base = base_model or hp.model.name or ws.config.base_model
+    name = safe_name(name or f"{data.stem if data.is_file() else data.name}-dpo")
+    out = ws.models_dir / "adapters" / name
+    constitution = (provenance.get("constitution") or [None])[-1]
+    job = Job(
+        model_dir=str(local_model_dir(ws, base)),
+        out_dir=str(out),
+        pairs=pairs,
+        hyperparameters=hp.model_dump(mode="json"),
+        held_out=held,
+        manifest={
+            "base_model": base,
+            "constitution": constitution,
+            "run_id": provenance.get("run_id"),
+            "cycle": provenance.get("cycle"),
+            "dataset": {"source": str(data), "export_hash": provenance.get("dataset_hash")},
+        },
+    )
+    store = Store(ws.db_path)
+    training_id = f"train:{name}"
+    store.upsert(
+        "training_runs",
+        {
+            "id": training_id,
+            "run_id": provenance.get("run_id"),
+            "cycle": provenance.get("cycle"),
+            "adapter_name": name,
+            "status": "running",
+            "dataset_hash": job.manifest["dataset"]["export_hash"],
+            "started_at": now(),
+            "config_json": {**job.hyperparameters, "source": str(data)},
+        },
+    )
+
+    def step(s: int, total: int, metrics: dict) -> None:
+        store.upsert(
+            "training_steps",
+            {"training_id": training_id, "step": s, "metrics_json": metrics, "created_at": now()},
+            pk=("training_id", "step"),
+        )
+        if on_step:
+            on_step(s, total, metrics)
+
+    runtime = local_runtime(ws, base) if num_processes <= 1 else None
+    try:
+        result = run(
+            job,
+            runtime=runtime,
+            on_step=step,
+            on_event=on_event,
+            num_processes=num_processes,
+            accelerate_config=accelerate_config,
+        )
+    except BaseException as exc:  # the trainer checkpoints stay: the same command resumes from them
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        store.upsert("training_runs", {"id": training_id, "status": status, "finished_at": now()})
+        raise
+    store.upsert(
+        "training_runs",
+        {
+            "id": training_id,
+            "status": "done",
+            "adapter_path": result.adapter_path,
+            "metrics_json": json.dumps(result.metrics),
+            "finished_at": now(),
+        },
+    )
+    return result
