@@ -8,7 +8,6 @@ library versions and the wall time. ``luthitune provenance`` reads it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import platform
@@ -45,38 +44,16 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def weights_hash(model_dir: Path) -> str:
-    """SHA-256 over the weight files of a transformers folder (names and contents, in name order), cached beside
-    them while their sizes and modification times stay the same."""
-    files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
-    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    cache = model_dir / ".luthitune-weights-sha256.json"
-    if cache.exists():
-        try:
-            saved = json.loads(cache.read_text())
-            if saved.get("files") == stamp:
-                return saved["sha256"]
-        except (ValueError, KeyError):
-            pass
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-    try:
-        cache.write_text(json.dumps({"files": stamp, "sha256": h.hexdigest()}))
-    except OSError:  # a read-only model folder: hash again next time
-        pass
-    return h.hexdigest()
+def base_identity(model_dir: Path, name: str | None) -> dict[str, Any]:
+    """The trained weights' identity (:mod:`luthitune.identity`: the GGUF or blob they were dequantized from, else
+    the hash of their files) and the hash of the weight files actually trained."""
+    from luthitune.identity import dir_identity, weights_digest
 
-
-def base_identity(model_dir: Path) -> dict[str, Any]:
-    """Where the base weights came from: the source record written when they were cached (GGUF file and hash,
-    quantization) when there is one, and always the hash of the weight files trained."""
-    source = model_dir / "luthitune-source.json"
-    info = json.loads(source.read_text()) if source.exists() else {}
-    return {"dir": str(model_dir), "source": info, "weights_sha256": weights_hash(model_dir)}
+    return {
+        **dir_identity(model_dir, name=name, role="train"),
+        "dir": str(model_dir),
+        "weights_sha256": weights_digest(model_dir).removeprefix("sha256:"),
+    }
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +62,7 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 def build(job, hp, path, setup, trainer, result, tokenizer) -> dict[str, Any]:
     extra = dict(job.manifest)
-    base = {"name": extra.pop("base_model", None), **base_identity(Path(job.model_dir)), **extra.pop("base", {})}
+    base = {**base_identity(Path(job.model_dir), extra.pop("base_model", None)), **extra.pop("base", {})}
     lora = setup.lora.to_dict() if hasattr(setup.lora, "to_dict") else {}
     lora = {k: (sorted(v) if isinstance(v, set) else v) for k, v in lora.items()}
     return {

@@ -116,7 +116,11 @@ def test_manifest_is_complete(trained):
     man = json.loads((trained["out"] / "luthitune-manifest.json").read_text())
     assert set(REQUIRED) <= set(man)
     assert man["base_model"]["name"] == "smollm2-135m-instruct"
-    assert len(man["base_model"]["weights_sha256"]) == 64 and man["base_model"]["source"]["gguf_sha256"]
+    base = man["base_model"]
+    assert len(base["weights_sha256"]) == 64 and base["kind"] == "gguf" and base["digest"].startswith("sha256:")
+    from luthitune.identity import adapter_base, model_identity
+
+    assert adapter_base(trained["out"])["digest"] == model_identity(trained["ws"], "smollm2-135m-instruct")["digest"]
     assert man["dataset"]["train_pairs"] == 16 and man["dataset"]["held_out_pairs"] == 16
     assert len(man["dataset"]["hash"]) == 64
     assert man["constitution"] == {"id": "t:v1", "version": 1, "hash": "x"}
