@@ -37,6 +37,11 @@ def live_text(wb, p, run_id) -> str:
         "kept": s.count("pairs", "run_id = ? and status = 'kept'", [run_id]),
         "quarantined": s.count("pairs", "run_id = ? and status = 'quarantined'", [run_id]),
     }
+    mix = ctx.get("category_mix") or {}
+    total = sum(mix.values()) or 1
+    lines.append(
+        "Category mix: " + (", ".join(f"{k} {v / total:.0%}" for k, v in mix.items()) or "every category alike")
+    )
     lines.append(
         f"Planned **{ctx.get('n_scenarios')}** scenarios per cycle · generated **{n['generated']}** "
         f"(failed {n['failed']}) · pairs **{n['pairs']}**: kept **{n['kept']}**, quarantined **{n['quarantined']}**"

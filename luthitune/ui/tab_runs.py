@@ -60,7 +60,7 @@ def build(page) -> None:
                     interactive=False,
                     elem_id="doctor-table",
                     wrap=True,
-                    column_widths=["30%", "12%", "58%"],
+                    column_widths=["27%", "15%", "58%"],
                 )
 
     def refresh(p, run_id, st):

@@ -235,6 +235,16 @@ def build_evaluation(page) -> None:
         x_label_angle=-20,
         color_map={"base": "#4c78a8", "adapter": "#f58518"},
     )
+    trend = gr.LinePlot(
+        x="cycle",
+        y="adapter − base",
+        color="metric",
+        title="Across cycles: adapter − base",
+        show_label=False,
+        height=300,
+        visible=False,
+        elem_id="evaluation-trend",
+    )
     with gr.Accordion("Answers side by side", open=True):
         answers = gr.Dataframe(label="Evaluation answers", interactive=False, wrap=True, elem_id="answers")
         held_out = gr.Dataframe(
@@ -253,11 +263,13 @@ def build_evaluation(page) -> None:
     def refresh(p, run_id, st):
         rows = views.evaluations(p, run_id)
         answers_df = views.examples(rows)
+        trend_df = views.evaluation_trend(rows)
         md, png = views.reports(wb.ws, run_id)
         report = Path(md).read_text(encoding="utf-8") if md else "*No report file under data/reports/ for this run.*"
         return [
             views.evaluation_table(rows),
             views.evaluation_chart(rows),
+            gr.update(value=trend_df, visible=trend_df is not None),
             gr.update(value=answers_df, visible=not answers_df.empty),
             views.held_out_examples(p, rows),
             report,
@@ -265,4 +277,4 @@ def build_evaluation(page) -> None:
             provenance(p, wb.ws, run_id) if run_id and p.store.get("runs", run_id) else None,
         ]
 
-    page.part([table, chart, answers, held_out, report_md, report_png, prov], refresh)
+    page.part([table, chart, trend, answers, held_out, report_md, report_png, prov], refresh)

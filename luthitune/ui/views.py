@@ -323,6 +323,22 @@ def evaluation_chart(rows: list[dict]) -> pd.DataFrame | None:
     return pd.DataFrame(data, columns=["bar", "value", "model"]) if data else None
 
 
+def evaluation_trend(rows: list[dict]) -> pd.DataFrame | None:
+    """adapter − base per metric across cycles (None until two cycles have both)."""
+    by: dict[tuple[int, str], dict[str, float]] = {}
+    for r in rows:
+        if r["metric"] not in COUNTS and isinstance(r["value"], int | float):
+            by.setdefault((r["cycle"], r["metric"]), {})[r["model"]] = float(r["value"])
+    data = [
+        {"cycle": c, "adapter − base": v["adapter"] - v["base"], "metric": m}
+        for (c, m), v in sorted(by.items())
+        if {"base", "adapter"} <= set(v)
+    ]
+    if len({d["cycle"] for d in data}) < 2:
+        return None
+    return pd.DataFrame(data, columns=["cycle", "adapter − base", "metric"])
+
+
 def examples(rows: list[dict]) -> pd.DataFrame:
     """Answers side by side, from evaluation details that list them (e.g. probe prompts: prompt, base, adapter)."""
     out: list[dict[str, Any]] = []

@@ -86,6 +86,8 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     page.get_by_label("Name (optional)", exact=True).fill("ui-run")
     page.locator("#start-run").click()
     waits_for("interview")
+    page.locator("#doctor").click()
+    expect(page.locator("#doctor-table")).to_contain_text("embedded model")
     shot("1-runs")
 
     tab("Interview")
@@ -108,9 +110,13 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     page.locator("#approve").click()
     waits_for("pair review")  # scenarios, self-critique and validation ran in between
 
-    # A reload (or a second tab) shows the true state from the checkpoint and the database.
+    # A reload, or a second tab, shows the true state from the checkpoint and the database.
     page.reload()
     waits_for("pair review")
+    other = browser.new_page()
+    other.goto(url)
+    expect(other.locator("#status")).to_contain_text("waiting for pair review")
+    other.close()
     tab("Practice")
     expect(page.locator("#review-pairs")).to_contain_text("Chosen (refined)")
     expect(page.locator("#practice-live")).to_contain_text("generated **4**".replace("**", ""))
@@ -120,6 +126,8 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     shot("4-practice")
     page.locator("#submit-review").click()
     waits_for("confirm training")
+    expect(page.locator("#quarantine")).to_contain_text("rejected by the facilitator")
+    shot("4b-practice-reviewed")
 
     tab("Integration")
     for key, value in (("max_steps", "2"), ("max_length", "64"), ("batch_size", "2")):
