@@ -17,7 +17,13 @@ from luthitune.config import Workspace
 from luthitune.errors import NotFound
 from luthitune.protocol import Protocol, RunStatus
 
-COUNTS = {"n_pairs", "n_prompts", "n"}  # evaluation rows that count items: in the table, not the chart
+
+def is_count(metric: str) -> bool:
+    """Evaluation rows that count items (``n_pairs``, ``probes.trap.n``): in the table, not in the charts."""
+    last = metric.rsplit(".", 1)[-1]
+    return last == "n" or last.startswith("n_")
+
+
 TRAIN_METRICS = {"loss": "loss", "rewards/margins": "margin", "rewards/accuracies": "accuracy"}
 
 
@@ -318,7 +324,7 @@ def evaluation_chart(rows: list[dict]) -> pd.DataFrame | None:
     data = [
         {"bar": f"{r['metric']} · {r['model']}", "value": float(r["value"]), "model": r["model"]}
         for r in sorted(rows, key=lambda r: (r["metric"], r["model"] != "base", r["model"]))
-        if r["cycle"] == last and isinstance(r["value"], int | float) and r["metric"] not in COUNTS
+        if r["cycle"] == last and isinstance(r["value"], int | float) and not is_count(r["metric"])
     ]
     return pd.DataFrame(data, columns=["bar", "value", "model"]) if data else None
 
@@ -327,7 +333,7 @@ def evaluation_trend(rows: list[dict]) -> pd.DataFrame | None:
     """adapter − base per metric across cycles (None until two cycles have both)."""
     by: dict[tuple[int, str], dict[str, float]] = {}
     for r in rows:
-        if r["metric"] not in COUNTS and isinstance(r["value"], int | float):
+        if not is_count(r["metric"]) and isinstance(r["value"], int | float):
             by.setdefault((r["cycle"], r["metric"]), {})[r["model"]] = float(r["value"])
     data = [
         {"cycle": c, "adapter − base": v["adapter"] - v["base"], "metric": m}

@@ -168,3 +168,45 @@ def test_answers_check_what_they_answer():
         A.review_pairs({"r:c0:p0009": "reject"}, sample)
     with pytest.raises(UsageError):
         A.drop_pairs([])
+
+
+def test_evaluation_views_show_whatever_rows_exist(workspace):
+    from luthitune.ui import views
+
+    rows = [
+        {"cycle": 0, "model": m, "metric": k, "value": v, "scorer": "logprob", "details_json": "{}"}
+        for m, k, v in [
+            ("base", "pairs.reward_acc", 0.5),
+            ("adapter", "pairs.reward_acc", 0.75),
+            ("base", "n_pairs", 4),
+        ]
+    ]
+    rows.append(
+        {
+            "cycle": 0,
+            "model": "adapter",
+            "metric": "probes.trap.n",
+            "value": 2.0,
+            "scorer": "rules",
+            "details_json": json.dumps(
+                {"answers": [{"prompt": "Pick a lock?", "base": "No.", "adapter": "I choose not"}]}
+            ),
+        }
+    )
+    table = views.evaluation_table(rows)
+    acc = table[table["metric"] == "pairs.reward_acc"].iloc[0]
+    assert acc["base"] == 0.5 and acc["adapter"] == 0.75 and acc["adapter − base"] == 0.25
+    assert list(views.evaluation_chart(rows)["bar"]) == ["pairs.reward_acc · base", "pairs.reward_acc · adapter"]
+    assert views.evaluation_trend(rows) is None  # one cycle: no trend yet
+    later = [{**r, "cycle": 1, "value": r["value"] + 0.1} for r in rows]
+    trend = views.evaluation_trend(rows + later)
+    assert list(trend["cycle"]) == [0, 1]
+    assert views.examples(rows).iloc[0]["adapter"] == "I choose not"
+    assert views.evaluation_chart([]) is None
+    reports = workspace.data_dir / "reports"
+    reports.mkdir(parents=True)
+    (reports / "run-x-c0.md").write_text("# report")
+    (reports / "run-x-c0.png").write_bytes(b"png")
+    md, png = views.reports(workspace, "run-x")
+    assert md.endswith("run-x-c0.md") and png.endswith("run-x-c0.png")
+    assert views.reports(workspace, "run-y") == (None, None)
