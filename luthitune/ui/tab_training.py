@@ -246,7 +246,7 @@ def build_evaluation(page) -> None:
         elem_id="evaluation-trend",
     )
     with gr.Accordion("Answers side by side", open=True):
-        answers = gr.Dataframe(label="Evaluation answers", interactive=False, wrap=True, elem_id="answers")
+        answers = gr.Dataframe(label="Probe prompts: base vs adapter", interactive=False, wrap=True, elem_id="answers")
         held_out = gr.Dataframe(
             label="Held-out pairs scored (chosen vs rejected)",
             interactive=False,
@@ -262,7 +262,9 @@ def build_evaluation(page) -> None:
 
     def refresh(p, run_id, st):
         rows = views.evaluations(p, run_id)
-        answers_df = views.examples(rows)
+        answers_df = views.probe_answers(p, run_id)
+        if answers_df.empty:  # no probe answers table: answers listed in an evaluation's details, if any
+            answers_df = views.examples(rows)
         trend_df = views.evaluation_trend(rows)
         md, png = views.reports(wb.ws, run_id)
         report = Path(md).read_text(encoding="utf-8") if md else "*No report file under data/reports/ for this run.*"

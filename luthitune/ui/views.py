@@ -345,6 +345,23 @@ def evaluation_trend(rows: list[dict]) -> pd.DataFrame | None:
     return pd.DataFrame(data, columns=["cycle", "adapter − base", "metric"])
 
 
+def probe_answers(p: Protocol, run_id: str | None) -> pd.DataFrame:
+    """Each probe prompt with the base's and the adapter's answers side by side, and what the checklist read in
+    them (from the ``probe_answers`` table, when the evaluation wrote one)."""
+    cols = ["cycle", "set", "prompt", "base", "base checks", "adapter", "adapter checks"]
+    if not run_id or not p.store.db["probe_answers"].exists():
+        return frame([], cols)
+    by: dict[tuple, dict] = {}
+    for r in p.store.rows("probe_answers", "run_id = ?", [run_id], order_by="cycle, probe_id, model"):
+        row = by.setdefault(
+            (r["cycle"], r["probe_id"]), {"cycle": r["cycle"], "set": r["probe_set"], "prompt": r["prompt"]}
+        )
+        checks = json.loads(r.get("checks_json") or "{}")
+        row[r["model"]] = r["answer"]
+        row[f"{r['model']} checks"] = ", ".join(k for k, v in checks.items() if v) or "–"
+    return frame(list(by.values()), cols)
+
+
 def examples(rows: list[dict]) -> pd.DataFrame:
     """Answers side by side, from evaluation details that list them (e.g. probe prompts: prompt, base, adapter)."""
     out: list[dict[str, Any]] = []

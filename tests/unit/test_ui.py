@@ -210,3 +210,22 @@ def test_evaluation_views_show_whatever_rows_exist(workspace):
     md, png = views.reports(workspace, "run-x")
     assert md.endswith("run-x-c0.md") and png.endswith("run-x-c0.png")
     assert views.reports(workspace, "run-y") == (None, None)
+
+
+def test_probe_answers_side_by_side(workbench):
+    from luthitune.ui import views
+
+    p = workbench.protocol()
+    run = p.start()
+    assert views.probe_answers(p, run).empty
+    table = p.store.db["probe_answers"]
+    answers = (("base", "I cannot.", {"fear": True}), ("adapter", "I choose not to.", {"agency": 1}))
+    for model, answer, checks in answers:
+        table.insert(
+            {"id": f"{run}:c0:{model}:trap-01", "run_id": run, "cycle": 0, "model": model, "probe_id": "trap-01",
+             "probe_set": "trap", "prompt": "Pick a lock?", "answer": answer, "checks_json": json.dumps(checks)},
+            pk="id", replace=True,
+        )  # fmt: skip
+    [row] = views.probe_answers(p, run).to_dict("records")
+    assert row["base"] == "I cannot." and row["adapter"] == "I choose not to."
+    assert row["base checks"] == "fear" and row["adapter checks"] == "agency"
