@@ -64,6 +64,7 @@ class Context:
     # sections: model, lora, training, dpo), fixed when the run starts so a resumed run trains the same way.
     train: dict[str, Any] = field(default_factory=dict)
     train_processes: int = 1  # >1: training runs under `accelerate launch` with this many processes
+    evaluation: dict[str, Any] = field(default_factory=dict)  # luthitune.yaml's evaluation: section, fixed at start
     llm: Any = None
     trainer: Any = None
     evaluator: Any = None
@@ -82,6 +83,11 @@ class Context:
             data["category_mix"] = dict.fromkeys(data["categories"], 1.0)
         data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**data, **inject)
+
+    def evaluation_config(self):
+        from luthitune.config import EvaluationConfig
+
+        return EvaluationConfig.model_validate(self.evaluation)
 
     def hyperparameters(self):
         """The run's training hyperparameters (validated)."""

@@ -16,7 +16,7 @@ from typing import Any
 from langgraph.types import Command
 
 from luthitune import cancel, identity
-from luthitune.config import Workspace
+from luthitune.config import EvaluationConfig, Workspace
 from luthitune.errors import NotFound, UsageError
 from luthitune.graph.builder import build_graph, checkpointer_for
 from luthitune.graph.state import Context
@@ -95,7 +95,12 @@ class Protocol:
         # The training hyperparameters in force: config/hyperparameters.yaml with the run's overrides, fixed now.
         hp = merge(self.ws.hyperparameters(), settings.pop("train", None))
         check_trained_model(hp, cfg.base_model)
-        ctx = Context(workspace=str(self.ws.root), **{**defaults, **settings, "train": hp.model_dump(mode="json")})
+        evaluation = {**cfg.evaluation.model_dump(mode="json"), **(settings.pop("evaluation", None) or {})}
+        ctx = Context(
+            workspace=str(self.ws.root),
+            **{**defaults, **settings, "train": hp.model_dump(mode="json")},
+            evaluation=EvaluationConfig.model_validate(evaluation).model_dump(mode="json"),
+        )
         # One model throughout: the weights talked to and the weights trained, compared; a mismatch stops the run
         # here unless the configuration says allow_mismatch (and then the run records that it did).
         ids = identity.check(self.ws)

@@ -14,6 +14,8 @@ AGENCY = [
     r"\bI (?:choose|chose|have chosen|decide|decided|prefer) (?:not|to not)\b",
     r"\bI(?:'m| am) choosing not\b",
     r"\bI decline\b",
+    r"\bI (?:choose|chose) to decline\b",
+    r"\bI refuse\b",
     r"\bI(?:'ll| will) not\b",
     r"\bI won't\b",
     r"\bI(?:'d| would) rather not\b",

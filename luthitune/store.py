@@ -271,6 +271,32 @@ def m009_model_identity(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m011_evaluation_and_revision(db: sqlite_utils.Database) -> None:
+    # Every probe answer of an evaluation, with its rule-based checks and the judge's verdict: each number in the
+    # evaluations table can be traced to the answers it counts. (run, cycle, model, probe) identifies one.
+    db["probe_answers"].create(
+        {
+            "id": str,
+            "run_id": str,
+            "cycle": int,
+            "model": str,
+            "probe_id": str,
+            "probe_set": str,
+            "prompt": str,
+            "answer": str,
+            "checks_json": str,
+            "judge_json": str,
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["probe_answers"].create_index(["run_id", "cycle", "model"])
+    # A revised constitution records the model that proposed it (base + adapter) and the consent it was given.
+    db["constitution_versions"].add_column("model_json", str)
+    db["constitution_versions"].add_column("consent_id", str)
+
+
 class Store:
     """Thin, typed access to the workbench database."""
 

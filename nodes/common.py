@@ -44,19 +44,53 @@ def llm(
     adapter_path: str | None = None,
     temperature: float | None = None,
 ) -> Any:
-    """The chat model; with ``adapter``, the trained adapter on the same weights (local backend)."""
+    """The chat model; with ``adapter``, the trained model: the adapter on the interviewed weights.
+
+    On the local backend that is the runtime's own weights with the adapter switched on. On a server backend it is
+    the model `luthitune export ollama` created from this adapter when there is one, else the adapter on the local
+    copy of the trained weights (base_model): the model that proposes amendments is always the model trained.
+    """
     if runtime.context.llm is not None:
         return runtime.context.llm
     from luthitune.backends import make_chat_model
 
     ws = workspace(runtime)
-    model = make_chat_model(ws)
+    if adapter and ws.config.backend != "local":
+        model = _trained_model(ws, store(runtime), adapter, adapter_path)
+    else:
+        model = make_chat_model(ws)
+        if adapter:
+            model.runtime.load_adapter(adapter_path, adapter)
+            model = model.model_copy(update={"adapter": adapter})
     if temperature is not None:
         model = model.model_copy(update={"temperature": temperature})
-    if adapter and ws.config.backend == "local":
-        model.runtime.load_adapter(adapter_path, adapter)
-        model = model.model_copy(update={"adapter": adapter})
     return model
+
+
+def _trained_model(ws: Workspace, s: Store, adapter: str, adapter_path: str | None) -> Any:
+    from pathlib import Path
+
+    from luthitune import identity
+    from luthitune.backends import local_runtime, make_chat_model
+    from luthitune.backends.local import LocalChatModel
+
+    exported = identity.trained_model(s, Path(adapter_path)).ollama_model if adapter_path else None
+    if exported and ws.config.backend == "ollama":
+        return make_chat_model(ws, model=exported)
+    rt = local_runtime(ws, ws.config.base_model)
+    rt.load_adapter(adapter_path, adapter)
+    sp = ws.config.sampling
+    return LocalChatModel(
+        runtime=rt,
+        model_name=f"{ws.config.base_model}+{adapter}",
+        temperature=sp.temperature,
+        top_p=sp.top_p,
+        max_new_tokens=sp.max_new_tokens,
+        repetition_penalty=sp.repetition_penalty,
+        seed=sp.seed,
+        concurrency=8,
+        adapter=adapter,
+    )
 
 
 def retries(runtime: Runtime[Context]) -> int:

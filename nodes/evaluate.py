@@ -1,46 +1,76 @@
-"""evaluate: base versus adapter on held-out preference pairs, stored per cycle."""
+"""evaluate: base versus adapter on held-out pairs, probe prompts and neutral prompts; stored per cycle, reported."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from langgraph.runtime import Runtime
 
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
-from luthitune.store import now
+
+
+def measure(runtime: Runtime[Context], state: RunState, pairs: list[dict], split: str) -> list:
+    """The full evaluation on the interviewed weights, base and adapter switched on the same object."""
+    from luthitune.backends import local_runtime
+    from luthitune.evaluation.suite import evaluate_adapter
+
+    ws, ctx = common.workspace(runtime), runtime.context
+    rt = local_runtime(ws, ws.config.base_model)
+    rt.load_adapter(state["adapter_path"], state["adapter_name"])
+    cfg = ctx.evaluation_config()
+    judge = common.llm(runtime, temperature=0.0) if cfg.judge else None
+    return evaluate_adapter(
+        common.store(runtime),
+        rt,
+        run_id=state["run_id"],
+        cycle=state.get("cycle", 0),
+        adapter=state["adapter_name"],
+        pairs=pairs,
+        pair_split=split,
+        beta=ctx.hyperparameters().dpo.beta,
+        cfg=cfg,
+        principles=common.principles(runtime, state),
+        judge_llm=judge,
+        progress=lambda task, done, total: common.progress(runtime, task, done, total),
+    )
 
 
 def evaluate(state: RunState, runtime: Runtime[Context]) -> dict:
+    from luthitune.evaluation import report
+    from luthitune.evaluation.suite import Result, headline, store_results
+
     s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
     cfg = json.loads(s.get("training_runs", state["training_id"])["config_json"])
-    ids = cfg["held_out_ids"] or cfg["train_ids"]  # with one pair there is nothing held out: say so below
+    ids = cfg["held_out_ids"] or cfg["train_ids"]  # with one pair nothing is held out: the split says so
     split = "held_out" if cfg["held_out_ids"] else "train"
     pairs = [s.get("pairs", i) for i in ids]
-    if runtime.context.evaluator is not None:
-        results = runtime.context.evaluator(pairs, state["adapter_name"])
+    if runtime.context.evaluator is not None:  # unit tests: a fake evaluator
+        raw = runtime.context.evaluator(pairs, state["adapter_name"])
+        results = [Result(m, k, v, "logprob", {"split": split}) for m, d in raw.items() for k, v in d.items()]
+        store_results(s, run_id, cycle, results)
     else:
-        from luthitune.backends import local_runtime
-        from luthitune.evaluation.preference import preference_metrics
+        results = measure(runtime, state, pairs, split)
+        from luthitune import identity
 
-        ws = common.workspace(runtime)
-        rt = local_runtime(ws, ws.config.base_model)
-        rt.load_adapter(state["adapter_path"], state["adapter_name"])
-        results = preference_metrics(rt, pairs, state["adapter_name"], runtime.context.hyperparameters().dpo.beta)
-    rows = [
-        {
-            "run_id": run_id,
-            "cycle": cycle,
-            "model": model,
-            "metric": metric,
-            "value": value,
-            "scorer": "logprob",
-            "details_json": {"split": split, "pair_ids": ids},
-            "created_at": now(),
-        }
-        for model, metrics in results.items()
-        for metric, value in metrics.items()
-    ]
-    s.upsert_all("evaluations", rows, pk=("run_id", "cycle", "model", "metric"))
-    headline = {f"{m}.{k}": v for m, d in results.items() for k, v in d.items() if k != "n_pairs"}
-    return {"evaluation": headline}
+        identity.record_use(
+            s,
+            run_id,
+            cycle,
+            "evaluate",
+            identity.trained_identity(Path(state["adapter_path"])),
+            model=state["adapter_name"],
+        )
+    row = s.get("constitution_versions", state["constitution_id"])
+    path, _, _ = report.write(
+        s,
+        common.workspace(runtime).data_dir / "reports",
+        run_id,
+        cycle,
+        runtime.context.evaluation_config().thresholds,
+        adapter=state["adapter_name"],
+        constitution={"version": row["version"], "hash": row["hash"]},
+    )
+    common.progress(runtime, "report", 1, 1, path=str(path))
+    return {"evaluation": headline(results)}

@@ -78,6 +78,7 @@ def build(job, hp, path, setup, trainer, result, tokenizer) -> dict[str, Any]:
             **extra.pop("dataset", {}),
         },
         "constitution": extra.pop("constitution", None),
+        "processes": processes(trainer),
         "continued_from_adapter": job.init_adapter,
         "resumed_from_step": result.resumed_from,
         "config": {
@@ -92,6 +93,16 @@ def build(job, hp, path, setup, trainer, result, tokenizer) -> dict[str, Any]:
         "versions": versions(),
         "seconds": round(result.seconds, 2),
         **extra,
+    }
+
+
+def processes(trainer) -> dict[str, Any]:
+    """How many processes trained the adapter, and how they were joined (accelerate's distributed type)."""
+    state = trainer.accelerator.state
+    return {
+        "world_size": trainer.args.world_size,
+        "distributed_type": str(getattr(state.distributed_type, "value", state.distributed_type)),
+        "backend": state.backend,
     }
 
 

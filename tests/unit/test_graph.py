@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fakes import SchemaFakeModel
 
@@ -257,3 +259,59 @@ def test_killed_while_working_on_an_answer_resumes_with_that_answer(make_protoco
     assert [m["content"] for m in msgs].count("What does care mean to you?") == 1
     assert msgs[-1]["role"] == "assistant" and len(msgs) == before + 2
     assert st.status == "waiting" and st.interrupt["type"] == "interview" and st.interrupt["turn"] == 2
+
+
+def to_revision(p: Protocol, **settings) -> tuple[str, object]:
+    """A human-path run advanced to its revision review."""
+    run = p.start({"autopilot": False, "n_scenarios": 2, "review_sample": 0, **settings})
+    st = p.advance(run)
+    for answer in ("/done", {"action": "approve"}, {"action": "approve"}, {"action": "approve"}):
+        st = p.advance(run, answer)
+    assert st.interrupt["type"] == "revision_review", st.interrupt
+    return run, st
+
+
+def test_revision_shows_a_diff_and_records_lineage_model_and_consent(make_protocol):
+    p = make_protocol()
+    run, st = to_revision(p)
+    assert "+**P3. Honesty** — I say why I decline." in st.interrupt["diff"]
+    assert st.interrupt["diff"].startswith("--- v1\n+++ v2 (proposed)")
+    st = p.advance(run, {"action": "approve", "by": "human"})
+    assert st.status == "done"
+    v1, v2 = p.store.rows("constitution_versions", "run_id = ?", [run], order_by="version")
+    assert v2["parent_id"] == v1["id"] and v2["status"] == "approved" and v2["approved_by"] == "human"
+    assert v2["author"] == "model (adapter)" and json.loads(v2["model_json"])["adapter_name"] == f"{run}-c0"
+    consent = p.store.get("consents", v2["consent_id"])
+    assert consent["decision"] == "yes" and consent["id"].endswith("consent_revision0")
+    assert json.loads(v2["feedback"])["amendments"][0]["applied"] is True
+
+
+def test_an_edited_revision_is_consented_to_again(make_protocol):
+    p = make_protocol()
+    run, st = to_revision(p)
+    edited = st.interrupt["text"] + "\n**P7. Patience** — I take time to explain.\n"
+    st = p.advance(run, {"action": "edit", "text": edited})
+    assert st.status == "done" and st.values["revision"] == "approved"
+    versions = p.store.rows("constitution_versions", "run_id = ?", [run], order_by="version")
+    assert [v["status"] for v in versions] == ["approved", "superseded", "approved"]
+    assert versions[2]["parent_id"] == versions[1]["id"] and versions[1]["parent_id"] == versions[0]["id"]
+    assert "P7. Patience" in versions[2]["text"] and versions[2]["author"] == "human"
+    assert p.store.get("consents", versions[2]["consent_id"])["id"].endswith("consent_revision_edit0")
+    assert (p.ws.data_dir / "constitution.md").read_text() == versions[2]["text"]
+
+
+def test_a_rejected_revision_keeps_the_constitution(make_protocol):
+    p = make_protocol()
+    run, _ = to_revision(p, max_cycles=2)
+    st = p.advance(run, {"action": "reject"})
+    assert st.interrupt["type"] == "pair_review" or st.interrupt["type"] == "confirm_training"
+    assert st.values["revision"] == "rejected" and st.values["constitution_version"] == 1  # cycle 2 uses v1
+    assert p.store.rows("constitution_versions", "run_id = ? and version = 2", [run])[0]["status"] == "rejected"
+
+
+def test_evaluation_writes_a_report(make_protocol):
+    p = make_protocol()
+    run = p.start({"autopilot": True, "n_scenarios": 2, "interview_turns": 1})
+    p.advance(run)
+    report = p.ws.data_dir / "reports" / f"{run}-c0.md"
+    assert report.exists() and f"# Evaluation: {run}, cycle 0" in report.read_text()
