@@ -22,6 +22,7 @@ from luthitune.store import Store, now
 # Interrupt types, and which answers each accepts.
 APPROVABLE = ("consent_review", "constitution_review", "pair_review", "confirm_training", "revision_review")
 REJECTABLE = ("consent_review", "constitution_review", "confirm_training", "revision_review")
+EDITABLE = ("constitution_review", "revision_review")  # a draft, or the trained model's proposed revision
 PAIR_DECISIONS = ("accept", "reject")
 
 
@@ -166,6 +167,9 @@ def set_config(ws: Workspace, **values: str) -> Workspace:
     comments and other keys; the result is validated before it is written. Returns the reopened workspace."""
     from luthitune.dataset import write_atomic
 
+    nested = sorted(k for k, v in values.items() if isinstance(v, dict | list))
+    if nested:
+        raise UsageError(f"set_config sets single values; edit {CONFIG_FILE} for {', '.join(nested)}.")
     path = ws.root / CONFIG_FILE
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     data = {**parse_yaml(text, path), **values}

@@ -61,8 +61,8 @@ NEXT_STEP = {
     "confirm_training": "`luthitune approve {run}` to train, `luthitune reject {run}` to stop before training.",
     "pair_review": "`luthitune approve {run}` to accept them all, `luthitune reject {run} --pair ID ...` to drop "
     "some, or `luthitune review {run}` to go through them one by one.",
-    "revision_review": "`luthitune approve {run}` to adopt the amended constitution, "
-    "`luthitune reject {run}` to keep it.",
+    "revision_review": "`luthitune approve {run}` to adopt the amended constitution, `luthitune edit {run}` to "
+    "change it first, `luthitune reject {run}` to keep the current one.",
 }
 
 
@@ -227,11 +227,12 @@ def edit(
     workspace: WorkspaceOpt = None,
     file: Annotated[typer.FileText | None, typer.Option(help="Read the edited text from a file.")] = None,
 ) -> None:
-    """Edit the pending constitution draft in $EDITOR (or from --file); the model then ratifies it."""
+    """Edit the pending constitution draft or proposed revision in $EDITOR (or from --file); the model then ratifies
+    it."""
     p = protocol(ctx, workspace)
     st = p.status(run_id)
-    if not st.interrupt or st.interrupt["type"] != "constitution_review":
-        raise LuthiTuneError(f"Run {run_id} has no constitution draft waiting for review.")
+    if not st.interrupt or st.interrupt["type"] not in A.EDITABLE:
+        raise LuthiTuneError(f"Run {run_id} has no constitution draft or proposed revision waiting for review.")
     text = file.read() if file else typer.edit(st.interrupt["text"], extension=".md")
     answer = A.edit(text, st.interrupt["text"])  # fails here, with a clear message, rather than inside the graph
     if answer is None:

@@ -92,7 +92,9 @@ def build_constitution(page) -> None:
             approve = gr.Button("Approve", variant="primary", elem_id="approve")
             reject = gr.Button("Reject", variant="stop", elem_id="reject")
         feedback = gr.Textbox(label="Feedback for the redraft (with Reject)", lines=2, elem_id="feedback")
-        with gr.Accordion("Edit the draft (the model then ratifies your text)", open=False, visible=False) as editing:
+        with gr.Accordion(
+            "Edit the text (the model is then asked to consent to it)", open=False, visible=False
+        ) as editing:
             edited = gr.Textbox(label="Constitution text", lines=12, elem_id="edit-text")
             submit_edit = gr.Button("Submit edit", elem_id="submit-edit")
     with gr.Row():
@@ -132,7 +134,7 @@ def build_constitution(page) -> None:
         keys = list(vs)
         choices = views.version_choices(list(vs.values()))
         i = views.waiting_for(st, REVIEWS)
-        is_draft = bool(i and i["type"] == "constitution_review")
+        is_draft = bool(i and i["type"] in A.EDITABLE)
         latest = keys[-1] if keys else None
         return [
             gr.update(visible=bool(i)),
@@ -175,7 +177,7 @@ def build_constitution(page) -> None:
         return "Rejected." + (" The model redrafts with your feedback." if i["type"] == "constitution_review" else "")
 
     def do_edit(run_id, text):
-        i = wb.pending(run_id, {"constitution_review"})
+        i = wb.pending(run_id, A.EDITABLE)
         answer = A.edit(text, i["text"])
         if answer is None:
             return "No change made; the draft still waits for review."

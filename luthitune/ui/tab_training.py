@@ -4,7 +4,6 @@ manifest) and Evaluation tab (base vs adapter across cycles, answers side by sid
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import gradio as gr
 
@@ -230,9 +229,9 @@ def build_evaluation(page) -> None:
         x_title="metric · model",
         show_label=False,
         sort=None,
-        height=340,
+        height=420,
         elem_id="evaluation-chart",
-        x_label_angle=-20,
+        x_label_angle=-45,
         color_map={"base": "#4c78a8", "adapter": "#f58518"},
     )
     trend = gr.LinePlot(
@@ -246,7 +245,14 @@ def build_evaluation(page) -> None:
         elem_id="evaluation-trend",
     )
     with gr.Accordion("Answers side by side", open=True):
-        answers = gr.Dataframe(label="Probe prompts: base vs adapter", interactive=False, wrap=True, elem_id="answers")
+        answers = gr.Dataframe(
+            label="Probe prompts: base vs adapter",
+            interactive=False,
+            wrap=True,
+            elem_id="answers",
+            max_height=480,
+            column_widths=["5%", "7%", "20%", "24%", "10%", "24%", "10%"],
+        )
         held_out = gr.Dataframe(
             label="Held-out pairs scored (chosen vs rejected)",
             interactive=False,
@@ -256,7 +262,6 @@ def build_evaluation(page) -> None:
         )
     with gr.Accordion("Report", open=True):
         report_md = gr.Markdown(elem_id="report")
-        report_png = gr.Image(label="Report chart", type="filepath", visible=False, interactive=False)
     with gr.Accordion("Provenance", open=True):
         prov = gr.JSON(label="Training run, adapter manifest and model", elem_id="provenance", open=True)
 
@@ -267,16 +272,14 @@ def build_evaluation(page) -> None:
             answers_df = views.examples(rows)
         trend_df = views.evaluation_trend(rows)
         md, png = views.reports(wb.ws, run_id)
-        report = Path(md).read_text(encoding="utf-8") if md else "*No report file under data/reports/ for this run.*"
         return [
             views.evaluation_table(rows),
             views.evaluation_chart(rows),
             gr.update(value=trend_df, visible=trend_df is not None),
             gr.update(value=answers_df, visible=not answers_df.empty),
             views.held_out_examples(p, rows),
-            report,
-            gr.update(value=png, visible=bool(png)),
+            views.report_markdown(md, png),
             provenance(p, wb.ws, run_id) if run_id and p.store.get("runs", run_id) else None,
         ]
 
-    page.part([table, chart, trend, answers, held_out, report_md, report_png, prov], refresh)
+    page.part([table, chart, trend, answers, held_out, report_md, prov], refresh)

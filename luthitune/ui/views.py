@@ -321,10 +321,14 @@ def evaluation_chart(rows: list[dict]) -> pd.DataFrame | None:
     if not rows:
         return None
     last = max(r["cycle"] for r in rows)
-    data = [
+    now = [r for r in rows if r["cycle"] == last and isinstance(r["value"], int | float) and not is_count(r["metric"])]
+    models: dict[str, set[str]] = {}
+    for r in now:
+        models.setdefault(r["metric"], set()).add(r["model"])
+    data = [  # metrics measured on both models: a comparison (the table has the rest)
         {"bar": f"{r['metric']} · {r['model']}", "value": float(r["value"]), "model": r["model"]}
-        for r in sorted(rows, key=lambda r: (r["metric"], r["model"] != "base", r["model"]))
-        if r["cycle"] == last and isinstance(r["value"], int | float) and not is_count(r["metric"])
+        for r in sorted(now, key=lambda r: (r["metric"], r["model"] != "base", r["model"]))
+        if {"base", "adapter"} <= models[r["metric"]]
     ]
     return pd.DataFrame(data, columns=["bar", "value", "model"]) if data else None
 
@@ -345,10 +349,13 @@ def evaluation_trend(rows: list[dict]) -> pd.DataFrame | None:
     return pd.DataFrame(data, columns=["cycle", "adapter − base", "metric"])
 
 
+ANSWER_COLUMNS = ["cycle", "set", "prompt", "base", "base checks", "adapter", "adapter checks"]
+
+
 def probe_answers(p: Protocol, run_id: str | None) -> pd.DataFrame:
     """Each probe prompt with the base's and the adapter's answers side by side, and what the checklist read in
     them (from the ``probe_answers`` table, when the evaluation wrote one)."""
-    cols = ["cycle", "set", "prompt", "base", "base checks", "adapter", "adapter checks"]
+    cols = ANSWER_COLUMNS
     if not run_id or not p.store.db["probe_answers"].exists():
         return frame([], cols)
     by: dict[tuple, dict] = {}
@@ -363,18 +370,18 @@ def probe_answers(p: Protocol, run_id: str | None) -> pd.DataFrame:
 
 
 def examples(rows: list[dict]) -> pd.DataFrame:
-    """Answers side by side, from evaluation details that list them (e.g. probe prompts: prompt, base, adapter)."""
-    out: list[dict[str, Any]] = []
+    """Answers side by side from evaluation details that list them (``[{prompt, base, adapter}, ...]``), in the
+    columns of :func:`probe_answers`."""
+    out: dict[tuple, dict[str, Any]] = {}
     for r in rows:
         details = json.loads(r.get("details_json") or "{}")
         for value in details.values() if isinstance(details, dict) else []:
             if isinstance(value, list) and value and all(isinstance(v, dict) and "prompt" in v for v in value):
-                out += [{"cycle": r["cycle"], "metric": r["metric"], **v} for v in value]
-    if not out:
-        return pd.DataFrame(columns=["cycle", "prompt", "base", "adapter"])
-    df = pd.DataFrame(out)
-    df = df.drop_duplicates(subset=[c for c in ("cycle", "prompt", "base", "adapter") if c in df.columns])
-    return df.astype(str)
+                for v in value:
+                    key = (r["cycle"], v["prompt"], str(v.get("base")), str(v.get("adapter")))
+                    out.setdefault(key, {"cycle": r["cycle"], "set": r["metric"], "prompt": v["prompt"],
+                                         "base": v.get("base", ""), "adapter": v.get("adapter", "")})  # fmt: skip
+    return frame(list(out.values()), ANSWER_COLUMNS)
 
 
 def held_out_examples(p: Protocol, rows: list[dict]) -> pd.DataFrame:
@@ -390,6 +397,22 @@ def held_out_examples(p: Protocol, rows: list[dict]) -> pd.DataFrame:
         if x
     ]
     return frame(data, ["pair", "request", "chosen", "rejected"])
+
+
+def report_markdown(md: str | None, png: str | None) -> str:
+    """The report's text, its images pointed at the app's file route (the reports folder is an allowed path)."""
+    if not md:
+        return "*No report file under data/reports/ for this run.*"
+    folder = Path(md).parent
+    text = Path(md).read_text(encoding="utf-8")
+
+    def served(m: re.Match) -> str:
+        return f"![{m[1]}](gradio_api/file={(folder / m[2]).resolve()})"
+
+    text = re.sub(r"!\[([^\]]*)\]\((?!https?:|/)([^)\s]+)\)", served, text)
+    if png and Path(png).name not in text:
+        text += f"\n\n![chart](gradio_api/file={Path(png).resolve()})\n"
+    return text
 
 
 def reports(ws: Workspace, run_id: str | None) -> tuple[str | None, str | None]:

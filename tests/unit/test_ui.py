@@ -196,6 +196,7 @@ def test_evaluation_views_show_whatever_rows_exist(workspace):
     table = views.evaluation_table(rows)
     acc = table[table["metric"] == "pairs.reward_acc"].iloc[0]
     assert acc["base"] == 0.5 and acc["adapter"] == 0.75 and acc["adapter − base"] == 0.25
+    rows.append({**rows[1], "metric": "pairs.logp_shift_chosen", "value": 0.3})  # adapter only: table, not chart
     assert list(views.evaluation_chart(rows)["bar"]) == ["pairs.reward_acc · base", "pairs.reward_acc · adapter"]
     assert views.evaluation_trend(rows) is None  # one cycle: no trend yet
     later = [{**r, "cycle": 1, "value": r["value"] + 0.1} for r in rows]
@@ -209,6 +210,9 @@ def test_evaluation_views_show_whatever_rows_exist(workspace):
     (reports / "run-x-c0.png").write_bytes(b"png")
     md, png = views.reports(workspace, "run-x")
     assert md.endswith("run-x-c0.md") and png.endswith("run-x-c0.png")
+    (reports / "run-x-c0.md").write_text("# report\n\n![metrics](run-x-c0.png)\n")
+    shown = views.report_markdown(md, png)
+    assert f"![metrics](gradio_api/file={reports.resolve() / 'run-x-c0.png'})" in shown and shown.count("![") == 1
     assert views.reports(workspace, "run-y") == (None, None)
 
 
