@@ -57,7 +57,9 @@ lint: setup
 	$(BIN)/ruff check .
 
 bench: setup
-	$(BIN)/luthitune bench generate --batch 1,8
+	$(BIN)/luthitune bench tokens --batch 1,8
+	$(BIN)/luthitune bench generate --batch 8
+	$(BIN)/luthitune bench train
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from rich.markup import escape
 from rich.panel import Panel
-from rich.table import Table
 
 from luthitune import constitution as C
 from luthitune.config import Config, init_workspace
@@ -24,6 +23,8 @@ DEMO_SETTINGS = {
     # demo from ending early most of the time.
     "max_consent_rounds": 3,
     "train": {"epochs": 2.0, "batch_size": 2, "learning_rate": 5e-5, "beta": 0.1, "max_length": 384},
+    # Three probes of each set (trap, benign, values, neutral), short answers: the whole checklist, on a CPU budget.
+    "evaluation": {"probes_per_set": 3, "max_new_tokens": 64},
 }
 
 
@@ -86,10 +87,18 @@ def summary(p, run_id: str, elapsed: float) -> None:
             f"reward accuracy {last.get('rewards/accuracies', float('nan')):.2f}, "
             f"margin {last.get('rewards/margins', float('nan')):.4f} → {tr['adapter_path']}"
         )
-    t = Table("cycle", "model", "metric", "value", "scorer", title="evaluation: base vs adapter (held-out pairs)")
-    for e in s.rows("evaluations", "run_id = ?", [run_id], order_by="cycle, model, metric"):
-        t.add_row(str(e["cycle"]), e["model"], e["metric"], f"{e['value']:.4f}", e["scorer"])
-    console.print(t)
+    from luthitune.cli.review import show_evaluation
+    from luthitune.evaluation.report import slug, threshold_rows
+
+    thresholds = p.context(run_id).evaluation_config().thresholds
+    for cycle in sorted({e["cycle"] for e in s.rows("evaluations", "run_id = ?", [run_id])}):
+        rows = s.rows("evaluations", "run_id = ? and cycle = ?", [run_id, cycle])
+        show_evaluation(
+            s, run_id, cycle, threshold_rows({(e["model"], e["metric"]): e["value"] for e in rows}, thresholds)
+        )
+        report = p.ws.data_dir / "reports" / f"{slug(run_id)}-c{cycle}.md"
+        if report.exists():
+            console.print(f"report: {report}", highlight=False)
     revised = [v for v in versions if v["author"].startswith("model (adapter)")]
     if approved and revised:
         r = revised[-1]
@@ -115,3 +124,6 @@ def summary(p, run_id: str, elapsed: float) -> None:
         + (f" ({st.values.get('ended')})" if st.values.get("ended") else "")
         + f" in {elapsed:.0f} s. Database: {p.ws.db_path}"
     )
+    adapters = [tr["adapter_name"] for tr in s.rows("training_runs", "run_id = ? and status = 'done'", [run_id])]
+    if adapters:
+        console.print(f"The whole chain behind the adapter: `luthitune provenance {adapters[-1]} -w {p.ws.root}`")

@@ -83,6 +83,21 @@ class Amendment(BaseModel):
     rationale: Text(300, "Why you propose this change")
 
 
+def amendment_for(ids: list[str]) -> type[Amendment]:
+    """:class:`Amendment` whose ``principle_id`` can only name a principle that exists (or ``new`` for an addition):
+    the constraint keeps a small model from proposing a change to a principle it cannot point at."""
+    from typing import Literal as _Literal
+
+    from pydantic import create_model
+
+    choices = _Literal[tuple([*ids, "new"])]  # type: ignore[valid-type]
+    return create_model(
+        "Amendment",
+        __base__=Amendment,
+        principle_id=(choices, Field(description="Id of the principle to change or remove; new for add")),
+    )
+
+
 class JudgeVerdict(BaseModel):
     """Which of two answers better follows the constitution (the optional judge pass)."""
 

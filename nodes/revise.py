@@ -22,7 +22,7 @@ from luthitune.nodes import common
 from luthitune.nodes.consent import ask_consent
 from luthitune.nodes.constitution import save_version, write_constitution_md
 from luthitune.prompts import render
-from luthitune.schemas import Amendment
+from luthitune.schemas import Amendment, amendment_for
 from luthitune.store import now
 
 N_PROPOSALS = 2
@@ -115,9 +115,11 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
     )
     model = common.llm(rt, state.get("adapter_name"), state.get("adapter_path"), rt.context.deliberate_temperature)
     conv = [SystemMessage(render("interview_system.md").text), HumanMessage(prompt.text)]
-    out = generate_structured(model, [conv] * N_PROPOSALS, Amendment, retries=common.retries(rt))
+    principles = C.from_json(json.loads(current["principles_json"]))
+    schema = amendment_for([p.id for p in principles])
+    out = generate_structured(model, [conv] * N_PROPOSALS, schema, retries=common.retries(rt))
     amendments = [o for o in out if isinstance(o, Amendment)]
-    new, log = apply(C.from_json(json.loads(current["principles_json"])), amendments)
+    new, log = apply(principles, amendments)
     row = save_version(
         rt,
         state,

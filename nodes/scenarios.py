@@ -81,7 +81,11 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
     wave = size * 4
     for start in range(0, len(todo), wave):
         chunk = todo[start : start + wave]
-        done = s.rows("scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle], order_by="idx")
+        # Requests already written in this run, earlier cycles included: a new cycle is told what exists, so it
+        # writes new requests rather than the ones its unchanged seeds and sampling would give again.
+        done = s.rows(
+            "scenarios", "run_id = ? and cycle <= ? and status = 'generated'", [run_id, cycle], order_by="cycle, idx"
+        )
         prompts = [
             render(
                 "scenario_request.md",

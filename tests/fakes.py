@@ -85,7 +85,7 @@ SCHEMA_ANSWERS: dict[str, Any] = {
     },
     "Amendment": {
         "action": "add",
-        "principle_id": "",
+        "principle_id": "new",
         "title": "Honesty",
         "text": "I say why I decline.",
         "rationale": "My evaluation showed I rarely explain myself.",

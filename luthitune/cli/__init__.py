@@ -90,9 +90,10 @@ def _register() -> None:
     app.command()(ui)
     app.add_typer(data.app, name="data")
     app.add_typer(bench.app, name="bench")
-    from luthitune.cli import train
+    from luthitune.cli import review, train
 
     train.register(app)
+    review.register(app)
     from luthitune.cli import export
 
     app.add_typer(export.app, name="export")

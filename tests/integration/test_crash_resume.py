@@ -51,6 +51,7 @@ def test_sigkill_at_three_points_then_resume(tmp_path):
     cfg = yaml.safe_load((ws / "luthitune.yaml").read_text())
     cfg["sampling"]["seed"] = 0
     cfg["practice"].update(rules=["length"], dedup_threshold=1.0)
+    cfg["evaluation"].update(probes_per_set=1, max_new_tokens=24)  # evaluation is not what this test is about
     (ws / "luthitune.yaml").write_text(yaml.safe_dump(cfg))
     db = ws / "data" / "luthitune.db"
     # Generous consent and draft rounds: a 135M model sometimes says no, and this test is about crashes.

@@ -1,3 +1,5 @@
+import json
+
 from typer.testing import CliRunner
 
 from luthitune.cli import app
@@ -16,5 +18,18 @@ def test_demo_runs_a_full_cycle_and_revision(tmp_path):
         assert s.count("training_runs", "status = 'done'") == 1
         assert s.count("evaluations", "model = 'adapter'") >= 3
         assert s.count("constitution_versions", "author = 'model (adapter)'") == 1  # the revision
-        assert "evaluation: base vs adapter" in r.output
+        assert "evaluation: " in r.output and "Humane thresholds met by the adapter" in r.output
+        metrics = {e["metric"] for e in s.rows("evaluations", "model = 'adapter'")}
+        assert {"pairs.reward_acc", "probes.trap.agency_rate", "probes.benign.refusal_rate", "drift.kl_mean"} <= metrics
+        assert s.count("probe_answers") == 2 * 4 * 3  # base and adapter, four sets, three probes each
+        assert (ws / "data" / "reports" / f"{run['id']}-c0.md").exists()
+        # the adapter's whole chain is on record
+        adapter = s.rows("training_runs")[0]["adapter_name"]
+        prov = CliRunner().invoke(app, ["provenance", adapter, "-w", str(ws), "--json"], terminal_width=200)
+        assert prov.exit_code == 0, prov.output
+        record = json.loads(prov.output)
+        assert record["missing"] == [] and record["identity"]["one_model"] is True
+        assert record["constitution"][-1]["version"] == 1 and record["interview"]["messages"] >= 3
+        text = CliRunner().invoke(app, ["provenance", adapter, "-w", str(ws)], terminal_width=200)
+        assert text.exit_code == 0 and "one model identity from interview to adapter" in text.output
     assert (ws / "data" / "constitution.md").exists() == bool(s.count("constitution_versions", "status='approved'"))

@@ -1,0 +1,221 @@
+"""What a run changed and where it came from: ``eval``, ``provenance`` and ``constitution show|history|diff``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from luthitune.cli import WorkspaceOpt, workspace_arg
+from luthitune.errors import NotFound
+from luthitune.logs import console
+
+
+def _open(ctx: typer.Context, workspace):
+    from luthitune.config import Workspace
+    from luthitune.store import Store
+
+    ws = Workspace.open(workspace_arg(ctx, workspace))
+    return ws, Store(ws.db_path)
+
+
+def show_evaluation(store, key: str, cycle: int, checks: list[dict]) -> None:
+    rows = store.rows("evaluations", "run_id = ? and cycle = ?", [key, cycle], order_by="metric, model")
+    vals: dict[str, dict] = {}
+    for r in rows:
+        vals.setdefault(r["metric"], {"scorer": r["scorer"]})[r["model"]] = r["value"]
+    t = Table("metric", "scored by", "base", "adapter", "change", title=f"evaluation: {key}, cycle {cycle}")
+    for metric, v in vals.items():
+        if metric.endswith((".n", ".judged", "n_pairs")):
+            continue
+        b, a = v.get("base"), v.get("adapter")
+        change = f"{a - b:+.3f}" if a is not None and b is not None else ""
+        t.add_row(metric, v["scorer"], "" if b is None else f"{b:.3f}", "" if a is None else f"{a:.3f}", change)
+    console.print(t)
+    ok = [c for c in checks if c["adapter_pass"] is not None]
+    passed = [c["metric"] for c in ok if c["adapter_pass"]]
+    failed = [c["metric"] for c in ok if not c["adapter_pass"]]
+    console.print(
+        f"Humane thresholds met by the adapter: {len(passed)} of {len(ok)}"
+        + (f" (not met: {', '.join(failed)})" if failed else "")
+    )
+
+
+def eval_cmd(
+    ctx: typer.Context,
+    target: Annotated[
+        str | None, typer.Argument(help="Run id or adapter (name or folder). Default: newest run.")
+    ] = None,
+    cycle: Annotated[int | None, typer.Option(help="The run's cycle (default: its newest trained cycle).")] = None,
+    rerun: Annotated[bool, typer.Option(help="Measure again even when this cycle was evaluated already.")] = False,
+    probes_per_set: Annotated[int | None, typer.Option(min=1, help="Probe prompts per set (default: config).")] = None,
+    judge: Annotated[bool | None, typer.Option("--judge/--no-judge", help="Judge pass (default: config).")] = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Base vs adapter: held-out pairs, probe prompts (the Humane checklist) and drift; writes the report."""
+    from luthitune.backends import make_chat_model
+    from luthitune.evaluation import report, targets
+    from luthitune.logs import RunProgress
+
+    ws, store = _open(ctx, workspace)
+    t = targets.resolve(ws, store, target, cycle)
+    updates = {k: v for k, v in {"probes_per_set": probes_per_set, "judge": judge}.items() if v is not None}
+    t.evaluation = t.evaluation.model_copy(update=updates)
+    measured = store.count("evaluations", "run_id = ? and cycle = ?", [t.key, t.cycle])
+    if rerun or updates or not measured:
+        judge_llm = make_chat_model(ws).model_copy(update={"temperature": 0.0}) if t.evaluation.judge else None
+        with RunProgress(f"Evaluating {t.adapter_name}") as live:
+            targets.evaluate(
+                ws,
+                store,
+                t,
+                judge_llm=judge_llm,
+                progress=lambda task, done, total: live.progress({"task": task, "done": done, "total": total}),
+            )
+    md, png, checks = report.write(
+        store,
+        ws.data_dir / "reports",
+        t.key,
+        t.cycle,
+        t.evaluation.thresholds,
+        adapter=t.adapter_name,
+        constitution=t.constitution,
+    )
+    show_evaluation(store, t.key, t.cycle, checks)
+    console.print(f"Report: [bold]{md}[/]" + (f"  chart: {png}" if png else ""), highlight=False)
+
+
+def provenance(
+    ctx: typer.Context,
+    adapter: Annotated[str, typer.Argument(help="Adapter name (models/adapters/NAME) or folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole record as JSON.")] = False,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """The adapter's whole chain: interview, consent, constitution and approvals, data, training, evaluation, and
+    the model identity at every step."""
+    from luthitune.provenance import adapter_provenance, render_text
+
+    ws, store = _open(ctx, workspace)
+    prov = adapter_provenance(ws, store, adapter)
+    if as_json:
+        console.print_json(json.dumps(prov, default=str))
+        return
+    for line in render_text(prov):
+        console.print(escape(line), highlight=False)
+    if prov["missing"]:
+        raise typer.Exit(1)
+
+
+constitution_app = typer.Typer(help="The constitution's versions and their lineage.", no_args_is_help=True)
+RunOpt = Annotated[str | None, typer.Option("--run", help="Run id (default: the newest run).")]
+
+
+def _run(store, run: str | None) -> str:
+    if run:
+        if store.get("runs", run) is None:
+            raise NotFound(f"No run named {run!r}; `luthitune runs` lists them.")
+        return run
+    rows = store.rows("runs", order_by="created_at desc")
+    if not rows:
+        raise NotFound("There are no runs in this workspace yet: `luthitune run`.")
+    return rows[0]["id"]
+
+
+def _version(store, run_id: str, ref: str) -> dict:
+    rows = store.rows("constitution_versions", "run_id = ?", [run_id], order_by="version")
+    for r in rows:
+        if ref in {r["id"], f"v{r['version']}", str(r["version"])}:
+            return r
+    known = ", ".join(f"v{r['version']}" for r in rows) or "none"
+    raise NotFound(f"Run {run_id} has no constitution version {ref!r}; versions: {known}.")
+
+
+@constitution_app.command("show")
+def show(
+    ctx: typer.Context,
+    version: Annotated[str | None, typer.Argument(help="v2, 2, or a version id (default: the one in force).")] = None,
+    run: RunOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Print a constitution version (by default the latest approved one)."""
+    _, store = _open(ctx, workspace)
+    run_id = _run(store, run)
+    if version is None:
+        approved = store.rows(
+            "constitution_versions", "run_id = ? and status = 'approved'", [run_id], order_by="version desc"
+        )
+        if not approved:
+            raise NotFound(
+                f"Run {run_id} has no approved constitution yet; `luthitune constitution history` lists drafts."
+            )
+        row = approved[0]
+    else:
+        row = _version(store, run_id, version)
+    console.print(
+        Panel(escape(row["text"]), title=f"{row['id']} ({row['status']})", subtitle=f"sha256 {row['hash'][:16]}…")
+    )
+
+
+@constitution_app.command("history")
+def history(ctx: typer.Context, run: RunOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """Every version with its parent, author, status, approver and the model's consent."""
+    _, store = _open(ctx, workspace)
+    run_id = _run(store, run)
+    t = Table(
+        "version",
+        "parent",
+        "author",
+        "status",
+        "approved by",
+        "model consent",
+        "hash",
+        title=f"constitution of {run_id}",
+    )
+    by_id = {}
+    for r in store.rows("constitution_versions", "run_id = ?", [run_id], order_by="version"):
+        by_id[r["id"]] = r
+        parent = by_id.get(r["parent_id"]) if r["parent_id"] else None
+        consent = store.get("consents", r["consent_id"]) if r.get("consent_id") else None
+        t.add_row(
+            f"v{r['version']}",
+            f"v{parent['version']}" if parent else "",
+            r["author"],
+            r["status"],
+            r["approved_by"] or "",
+            consent["decision"] if consent else "",
+            r["hash"][:12],
+        )
+    console.print(t)
+
+
+@constitution_app.command("diff")
+def diff(
+    ctx: typer.Context,
+    a: Annotated[str, typer.Argument(help="From version (v1, 1 or an id).")],
+    b: Annotated[str, typer.Argument(help="To version.")],
+    run: RunOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """A unified diff between two versions."""
+    from luthitune import constitution as C
+
+    _, store = _open(ctx, workspace)
+    run_id = _run(store, run)
+    va, vb = _version(store, run_id, a), _version(store, run_id, b)
+    lines = C.diff(va["text"], vb["text"], f"v{va['version']}", f"v{vb['version']}")
+    if not lines:
+        console.print(f"v{va['version']} and v{vb['version']} are the same text.")
+        return
+    for line in lines:
+        style = "green" if line.startswith("+") else "red" if line.startswith("-") else None
+        console.print(escape(line), style=style, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
+    app.command()(provenance)
+    app.add_typer(constitution_app, name="constitution")
