@@ -133,17 +133,7 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
         )
         return rejected(runtime, rnd)
     if action == "edit":
-        edited = save_version(
-            runtime,
-            state,
-            C.parse(decision["text"]),
-            author=decision["by"],
-            status="draft",
-            parent_id=row["id"],
-            draft_key=f"{row['draft_key']}:edit",
-        )
-        s.upsert("constitution_versions", {"id": row["id"], "status": "superseded"})
-        row = edited
+        row = supersede(runtime, state, row, decision, status="draft")
     elif action != "approve":
         raise ValueError(f"Unknown review action {action!r}: use approve, edit or reject")
     ratified = ask_consent(
@@ -170,6 +160,22 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
         "constitution_version": row["version"],
         "draft_round": rnd + 1,
     }
+
+
+def supersede(rt: Runtime[Context], state: RunState, row: dict, decision: dict, *, status: str) -> dict:
+    """A human's edit of version ``row`` (full text in ``decision``): a new version, its child, which supersedes it.
+    Written once: a re-run finds it by its draft key."""
+    edited = save_version(
+        rt,
+        state,
+        C.parse(decision["text"]),
+        author=decision["by"],
+        status=status,
+        parent_id=row["id"],
+        draft_key=f"{row['draft_key']}:edit",
+    )
+    common.store(rt).upsert("constitution_versions", {"id": row["id"], "status": "superseded"})
+    return edited
 
 
 def rejected(rt: Runtime[Context], rnd: int) -> dict:

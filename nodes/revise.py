@@ -20,7 +20,7 @@ from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
 from luthitune.nodes.consent import ask_consent
-from luthitune.nodes.constitution import save_version, write_constitution_md
+from luthitune.nodes.constitution import save_version, supersede, write_constitution_md
 from luthitune.prompts import render
 from luthitune.schemas import Amendment, amendment_for
 from luthitune.store import now
@@ -195,16 +195,7 @@ def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
     decision = review(runtime, proposed, current)
     action = decision.get("action")
     if action == "edit":
-        edited = save_version(
-            runtime,
-            state,
-            C.parse(decision["text"]),
-            author=decision["by"],
-            status="proposed",
-            parent_id=proposed["id"],
-            draft_key=f"{proposed['draft_key']}:edit",
-        )
-        s.upsert("constitution_versions", {"id": proposed["id"], "status": "superseded"})
+        edited = supersede(runtime, state, proposed, decision, status="proposed")
         consent = ask_consent(
             runtime,
             state,

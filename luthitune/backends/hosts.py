@@ -40,6 +40,7 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.runnables.config import ContextThreadPoolExecutor
 from pydantic import BaseModel, ConfigDict, Field
 
+from luthitune.backends.structured import CompletedBatch
 from luthitune.config import Config
 from luthitune.errors import BackendUnavailable
 
@@ -112,7 +113,7 @@ def is_host_failure(exc: BaseException) -> bool:
     return isinstance(status, int) and (status >= 500 or status in (401, 403, 404, 408, 429))
 
 
-class HostPool(BaseChatModel):
+class HostPool(CompletedBatch, BaseChatModel):
     """One chat model over several servers of the same backend (see the module docstring)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -248,19 +249,6 @@ class HostPool(BaseChatModel):
                     yield i, msg.model_copy(update={"response_metadata": meta})
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-
-    def batch(
-        self,
-        inputs: list[Any],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[Any]:
-        out: list[Any] = [None] * len(inputs)
-        for i, res in self.batch_as_completed(inputs, config, return_exceptions=return_exceptions, **kwargs):
-            out[i] = res
-        return out
 
     def _generate(
         self,

@@ -27,6 +27,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field
 
+from luthitune.backends.structured import CompletedBatch
+
 log = logging.getLogger(__name__)
 
 _ROLE = {"human": "user", "ai": "assistant", "system": "system", "tool": "user", "chat": "user"}
@@ -226,7 +228,7 @@ def get_runtime(model_dir: Path) -> LocalRuntime:
         return _RUNTIMES[key]
 
 
-class LocalChatModel(BaseChatModel):
+class LocalChatModel(CompletedBatch, BaseChatModel):
     """LangChain chat model over a :class:`LocalRuntime`.
 
     ``batch()`` runs one padded ``generate()`` per chunk of ``concurrency`` inputs instead of a thread
@@ -297,19 +299,6 @@ class LocalChatModel(BaseChatModel):
                 [to_chat_dicts(messages)], schemas=[schema] if schema else None, **self._gen_kwargs(kwargs)
             )
         return ChatResult(generations=[ChatGeneration(message=self._to_message(g))])
-
-    def batch(
-        self,
-        inputs: list[Any],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[Any]:
-        out: list[Any] = [None] * len(inputs)
-        for i, res in self.batch_as_completed(inputs, config, return_exceptions=return_exceptions, **kwargs):
-            out[i] = res
-        return out
 
     def batch_as_completed(
         self,

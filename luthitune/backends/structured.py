@@ -27,6 +27,17 @@ RETRY_TEMPLATE = (
 )
 
 
+class CompletedBatch:
+    """``batch()`` for a chat model whose ``batch_as_completed`` does the real work (one continuous batch locally,
+    requests spread over hosts): the same results, in input order."""
+
+    def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any):
+        out: list[Any] = [None] * len(inputs)
+        for i, res in self.batch_as_completed(inputs, config, return_exceptions=return_exceptions, **kwargs):
+            out[i] = res
+        return out
+
+
 def json_parser(schema: type[BaseModel], include_raw: bool) -> RunnableLambda:
     """Parse an AI message's JSON text into ``schema``; with ``include_raw``, LangChain's
     ``{raw, parsed, parsing_error}`` shape, so callers treat every backend alike."""
