@@ -79,6 +79,7 @@ def build_integration(page) -> None:
             save = gr.Button("Save settings for this run", elem_id="save-training")
             with gr.Row():
                 stop = gr.Button("Cancel training", variant="stop", elem_id="training-cancel")
+                resume = gr.Button("Resume training", visible=False, elem_id="training-resume")
             live_md = gr.Markdown(elem_id="training-live")
             curve = gr.LinePlot(
                 x="step",
@@ -123,9 +124,11 @@ def build_integration(page) -> None:
             if i
             else ""
         )
+        stopped = bool(st and st.status == "interrupted" and "train_dpo" in st.next and not wb.busy(run_id))
         return [
             gr.update(visible=bool(i)),
             pending_text,
+            gr.update(visible=stopped),
             gr.update(visible=False),
             row["adapter_name"] if row else "assigned by the training node when it starts (RUN-cCYCLE)",
             *values,
@@ -134,7 +137,15 @@ def build_integration(page) -> None:
             A.hyperparameters_text(wb.ws),
         ]
 
-    page.part([pending, pending_md, confirm_row, adapter, *inputs, result, manifest, yaml_text], refresh)
+    page.part([pending, pending_md, resume, confirm_row, adapter, *inputs, result, manifest, yaml_text], refresh)
+
+    def do_resume(run_id):
+        if not run_id:
+            raise UsageError("Choose a run first (Runs tab).")
+        wb.submit(run_id, what="resume training from its last checkpoint")
+        return "Resuming training."
+
+    resume.click(guarded(do_resume), [page.run], [page.notice])
     page.part([curve, live_md], lambda p, run_id, st: list(live_curve(p, run_id)), live=True)
 
     def save_settings(run_id, *values):

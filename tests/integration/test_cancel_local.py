@@ -31,3 +31,48 @@ def test_cancel_stops_the_continuous_batch(workspace):
     assert elapsed < 5  # one decode step, not the remaining answers
     assert llm.runtime.lock.acquire(timeout=5)  # the generation thread let go of the weights (for resume, training)
     llm.runtime.lock.release()
+
+
+def test_cancel_during_training_then_train_again(workspace):
+    """Cancel between training steps (the web UI's Cancel), then Resume: training continues to the end."""
+    from fakes import SchemaFakeModel
+
+    from luthitune import actions as A
+    from luthitune.ui.worker import Workbench
+
+    wb = Workbench(workspace, llm=SchemaFakeModel())
+    p = wb.protocol()
+    run = p.start(
+        {
+            "n_scenarios": 3,
+            "review_sample": 0,
+            "train": {"max_steps": 4, "max_length": 64, "batch_size": 1},
+            "evaluation": {"probes_per_set": 1, "max_new_tokens": 16},
+        }
+    )
+
+    def step(answer=None):
+        job = wb.submit(run, answer)
+        wb.wait(run, 600)
+        assert not job.active and job.error is None, job.error
+        return p.status(run)
+
+    st = step()
+    for answer in ("/done", A.approve(), A.approve()):  # end the interview, consent review, constitution
+        st = step(answer)
+    assert st.interrupt["type"] == "confirm_training"
+    job = wb.submit(run, A.approve(), what="DPO training")
+    deadline = time.time() + 600
+    while job.progress.get("training", {}).get("done", 0) < 1 and job.active and time.time() < deadline:
+        time.sleep(0.05)
+    assert wb.cancel(run)
+    wb.wait(run, 600)
+    assert job.outcome == "cancelled", job.error
+    steps = p.store.rows("training_steps", "training_id = ?", [f"{run}:c0:train"])
+    assert 1 <= len(steps) < 4
+    st = p.status(run)
+    # Stopped inside train_dpo (Resume continues), or, depending on where LangGraph was, asking again.
+    assert st.next == ["train_dpo"] and (st.status == "interrupted" or st.interrupt["type"] == "confirm_training")
+    st = step(A.approve() if st.status == "waiting" else None)
+    assert st.interrupt and st.interrupt["type"] == "revision_review", (wb.job(run).error, st)
+    assert max(s["step"] for s in p.store.rows("training_steps", "training_id = ?", [f"{run}:c0:train"])) == 4

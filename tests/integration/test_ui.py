@@ -36,17 +36,17 @@ def free_port() -> int:
 
 @pytest.fixture
 def served(tmp_path):
-    from luthitune.config import Config, Workspace, init_workspace
+    from luthitune.config import Workspace, init_workspace
     from luthitune.ui.app import launch
     from luthitune.ui.worker import Workbench
 
     ws, _ = init_workspace(tmp_path / "ws")
-    if "evaluation" in Config.model_fields:  # probe prompts answered by base and adapter: keep them few and short
-        path = ws.root / "luthitune.yaml"
-        cfg = yaml.safe_load(path.read_text())
-        cfg.setdefault("evaluation", {}).update(probes_per_set=1, max_new_tokens=16)
-        path.write_text(yaml.safe_dump(cfg))
-        ws = Workspace.open(ws.root)
+    # Probe prompts answered by base and adapter: keep them few and short (runs started from the page use this file).
+    path = ws.root / "luthitune.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg.setdefault("evaluation", {}).update(probes_per_set=1, max_new_tokens=16)
+    path.write_text(yaml.safe_dump(cfg))
+    ws = Workspace.open(ws.root)
     wb = Workbench(ws, llm=SchemaFakeModel())
     demo = launch(wb, port=free_port(), block=False)
     yield wb, f"http://127.0.0.1:{demo.server_port}/"
