@@ -109,7 +109,7 @@ def train_from_data(
         if on_step:
             on_step(s, total, metrics)
 
-    runtime = local_runtime(ws, base) if num_processes <= 1 else None
+    runtime = local_runtime(ws, base) if num_processes <= 1 and not accelerate_config else None
     try:
         result = run(
             job,
