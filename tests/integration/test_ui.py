@@ -137,6 +137,10 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     shot("4b-practice-reviewed")
 
     tab("Integration")
+    page.locator("#hp-beta input").fill("-1")  # a bad value: one message naming the field, nothing saved
+    page.locator("#save-training").click()
+    expect(page.locator(".toast-body").first).to_contain_text("dpo.beta")
+    page.locator("#hp-beta input").fill("0.1")
     for key, value in (("max_steps", "2"), ("max_length", "64"), ("batch_size", "2")):
         page.locator(f"#hp-{key} input").fill(value)
     page.locator("#start-training").click()
