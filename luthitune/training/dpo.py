@@ -29,7 +29,7 @@ from luthitune.errors import LuthiTuneError
 from luthitune.store import sha256
 from luthitune.training import manifest as M
 from luthitune.training.config import plan
-from luthitune.training.paths import TrainPath, bf16_supported, load_model, select_path
+from luthitune.training.paths import TrainPath, bf16_supported, load_model, select_path, weights_params
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,14 @@ class Job:
     def hp(self) -> Hyperparameters:
         return Hyperparameters.model_validate(self.hyperparameters)
 
-    def key(self, path: TrainPath) -> str:
-        """What must match for a trainer checkpoint to be resumed: the data, the config and the path."""
-        return sha256(
-            json.dumps(
-                [dataset_hash(self.pairs), self.hyperparameters, path.kind, self.init_adapter, self.model_dir],
-                sort_keys=True,
-            )
-        )
+    def key(self, path: TrainPath, world_size: int = 1) -> str:
+        """What must match for a trainer checkpoint to be resumed: the data, the config, the path, and the number of
+        processes (it sets the effective batch, hence what a step is)."""
+        parts: list[Any] = [dataset_hash(self.pairs), self.hyperparameters, path.kind, self.init_adapter]
+        parts.append(self.model_dir)
+        if world_size > 1:
+            parts.append({"world_size": world_size})
+        return sha256(json.dumps(parts, sort_keys=True))
 
 
 @dataclass
@@ -128,15 +128,35 @@ def prepare_workdir(work: Path, key: str) -> Path | None:
     return None
 
 
-def _sorted_dataset(pairs: list[dict]):
+def _sorted_dataset(pairs: list[dict], shared_dir: Path | None = None, write: bool = True):
     """The dataset ordered by length, so reference log-probs are precomputed in evenly padded batches (the
-    training sampler shuffles or groups it again)."""
-    from datasets import Dataset
+    training sampler shuffles or groups it again).
 
+    With several processes it lives on disk in ``shared_dir`` (written by the main process, ``write``), because
+    ``datasets`` keeps its derived files (TRL's tokenized columns and precomputed reference log-probs) beside the
+    dataset's own: an in-memory dataset would put them in a private temporary folder per process, where the other
+    processes cannot find the reference log-probs the main process computed.
+    """
+    from datasets import Dataset, load_from_disk
+
+    if shared_dir is not None and not write:
+        return load_from_disk(str(shared_dir))
     rows = conversational(pairs)
     size = [len(p["prompt"]) + max(len(p["chosen"]), len(p["rejected"])) for p in pairs]
     order = sorted(range(len(rows)), key=lambda i: size[i])
-    return Dataset.from_list([rows[i] for i in order])
+    ds = Dataset.from_list([rows[i] for i in order])
+    if shared_dir is None:
+        return ds
+    shutil.rmtree(shared_dir, ignore_errors=True)
+    ds.save_to_disk(str(shared_dir))
+    return load_from_disk(str(shared_dir))
+
+
+def world_size() -> int:
+    """How many processes train this job (1 unless started by ``accelerate launch`` / torchrun / MPI)."""
+    from accelerate.utils import get_int_from_env
+
+    return max(1, get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1))
 
 
 def train(
@@ -151,8 +171,9 @@ def train(
     """Train ``job``; with ``runtime`` (a :class:`~luthitune.backends.local.LocalRuntime`) on its own weights.
 
     ``on_step(step, total, metrics)`` is called after every logged step; ``on_event`` with phase changes
-    (``{"phase": "reference log-probs" | "training" | "saving"}``). ``is_main`` is false on the other processes of
-    a multi-process (accelerate) job: they train but write nothing.
+    (``{"phase": "reference log-probs" | "training" | "saving"}``). In a multi-process (accelerate) job every process
+    calls this; only the main one (rank 0: ``is_main``, checked against the trainer's own rank) prepares the
+    checkpoint folder, reports steps and events, and writes the adapter and its manifest; the others train and wait.
     """
     from datasets.utils.logging import disable_progress_bar
 
@@ -165,23 +186,16 @@ def train(
     log.info("Training path: %s (%s)", path.kind, path.reason)
     out_dir = Path(job.out_dir)
     work = out_dir.with_name(out_dir.name + ".trainer")
-    resume = prepare_workdir(work, job.key(path)) if is_main else latest_checkpoint(work)
-    event = on_event or (lambda e: None)
+    world = world_size()
 
     shared = runtime is not None and path.in_process
     lock = runtime.lock if shared else _NoLock()
     with lock:
         if shared:
             model, tok, already_peft = _plain_base(runtime), runtime.tokenizer, False
-        else:
-            model, tok, already_peft = load_model(path, Path(job.model_dir), hp)
-        tok_side = tok.padding_side
-        if job.init_adapter and not already_peft:  # continue the previous cycle's adapter (a copy of its weights)
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, job.init_adapter, is_trainable=True)
-            already_peft = True
-        n_params = sum(p.numel() for p in model.parameters())
+            n_params = sum(p.numel() for p in model.parameters())
+        else:  # the weights load once the trainer's arguments exist (below)
+            n_params = weights_params(Path(job.model_dir))
         setup = plan(
             hp,
             output_dir=str(work),
@@ -189,22 +203,43 @@ def train(
             device=path.device,
             n_params=n_params,
             bf16=bf16_supported(path),
+            world_size=world,
         )
-        for note in setup.notes:
+        if setup.dpo.world_size != world:
+            raise LuthiTuneError(
+                f"This job was started as {world} processes, but the trainer set up {setup.dpo.world_size}: "
+                "check the accelerate config file (num_processes, distributed_type)."
+            )
+        if world > 1:  # the trainer's rank decides who writes, whatever the launcher's variables said
+            is_main = setup.dpo.process_index == 0
+        if not shared:  # now each process loads onto its own GPU, and DeepSpeed ZeRO-3 / FSDP see their config
+            model, tok, already_peft = load_model(path, Path(job.model_dir), hp)
+        tok_side = tok.padding_side
+        if job.init_adapter and not already_peft:  # continue the previous cycle's adapter (a copy of its weights)
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, job.init_adapter, is_trainable=True)
+            already_peft = True
+        event = on_event if on_event is not None and is_main else (lambda e: None)
+        for note in setup.notes if is_main else []:
             log.warning("Training: %s", note)
+        # The main process cleans or keeps the checkpoint folder and writes the shared dataset; the others wait,
+        # then resume from the checkpoint the main process chose.
+        with setup.dpo.main_process_first(local=False, desc="the trainer's folder"):
+            resume = prepare_workdir(work, job.key(path, world)) if is_main else None
+            data = _sorted_dataset(job.pairs, work / "dataset" if world > 1 else None, write=is_main)
+        if world > 1:
+            resume = _from_main(resume)
         event({"phase": "reference log-probs" if hp.dpo.precompute_ref_log_probs else "preparing"})
-        trainer, recorder = _make_trainer(model, tok, job, setup, None if already_peft else setup.lora, on_step)
+        trainer, recorder = _make_trainer(model, tok, data, setup, None if already_peft else setup.lora, on_step)
         event({"phase": "training", "total": setup.total_steps})
         try:
             model.train()
             out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-            trained = trainer.model
-            if is_main:
-                event({"phase": "saving"})
-                tmp = out_dir.with_name(out_dir.name + ".partial")
-                shutil.rmtree(tmp, ignore_errors=True)
-                trained.save_pretrained(tmp)
-                tok.save_pretrained(tmp)
+            trainer.accelerator.wait_for_everyone()  # every process has written its part of the last checkpoint
+            event({"phase": "saving"})
+            tmp = out_dir.with_name(out_dir.name + ".partial")
+            _save(trainer, tok, tmp, is_main)
         finally:
             tok.padding_side = tok_side
             if shared:
@@ -233,6 +268,35 @@ class _NoLock:
 
     def __exit__(self, *exc):
         return False
+
+
+def _from_main(ckpt: Path | None) -> Path | None:
+    """The main process's ``ckpt`` on every process (all of them must resume from the same checkpoint)."""
+    from accelerate.utils import broadcast_object_list
+
+    box = [str(ckpt) if ckpt else None]
+    broadcast_object_list(box, from_process=0)
+    return Path(box[0]) if box[0] else None
+
+
+def _save(trainer, tok, tmp: Path, is_main: bool) -> None:
+    """The adapter and tokenizer into ``tmp``, written by the main process.
+
+    Where the weights are sharded across processes (DeepSpeed ZeRO-3, FSDP), ``Trainer.save_model`` gathers the
+    adapter from all of them, so every process takes part; it writes on the main process only. With one process or
+    DDP, every process holds the whole adapter and the main one saves it.
+    """
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        trainer.accelerator.wait_for_everyone()
+        trainer.save_model(str(tmp))
+        if is_main:
+            (tmp / "training_args.bin").unlink(missing_ok=True)
+    elif is_main:
+        trainer.model.save_pretrained(tmp)
+    if is_main:
+        tok.save_pretrained(tmp)
 
 
 def _step_of(ckpt: Path | None) -> int | None:
@@ -281,14 +345,14 @@ class _Recorder:
         return {k: v for k, v in (self.steps[-1] if self.steps else {}).items() if k != "step"}
 
 
-def _make_trainer(model, tok, job: Job, setup, peft_config, on_step: StepFn | None):
+def _make_trainer(model, tok, data, setup, peft_config, on_step: StepFn | None):
     from transformers import PrinterCallback
 
     recorder = _Recorder(on_step)
     trainer = _trainer_class()(
         model=model,
         args=setup.dpo,
-        train_dataset=_sorted_dataset(job.pairs),
+        train_dataset=data,
         processing_class=tok,
         peft_config=peft_config,
         callbacks=[recorder.callback()],

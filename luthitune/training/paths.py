@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +82,10 @@ def bf16_supported(path: TrainPath) -> bool:
 
 
 def load_model(path: TrainPath, model_dir: Path, hp: Hyperparameters) -> tuple[Any, Any, bool]:
-    """A fresh (model, tokenizer, already_peft) for paths that do not train the shared runtime's weights."""
+    """A fresh (model, tokenizer, already_peft) for paths that do not train the shared runtime's weights.
+
+    Called after the trainer's arguments are made: they set this process's GPU (one per process under
+    ``accelerate launch``) and, with DeepSpeed ZeRO-3, the config ``from_pretrained`` reads."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -115,17 +121,50 @@ def load_model(path: TrainPath, model_dir: Path, hp: Hyperparameters) -> tuple[A
         from transformers import BitsAndBytesConfig
 
         compute = torch.bfloat16 if bf16_supported(path) else torch.float16
+        sharded = sharded_training()
         quant = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute,
+            # ZeRO-3 and FSDP shard the packed 4-bit weights like any other parameter: they must be stored in the
+            # dtype of the rest of the model (PEFT's guidance for QLoRA with DeepSpeed ZeRO-3 and FSDP).
+            bnb_4bit_quant_storage=compute if sharded else torch.uint8,
         )
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=quant, device_map={"": 0})
+        if sharded:  # placed by the trainer; prepare_model_for_kbit_training would upcast layers to float32
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=quant, dtype=compute)
+            return model, tok, False
+        device = {"": torch.cuda.current_device()}  # this process's GPU (set by the trainer's arguments)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=quant, device_map=device)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=hp.training.gradient_checkpointing is not False
         )
         return model, tok, False
     dtype = torch.bfloat16 if bf16_supported(path) else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(path.device)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    if not sharded_training():  # "cuda" is this process's GPU; sharded weights are placed by the trainer
+        model = model.to(path.device)
     return model, tok, False
+
+
+def sharded_training() -> bool:
+    """Whether this process's weights are sharded across processes (DeepSpeed ZeRO-3 or FSDP, from the accelerate
+    config). Only meaningful once the trainer's arguments exist, which is when :func:`load_model` is called."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in {"1", "true", "yes"}
+    return bool(fsdp or is_deepspeed_zero3_enabled())
+
+
+def weights_params(model_dir: Path) -> int | None:
+    """How many parameters ``model_dir``'s safetensors files hold, from their headers (nothing is loaded)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with file.open("rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size))
+        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    return total
