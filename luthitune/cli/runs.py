@@ -90,6 +90,15 @@ def run(
     consent_rounds: Annotated[int, typer.Option(min=1, help="Times to ask for consent before ending.")] = 2,
     draft_rounds: Annotated[int, typer.Option(min=1, help="Constitution drafts before giving up.")] = 3,
     name: Annotated[str | None, typer.Option(help="Run id (default: generated).")] = None,
+    train_processes: Annotated[
+        int | None,
+        typer.Option(
+            "--train-processes",
+            min=1,
+            help="Train under `accelerate launch` with this many processes (DDP over GPUs, gloo on the CPU); "
+            "kept with the run, so `resume` trains the same way. Default 1: in-process.",
+        ),
+    ] = None,
 ) -> None:
     """Start a run; it stops at the first approval point unless --autopilot."""
     p = protocol(ctx, workspace)
@@ -101,6 +110,7 @@ def run(
         "interview_turns": turns,
         "max_consent_rounds": consent_rounds,
         "max_draft_rounds": draft_rounds,
+        "train_processes": train_processes,
     }
     run_id = p.start({k: v for k, v in settings.items() if v is not None}, run_id=name)
     console.print(f"Started run [bold]{run_id}[/] in {p.ws.root}")

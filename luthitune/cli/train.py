@@ -24,9 +24,23 @@ def train(
     beta: Annotated[float | None, typer.Option(min=0.0, help="dpo.beta")] = None,
     max_steps: Annotated[int | None, typer.Option(help="training.max_steps (-1: by epochs)")] = None,
     base: Annotated[str | None, typer.Option(help="Weights to train (default: model.name, else base_model).")] = None,
-    processes: Annotated[int, typer.Option(min=1, help="Processes under `accelerate launch` (DDP).")] = 1,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            min=1,
+            help="Training processes under `accelerate launch`: data-parallel (DDP) over that many GPUs, or CPU "
+            "processes (gloo) without a GPU. With --accelerate-config: overrides its num_processes.",
+        ),
+    ] = 1,
     accelerate_config: Annotated[
-        Path | None, typer.Option(help="An accelerate config file (DDP, FSDP or DeepSpeed); implies accelerate.")
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="An accelerate config file (DDP, FSDP or DeepSpeed, e.g. examples/accelerate/*.yaml): training "
+            "runs under `accelerate launch --config_file` with it.",
+        ),
     ] = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
