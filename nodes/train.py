@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from langgraph.runtime import Runtime
 
 from luthitune.dataset import dataset_hash, kept_pairs, split
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
-from luthitune.store import now
+from luthitune.training import records
 
 SHOWN = {"loss": "loss", "margin": "rewards/margins", "acc": "rewards/accuracies"}
 
@@ -40,31 +38,34 @@ def job_for(rt: Runtime[Context], state: RunState, train: list[dict], held: int,
 
 
 def run_training(rt: Runtime[Context], state: RunState, train: list[dict], held: int, name: str, training_id: str):
-    if rt.context.trainer is not None:
-        return rt.context.trainer(train, name)
+    ws, s = common.workspace(rt), common.store(rt)
+    if rt.context.trainer is not None:  # unit tests: a fake trainer
+        return records.recorded(s, training_id, lambda: rt.context.trainer(train, name))
     from luthitune.backends import local_runtime
     from luthitune.training.worker import run
 
-    ws, s = common.workspace(rt), common.store(rt)
 
-    def on_step(step: int, total: int, metrics: dict) -> None:
-        s.upsert(
-            "training_steps",
-            {"training_id": training_id, "step": step, "metrics_json": metrics, "created_at": now()},
-            pk=("training_id", "step"),
-        )
+    def shown(step: int, total: int, metrics: dict) -> None:
         common.progress(rt, "training", step, total, **{k: metrics[v] for k, v in SHOWN.items() if v in metrics})
 
     def on_event(event: dict) -> None:
         if event.get("phase") != "training":
             common.progress(rt, event["phase"], 0, 0)
 
-    return run(
-        job_for(rt, state, train, held, name),
-        runtime=local_runtime(ws, ws.config.base_model),
-        on_step=on_step,
-        on_event=on_event,
-        num_processes=rt.context.train_processes,
+    processes = rt.context.train_processes
+    # One process trains the interviewed weights in place; several train in workers, and evaluation then loads
+    # the new adapter onto the weights itself.
+    runtime = local_runtime(ws, ws.config.base_model) if processes <= 1 else None
+    return records.recorded(
+        s,
+        training_id,
+        lambda: run(
+            job_for(rt, state, train, held, name),
+            runtime=runtime,
+            on_step=records.step_recorder(s, training_id, shown),
+            on_event=on_event,
+            num_processes=processes,
+        ),
     )
 
 
@@ -97,32 +98,18 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
 
     name = safe_name(f"{run_id}-c{cycle}")
     training_id = common.key(state, "train", "")
-    s.upsert(
-        "training_runs",
-        {
-            "id": training_id,
-            "run_id": run_id,
-            "cycle": cycle,
-            "adapter_name": name,
-            "status": "running",
-            "dataset_hash": dataset_hash(train),
-            "started_at": now(),
-            "config_json": {
-                **runtime.context.train,
-                "train_ids": [p["id"] for p in train],
-                "held_out_ids": [p["id"] for p in held],
-            },
+    records.started(
+        s,
+        training_id,
+        run_id=run_id,
+        cycle=cycle,
+        adapter_name=name,
+        dataset_hash=dataset_hash(train),
+        config_json={
+            **runtime.context.train,
+            "train_ids": [p["id"] for p in train],
+            "held_out_ids": [p["id"] for p in held],
         },
     )
     result = run_training(runtime, state, train, len(held), name, training_id)
-    s.upsert(
-        "training_runs",
-        {
-            "id": training_id,
-            "status": "done",
-            "adapter_path": result.adapter_path,
-            "metrics_json": json.dumps(result.metrics),
-            "finished_at": now(),
-        },
-    )
     return {"training_id": training_id, "adapter_path": result.adapter_path, "adapter_name": name}

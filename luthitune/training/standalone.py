@@ -14,7 +14,8 @@ from typing import Any
 
 from luthitune.config import Workspace
 from luthitune.errors import NotFound, UsageError
-from luthitune.store import Store, now
+from luthitune.store import Store
+from luthitune.training import records
 from luthitune.training.config import merge
 from luthitune.training.dpo import Job, StepFn, TrainResult, load_pairs_file, safe_name
 
@@ -86,51 +87,25 @@ def train_from_data(
     )
     store = Store(ws.db_path)
     training_id = f"train:{name}"
-    store.upsert(
-        "training_runs",
-        {
-            "id": training_id,
-            "run_id": provenance.get("run_id"),
-            "cycle": provenance.get("cycle"),
-            "adapter_name": name,
-            "status": "running",
-            "dataset_hash": job.manifest["dataset"]["export_hash"],
-            "started_at": now(),
-            "config_json": {**job.hyperparameters, "source": str(data)},
-        },
+    records.started(
+        store,
+        training_id,
+        run_id=provenance.get("run_id"),
+        cycle=provenance.get("cycle"),
+        adapter_name=name,
+        dataset_hash=job.manifest["dataset"]["export_hash"],
+        config_json={**job.hyperparameters, "source": str(data)},
     )
-
-    def step(s: int, total: int, metrics: dict) -> None:
-        store.upsert(
-            "training_steps",
-            {"training_id": training_id, "step": s, "metrics_json": metrics, "created_at": now()},
-            pk=("training_id", "step"),
-        )
-        if on_step:
-            on_step(s, total, metrics)
-
     runtime = local_runtime(ws, base) if num_processes <= 1 and not accelerate_config else None
-    try:
-        result = run(
+    return records.recorded(
+        store,
+        training_id,
+        lambda: run(
             job,
             runtime=runtime,
-            on_step=step,
+            on_step=records.step_recorder(store, training_id, on_step),
             on_event=on_event,
             num_processes=num_processes,
             accelerate_config=accelerate_config,
-        )
-    except BaseException as exc:  # the trainer checkpoints stay: the same command resumes from them
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        store.upsert("training_runs", {"id": training_id, "status": status, "finished_at": now()})
-        raise
-    store.upsert(
-        "training_runs",
-        {
-            "id": training_id,
-            "status": "done",
-            "adapter_path": result.adapter_path,
-            "metrics_json": json.dumps(result.metrics),
-            "finished_at": now(),
-        },
+        ),
     )
-    return result
