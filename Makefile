@@ -44,7 +44,7 @@ postgres:
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	else echo "PostgreSQL is not installed: the Postgres checkpointer test will be skipped (apt-get install postgresql)."; fi
 
-# The web UI's browser test (tests/integration/test_ui.py) drives Debian's Chromium through Playwright: Playwright's
+# The web UI's browser test (tests/integration/test_ui_browser.py) drives Debian's Chromium through Playwright: Playwright's
 # own browser download is not reachable here. Installed once, quietly, when missing and we are root (as in CI).
 browser:
 	@if [ -x /usr/bin/chromium ]; then :; \
