@@ -39,7 +39,11 @@ FORK_TABLES = [
     ("pairs", "run_id", "created_at"),
     ("training_runs", "run_id", "started_at"),
     ("evaluations", "run_id", "created_at"),
+    ("probe_answers", "run_id", "created_at"),
+    ("run_models", "run_id", "created_at"),
 ]
+# The run's own record of which model it talks to and which it trains (checked when the source run started).
+IDENTITY_FIELDS = ("chat_identity_json", "train_identity_json", "identity_match", "identity_reason", "allow_mismatch")
 
 
 def rebrand(value: Any, src: str, dst: str) -> Any:
@@ -245,7 +249,7 @@ class Protocol:
 
         settings = json.loads(src_row["config_json"])
         settings["forked_from"] = {"run": run_id, "checkpoint": checkpoint_id}
-        fields = {k: src_row[k] for k in ("backend", "chat_model", "base_model")}
+        fields = {k: src_row[k] for k in ("backend", "chat_model", "base_model", *IDENTITY_FIELDS)}
         self.store.upsert_run(new_id, **fields, status="created", config_json=json.dumps(settings))
         with self.store.db.conn:
             for table, link, when in FORK_TABLES:

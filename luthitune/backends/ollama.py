@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from luthitune.backends.ollama_store import ollama_name
 from luthitune.config import Config
 from luthitune.errors import BackendUnavailable
 
@@ -21,7 +22,7 @@ def make_chat_ollama(config: Config, model: str | None = None, *, base_url: str 
 
     s = config.sampling
     return ChatOllama(
-        model=model or config.chat_model,
+        model=ollama_name(model or config.chat_model),  # `ollama:NAME` (as base_model spells it) works here too
         base_url=base_url or config.ollama.base_url,
         temperature=s.temperature,
         top_p=s.top_p,
@@ -81,7 +82,7 @@ def check(
     config: Config, model: str | None = None, timeout_s: float = 3.0, *, url: str | None = None
 ) -> OllamaStatus:
     """Ask the server (``url``, default ``ollama.base_url``) for its version and model list, within ``timeout_s``."""
-    url, model = url or config.ollama.base_url, model or config.chat_model
+    url, model = url or config.ollama.base_url, ollama_name(model or config.chat_model)
     status = OllamaStatus(url=url, reachable=False)
     try:
         with httpx.Client(base_url=url, timeout=timeout_s) as client:

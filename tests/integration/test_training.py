@@ -55,6 +55,13 @@ def hp(**overrides) -> dict:
     return merge(Hyperparameters(), base).model_dump(mode="json")
 
 
+def base_weights(rt) -> dict:
+    """The base model's own weights by their plain names, whatever adapters the shared runtime has loaded (other
+    tests in this process may have left one)."""
+    plain = rt.model.get_base_model() if hasattr(rt.model, "get_base_model") else rt.model
+    return {k.replace(".base_layer", ""): v for k, v in plain.state_dict().items() if "lora_" not in k}
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One training on the shared runtime (the weights the protocol talks to); the tests read its outcome."""
@@ -62,9 +69,7 @@ def trained(tmp_path_factory):
 
     ws, _ = init_workspace(tmp_path_factory.mktemp("ws"))
     rt = local_runtime(ws)
-    with rt.adapter(None):
-        plain = rt.model.get_base_model() if hasattr(rt.model, "get_base_model") else rt.model
-        before = {k: v.detach().clone() for k, v in plain.state_dict().items() if "lora_" not in k}
+    before = {k: v.detach().clone() for k, v in base_weights(rt).items()}
     out = ws.models_dir / "adapters" / "sep"
     job = Job(
         model_dir=str(rt.model_dir),
@@ -85,10 +90,7 @@ def test_lora_weights_change_and_base_weights_do_not(trained):
     lora = load_file(trained["out"] / "adapter_model.safetensors")
     b_mats = [v for k, v in lora.items() if "lora_B" in k]
     assert b_mats and all(v.abs().sum() > 0 for v in b_mats)  # PEFT starts B at zero: training moved every one
-    rt = trained["rt"]
-    with rt.adapter(None):
-        plain = rt.model.get_base_model() if hasattr(rt.model, "get_base_model") else rt.model
-        after = {k.replace(".base_layer", ""): v for k, v in plain.state_dict().items() if "lora_" not in k}
+    after = base_weights(trained["rt"])
     assert set(after) == set(trained["before"])
     for k, v in trained["before"].items():
         assert torch.equal(v, after[k]), k

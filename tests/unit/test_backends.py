@@ -155,3 +155,9 @@ def test_local_model_honours_max_concurrency_and_streams_results_as_they_finish(
     generate_structured(llm, convs[:2], ScenarioRequest)
     assert rt.calls[-1]["slots"] == 4  # the model's own concurrency by default
     assert rt.calls[-1]["temperature"] == 0.5 and rt.calls[-1]["max_new_tokens"] >= 300  # schema budget
+
+
+def test_an_ollama_prefixed_chat_model_talks_to_the_plain_name(tmp_path):
+    """base_model spells Ollama models `ollama:NAME`; the same spelling as chat_model reaches Ollama as NAME."""
+    llm = make_chat_model(ollama_ws(tmp_path, f"http://127.0.0.1:{closed_port()}", model="ollama:qwen2.5:7b"))
+    assert llm.model == "qwen2.5:7b"

@@ -219,6 +219,9 @@ def test_fork_from_constitution_review_redoes_later_work_only(make_protocol):
     assert counts(p, fork) == at_review  # only what existed at that checkpoint, renamed
     assert p.store.transcript(fork)[0]["id"].startswith("edited:")
     assert len(p.history(fork)) == len([h for h in p.history(run) if h["created_at"] <= cp["created_at"]])
+    src, new = p.store.get("runs", run), p.store.get("runs", fork)
+    assert new["chat_identity_json"] and new["chat_identity_json"] == src["chat_identity_json"]  # identity goes along
+    assert new["identity_match"] == src["identity_match"]
 
     edited = st.interrupt["text"] + "\n**P9. Patience** — I take time to explain.\n"
     st = p.advance(fork, {"action": "edit", "text": edited})
