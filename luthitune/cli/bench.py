@@ -131,6 +131,7 @@ def bench_train(
     batch: Annotated[int | None, typer.Option(help="Pairs per step (default: hyperparameters.yaml).")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens per sequence (default: hyperparameters.yaml).")] = None,
     mode: Annotated[list[str] | None, typer.Option(help="Run only these modes (stock, project).")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Runs of each mode, alternating; the fastest counts.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Training speed and memory: TRL's stock DPO settings vs the project's, same data and model, one run."""
@@ -151,7 +152,9 @@ def bench_train(
         f"Training {len(rows)} pairs x {hp.training.num_train_epochs:g} epoch(s), batch {hp.training.batch_size}, "
         f"max_length {hp.dpo.max_length}, on {model_dir.name}, once per mode (each in its own process)…"
     )
-    result = benchmark(model_dir, hp, rows, mode or None, on_mode=lambda m: console.print(f"  mode {m}…"))
+    result = benchmark(
+        model_dir, hp, rows, mode or None, on_mode=lambda m: console.print(f"  mode {m}…"), repeats=repeats
+    )
     if as_json:
         console.print_json(json.dumps(result))
         return

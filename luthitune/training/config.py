@@ -90,6 +90,17 @@ def total_steps(hp: Hyperparameters, n_train: int, world_size: int = 1) -> int:
     return max(1, math.ceil(math.ceil(n_train / per_step) * t.num_train_epochs))
 
 
+def micro_batch(hp: Hyperparameters, device: str) -> int:
+    """Pairs per forward pass: the largest divisor of ``batch_size`` not above ``micro_batch_size`` ("auto": 2 on the
+    CPU, the whole batch under CUDA), so the micro-batches add up to exactly the configured batch."""
+    t = hp.training
+    want = t.micro_batch_size
+    if want == "off" or (want == "auto" and device != "cpu"):
+        return t.batch_size
+    limit = 2 if want == "auto" else int(want)
+    return max(d for d in range(1, t.batch_size + 1) if t.batch_size % d == 0 and d <= max(1, limit))
+
+
 def gradient_checkpointing(hp: Hyperparameters, device: str, n_params: int | None) -> bool:
     setting = hp.training.gradient_checkpointing
     if setting != "auto":
@@ -137,14 +148,15 @@ def plan(
     if max_length < d.max_length:
         notes.append(f"dpo.max_length {d.max_length} is capped by model.max_seq_length {hp.model.max_seq_length}")
     checkpointing = gradient_checkpointing(hp, device, n_params)
+    micro = micro_batch(hp, device)
     save_steps = t.save_steps or max(1, math.ceil(steps / 10))
     args = DPOConfig(
         output_dir=output_dir,
         learning_rate=t.learning_rate,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=t.gradient_accumulation_steps * (t.batch_size // micro),
         warmup_steps=warmup,
         max_grad_norm=t.max_grad_norm,
         weight_decay=t.weight_decay,
@@ -165,7 +177,8 @@ def plan(
         label_smoothing=d.label_smoothing,
         max_length=max_length,
         precompute_ref_log_probs=d.precompute_ref_log_probs,
-        precompute_ref_batch_size=d.precompute_ref_batch_size,
+        # Reference log-probs need no gradients: a larger batch than training's, over length-sorted pairs.
+        precompute_ref_batch_size=d.precompute_ref_batch_size or max(t.batch_size, 8),
         use_cpu=device == "cpu",
         bf16=bf16,
         fp16=False,

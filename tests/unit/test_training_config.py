@@ -61,7 +61,9 @@ def test_every_original_key_takes_effect(tmp_path):
     assert a.max_length == 300  # dpo.max_length 512 is capped by model.max_seq_length
     assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (4, 12, 0.05)
     assert a.learning_rate == 5e-5 and a.num_train_epochs == 2
-    assert a.per_device_train_batch_size == 3 and a.gradient_accumulation_steps == 2
+    # 3 pairs x 2 accumulated per optimizer step, run as micro-batches of 1 (the largest divisor of 3 up to 2)
+    assert a.per_device_train_batch_size * a.gradient_accumulation_steps == 3 * 2
+    assert a.per_device_train_batch_size == 1
     assert a.beta == 0.25
     assert p.total_steps == 4  # ceil(12 / (3 * 2)) * 2 epochs
     assert any("capped" in n for n in p.notes)
@@ -173,3 +175,20 @@ def test_no_pairs_is_a_clear_error_not_an_empty_adapter(tmp_path):
     with pytest.raises(LuthiTuneError, match="every pair was quarantined"):
         train(Job(model_dir=str(tmp_path), out_dir=str(tmp_path / "a"), pairs=[], hyperparameters={}))
     assert not (tmp_path / "a").exists()
+
+
+def test_micro_batches_add_up_to_the_configured_batch(tmp_path):
+    from luthitune.training.config import micro_batch
+
+    for batch, want, device, expect in [
+        (4, "auto", "cpu", 2),
+        (4, "auto", "cuda", 4),
+        (6, 4, "cpu", 3),
+        (5, "auto", "cpu", 1),
+        (4, "off", "cpu", 4),
+        (2, 8, "cpu", 2),
+    ]:
+        hp = merge(Hyperparameters(), {"training": {"batch_size": batch, "micro_batch_size": want}})
+        assert micro_batch(hp, device) == expect, (batch, want, device)
+        a = plan(hp, output_dir=str(tmp_path), n_train=24, device=device).dpo
+        assert a.per_device_train_batch_size * a.gradient_accumulation_steps == batch
