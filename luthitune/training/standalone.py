@@ -62,11 +62,11 @@ def train_from_data(
     from luthitune.backends import local_model_dir, local_runtime
     from luthitune.training.worker import run
 
+    hp = merge(ws.hyperparameters(), overrides, source=str(ws.root / "config" / "hyperparameters.yaml"))
     data = data or newest_export(ws)
     pairs, held, provenance = read_data(data)
     if not pairs:
         raise UsageError(f"{data} holds no pairs to train on.")
-    hp = merge(ws.hyperparameters(), overrides, source=str(ws.root / "config" / "hyperparameters.yaml"))
     base = base_model or hp.model.name or ws.config.base_model
     name = safe_name(name or f"{data.stem if data.is_file() else data.name}-dpo")
     out = ws.models_dir / "adapters" / name

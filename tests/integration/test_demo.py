@@ -29,7 +29,10 @@ def test_demo_runs_a_full_cycle_and_revision(tmp_path):
         assert prov.exit_code == 0, prov.output
         record = json.loads(prov.output)
         assert record["missing"] == [] and record["identity"]["one_model"] is True
-        assert record["constitution"][-1]["version"] == 1 and record["interview"]["messages"] >= 3
+        trained_on = record["constitution"][0]  # the version the adapter was trained under, then its ancestors
+        assert trained_on["status"] in {"approved", "superseded"} and trained_on["author"] == "model"
+        assert trained_on["id"] == s.rows("training_runs")[0]["run_id"] + f":v{trained_on['version']}"
+        assert record["interview"]["messages"] >= 3 and record["consents"]
         text = CliRunner().invoke(app, ["provenance", adapter, "-w", str(ws)], terminal_width=200)
         assert text.exit_code == 0 and "one model identity from interview to adapter" in text.output
     assert (ws / "data" / "constitution.md").exists() == bool(s.count("constitution_versions", "status='approved'"))

@@ -175,3 +175,20 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path, trained):
 
     keys = list(load_file(out / "adapter_model.safetensors"))
     assert keys and not any(k.count("base_model.model") > 1 for k in keys)
+
+
+def test_an_adapter_trained_outside_a_run_is_evaluated_and_reported(trained):
+    from typer.testing import CliRunner
+
+    from luthitune.cli import app
+    from luthitune.store import Store
+
+    ws = trained["ws"]
+    args = ["eval", str(trained["out"]), "--probes-per-set", "1", "-w", str(ws.root)]
+    r = CliRunner().invoke(app, args, terminal_width=200)
+    assert r.exit_code == 0, r.output
+    store = Store(ws.db_path)
+    rows = store.rows("evaluations", "run_id = ?", ["adapter:sep"])
+    assert {"probes.trap.agency_rate", "drift.kl_mean"} <= {e["metric"] for e in rows}
+    assert store.count("probe_answers", "run_id = ?", ["adapter:sep"]) == 2 * 4  # base and adapter, one per set
+    assert (ws.data_dir / "reports" / "adapter-sep-c0.md").exists() and "Report:" in r.output
