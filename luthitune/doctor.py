@@ -172,7 +172,9 @@ def identity_checks(ws: Workspace) -> list[Check]:
 
     m = ids.match
     if m.same:
-        verdict = "the model interviewed is the model trained" + ("" if m.verified else f" ({m.reason})")
+        verdict = "the model interviewed is the model trained" + (
+            "" if m.verified else " (the same configured model; not verified: its digest is unknown, see above)"
+        )
     else:
         verdict = f"different weights: {m.reason}. " + (
             "allow_mismatch is set: runs start anyway and record it"

@@ -252,7 +252,7 @@ def compare(a: dict, b: dict) -> Match:
         if sorted(a.get("adapters") or []) != sorted(b.get("adapters") or []):
             return Match(False, True, f"the same base weights {da[:19]}…, but with different adapters on top")
         return Match(True, True, f"both are {da}")
-    errors = "; ".join(e for e in (a.get("error"), b.get("error")) if e)
+    errors = "; ".join(dict.fromkeys(e for e in (a.get("error"), b.get("error")) if e))  # each reason once
     if _name_key(a) == _name_key(b):
         return Match(True, False, f"the same configured model; its digest could not be read ({errors})")
     return Match(False, False, f"different models are configured, and a digest could not be read: {errors}")
