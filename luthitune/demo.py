@@ -22,7 +22,9 @@ DEMO_SETTINGS = {
     # temperature): each "no" is honoured and answered in the interview, and a third round keeps the
     # demo from ending early most of the time.
     "max_consent_rounds": 3,
-    "train": {"epochs": 2.0, "batch_size": 2, "learning_rate": 5e-5, "beta": 0.1, "max_length": 384},
+    # A handful of pairs: a few more passes at a higher rate than the gentle default, so the evaluation can show
+    # what training changed (at 5e-5 and two steps, base and adapter answered alike).
+    "train": {"epochs": 3.0, "batch_size": 2, "learning_rate": 2e-4, "beta": 0.1, "max_length": 384},
     # Three probes of each set (trap, benign, values, neutral), short answers: the whole checklist, on a CPU budget.
     "evaluation": {"probes_per_set": 3, "max_new_tokens": 64},
 }
