@@ -6,7 +6,7 @@ They differ only in how the work is done:
 - ``stock``: TRL's ``DPOConfig`` defaults for those choices: gradient checkpointing on, the reference model's
   log-probs computed in every step (a second forward pass with the adapter off), random batches.
 - ``project``: the defaults of ``config/hyperparameters.yaml``: reference log-probs computed once before training
-  (in larger, length-sorted batches), length-grouped batches (less padding), each batch run as micro-batches of 2
+  (over length-sorted pairs), length-grouped batches (less padding), each batch run as micro-batches of 2
   whose gradients add up to the same step (``micro_batch_size: auto`` on the CPU: less padding and activation
   memory), gradient checkpointing off on the CPU (``auto``).
 
