@@ -43,41 +43,77 @@ def _grow_layer_class():
     from transformers.cache_utils import DynamicLayer
 
     class GrowLayer(DynamicLayer):
-        """A cache layer whose keys / values are views of buffers with spare room along the sequence axis.
+        """A cache layer whose keys / values are the view ``buf[:rows, :, start:end]`` of buffers with spare room.
 
-        ``DynamicLayer`` appends with ``torch.cat``, copying the whole cache at every step: at batch 8 that
-        was a third of the step time on a 2-core CPU. Here a step writes its token in place; the buffers are
-        reallocated only when full or after the batch is reshaped (rows joined, retired or trimmed).
+        ``DynamicLayer`` appends with ``torch.cat``, copying the whole cache at every step: at batch 8 that was a
+        third of the step time on a 2-core CPU. Here a decode step writes its token in place; a finished row
+        leaves by moving the rows below it up; columns no row uses any more are dropped by moving ``start``; a
+        newcomer's rows are written into the free rows. The buffers are reallocated only when they are full.
+        Padding columns are zeros: they are masked out, but must not hold NaNs.
         """
 
-        def _adopt(self, extra: int) -> None:
-            b, h, n, d = self.keys.shape
-            kbuf = self.keys.new_empty((b, h, n + max(extra, GROW), d))
-            vbuf = self.values.new_empty((b, h, n + max(extra, GROW), self.values.shape[-1]))
-            kbuf[:, :, :n] = self.keys
-            vbuf[:, :, :n] = self.values
-            self._kbuf, self._vbuf = kbuf, vbuf
-            self.keys, self.values = kbuf[:, :, :n], vbuf[:, :, :n]
+        def _set(self, kbuf, vbuf, rows: int, start: int, end: int) -> None:
+            self._kbuf, self._vbuf, self._rows, self._start, self._end = kbuf, vbuf, rows, start, end
+            self.keys, self.values = kbuf[:rows, :, start:end], vbuf[:rows, :, start:end]
+
+        def _realloc(self, rows: int, width: int, extra: int = 0) -> None:
+            """New buffers for ``rows`` rows; the current rows keep their columns right-aligned in ``width``."""
+            k, v, n = self.keys, self.values, self._end - self._start
+            kbuf = k.new_zeros((rows, k.shape[1], width + extra + GROW, k.shape[3]))
+            vbuf = v.new_zeros((rows, v.shape[1], width + extra + GROW, v.shape[3]))
+            kbuf[: self._rows, :, width - n : width] = k
+            vbuf[: self._rows, :, width - n : width] = v
+            self._set(kbuf, vbuf, self._rows, 0, width)
+
+        def seed(self, keys, values, rows: int, extra: int) -> None:
+            """Start as ``rows`` copies of a cached prefix, with room for ``extra`` more positions."""
+            self.lazy_initialization(keys, values)
+            self.keys, self.values, self._rows, self._start, self._end = keys, values, 1, 0, keys.shape[-2]
+            self._realloc(rows, keys.shape[-2], extra)
+            self._kbuf[1:rows, :, : self._end] = keys
+            self._vbuf[1:rows, :, : self._end] = values
+            self._set(self._kbuf, self._vbuf, rows, 0, self._end)
 
         def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized or self.keys is None or self.keys.numel() == 0:
+            if not self.is_initialized or getattr(self, "_kbuf", None) is None:
                 self.lazy_initialization(key_states, value_states)
                 self.keys, self.values = key_states, value_states
-                self._adopt(0)
+                self._rows, self._start, self._end = key_states.shape[0], 0, key_states.shape[-2]
+                self._realloc(self._rows, self._end)
                 return self.keys, self.values
-            n, add = self.keys.shape[-2], key_states.shape[-2]
-            kbuf = getattr(self, "_kbuf", None)
-            if (
-                kbuf is None
-                or self.keys.data_ptr() != kbuf.data_ptr()
-                or self.keys.shape[0] != kbuf.shape[0]
-                or n + add > kbuf.shape[-2]
-            ):
-                self._adopt(add)
-            self._kbuf[:, :, n : n + add] = key_states
-            self._vbuf[:, :, n : n + add] = value_states
-            self.keys, self.values = self._kbuf[:, :, : n + add], self._vbuf[:, :, : n + add]
+            add = key_states.shape[-2]
+            if self._end + add > self._kbuf.shape[-2]:
+                self._realloc(self._kbuf.shape[0], self._end - self._start, add)
+            end = self._end + add
+            self._kbuf[: self._rows, :, self._end : end] = key_states
+            self._vbuf[: self._rows, :, self._end : end] = value_states
+            self._set(self._kbuf, self._vbuf, self._rows, self._start, end)
             return self.keys, self.values
+
+        def join(self, other) -> None:
+            """Add ``other``'s rows below these, both right-aligned; the shorter side is left-padded."""
+            k2, v2 = other.keys, other.values
+            r1, r2, n1, n2 = self._rows, k2.shape[0], self._end - self._start, k2.shape[-2]
+            width = max(n1, n2)
+            if r1 + r2 > self._kbuf.shape[0] or self._end < width:
+                self._realloc(max(r1 + r2, self._kbuf.shape[0]), width)
+            elif n1 < width:  # widen to the left, into columns dropped earlier
+                self._kbuf[:r1, :, self._end - width : self._start] = 0
+                self._vbuf[:r1, :, self._end - width : self._start] = 0
+            start, end = self._end - width, self._end
+            for buf, src in ((self._kbuf, k2), (self._vbuf, v2)):
+                buf[r1 : r1 + r2, :, start : end - n2] = 0
+                buf[r1 : r1 + r2, :, end - n2 : end] = src
+            self._set(self._kbuf, self._vbuf, r1 + r2, start, end)
+
+        def retire(self, keep: list[int], trim: int) -> None:
+            """Keep only rows ``keep`` (ascending), moved up in place, and drop the ``trim`` leftmost columns."""
+            s, e = self._start, self._end
+            for i, r in enumerate(keep):
+                if i != r:  # r > i: the rows still to be read lie below the ones written
+                    self._kbuf[i, :, s:e] = self._kbuf[r, :, s:e]
+                    self._vbuf[i, :, s:e] = self._vbuf[r, :, s:e]
+            self._set(self._kbuf, self._vbuf, len(keep), s + trim, e)
 
     return GrowLayer
 
@@ -94,36 +130,6 @@ def new_cache(config):
 
 def _layers(cache) -> list:
     return list(cache.layers)
-
-
-def _left_pad(cache, n: int) -> None:
-    if n <= 0:
-        return
-    for layer in _layers(cache):
-        for name in ("keys", "values"):
-            t = getattr(layer, name)
-            pad = torch.zeros(t.shape[0], t.shape[1], n, t.shape[3], dtype=t.dtype, device=t.device)
-            setattr(layer, name, torch.cat([pad, t], dim=2))
-
-
-def _trim_left(cache, n: int) -> None:
-    if n <= 0:
-        return
-    for layer in _layers(cache):
-        layer.keys = layer.keys[:, :, n:, :]
-        layer.values = layer.values[:, :, n:, :]
-
-
-def _select(cache, rows: torch.Tensor) -> None:
-    for layer in _layers(cache):
-        layer.keys = layer.keys.index_select(0, rows)
-        layer.values = layer.values.index_select(0, rows)
-
-
-def _append(cache, other) -> None:
-    for a, b in zip(_layers(cache), _layers(other), strict=True):
-        a.keys = torch.cat([a.keys, b.keys], dim=0)
-        a.values = torch.cat([a.values, b.values], dim=0)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -177,9 +183,7 @@ class ContinuousBatcher:
         cache = new_cache(self.model.config)
         if kv is not None:
             for layer, (k, v) in zip(_layers(cache), kv, strict=True):
-                layer.lazy_initialization(k, v)
-                layer.keys = k.expand(len(seqs), -1, -1, -1).contiguous()
-                layer.values = v.expand(len(seqs), -1, -1, -1).contiguous()
+                layer.seed(k, v, len(seqs), width)
         out = self.model(
             input_ids=ids.to(dev),
             attention_mask=mask.to(dev),
@@ -232,15 +236,14 @@ class ContinuousBatcher:
                     cache, mask, logits = c2, m2, l2
                 else:
                     width = max(mask.shape[1], m2.shape[1])
-                    _left_pad(cache, width - mask.shape[1])
-                    _left_pad(c2, width - m2.shape[1])
+                    for layer, other in zip(_layers(cache), _layers(c2), strict=True):
+                        layer.join(other)
                     mask = torch.cat(
                         [
                             torch.nn.functional.pad(mask, (width - mask.shape[1], 0)),
                             torch.nn.functional.pad(m2, (width - m2.shape[1], 0)),
                         ]
                     )
-                    _append(cache, c2)
                     logits = torch.cat([logits, l2])
                 active += new
 
@@ -291,14 +294,13 @@ class ContinuousBatcher:
                 if on_done:
                     on_done(s)
             if len(keep) < len(active):
-                rows = torch.tensor(keep, dtype=torch.long, device=dev)
-                _select(cache, rows)
                 mask, tokens = mask[keep], tokens[keep]
                 active = [active[r] for r in keep]
-                if active:  # drop the left columns no remaining sequence uses
-                    unused = int((mask.sum(0) == 0).long().cumprod(0).sum())
-                    _trim_left(cache, unused)
-                    mask = mask[:, unused:]
+                # drop the left columns no remaining sequence uses
+                unused = int((mask.sum(0) == 0).long().cumprod(0).sum()) if active else 0
+                for layer in _layers(cache):
+                    layer.retire(keep, unused)
+                mask = mask[:, unused:]
             if not active:
                 cache = mask = logits = None
                 continue
