@@ -60,11 +60,14 @@ def test_lora_adapter_switches_on_and_off_on_same_weights(ws, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from luthitune.backends.local import column_major_weights
+
     rt = local_runtime(ws)  # shared in this process: an earlier test may have left adapters loaded
     ids = rt.tokenizer("Consent matters because", return_tensors="pt").input_ids
 
     # The reference: a separate, freshly loaded copy of the base weights.
     copy = AutoModelForCausalLM.from_pretrained(str(rt.model_dir)).eval()
+    column_major_weights(copy)  # the runtime's memory layout, so both run the same kernels
     with torch.inference_mode():
         base = copy(ids).logits[0, -1]
     # An adapter with random (non-zero) LoRA weights, made on that copy.
