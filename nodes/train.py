@@ -44,7 +44,6 @@ def run_training(rt: Runtime[Context], state: RunState, train: list[dict], held:
     from luthitune.backends import local_runtime
     from luthitune.training.worker import run
 
-
     def shown(step: int, total: int, metrics: dict) -> None:
         common.progress(rt, "training", step, total, **{k: metrics[v] for k, v in SHOWN.items() if v in metrics})
 

@@ -78,9 +78,7 @@ class OllamaStatus:
     error: str | None = None
 
 
-def check(
-    config: Config, model: str | None = None, timeout_s: float = 3.0, *, url: str | None = None
-) -> OllamaStatus:
+def check(config: Config, model: str | None = None, timeout_s: float = 3.0, *, url: str | None = None) -> OllamaStatus:
     """Ask the server (``url``, default ``ollama.base_url``) for its version and model list, within ``timeout_s``."""
     url, model = url or config.ollama.base_url, ollama_name(model or config.chat_model)
     status = OllamaStatus(url=url, reachable=False)
