@@ -31,10 +31,16 @@ def demo(
     tmp = Path(tempfile.mkdtemp(prefix="luthitune-demo-"))
     try:
         run_demo(tmp, scenarios=scenarios, turns=turns)
-    finally:
-        if keep:
-            console.print(f"Workspace kept at {tmp}")
-        else:
-            import shutil
+    except BaseException:
+        # Interrupted or failed: keep what was done, so it can be inspected and resumed, and say where it is.
+        console.print(
+            f"The demo's workspace is kept at {tmp}: `luthitune -w {tmp} status` shows its runs, "
+            f"`luthitune -w {tmp} resume RUN` continues one."
+        )
+        raise
+    if keep:
+        console.print(f"Workspace kept at {tmp}")
+    else:
+        import shutil
 
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)

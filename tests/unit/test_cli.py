@@ -95,3 +95,19 @@ def test_an_unexpected_error_is_one_message_with_the_way_forward(tmp_path, monke
     r = runner.invoke(app, ["runs", "-w", str(tmp_path)], terminal_width=200)
     assert r.exit_code == 1 and "Unexpected error: ValueError: something inside broke" in r.output
     assert "luthitune resume RUN" in r.output and "Traceback" not in r.output
+
+
+def test_an_interrupted_throwaway_demo_keeps_its_workspace_and_says_where(monkeypatch, tmp_path):
+    import luthitune.demo
+
+    def interrupted(path, **kwargs):
+        (path / "luthitune.yaml").write_text("backend: local\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(luthitune.demo, "run_demo", interrupted)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    r = runner.invoke(app, ["demo"])
+    assert r.exit_code == 130
+    [kept] = list(tmp_path.glob("luthitune-demo-*"))
+    assert (kept / "luthitune.yaml").exists()
+    assert f"luthitune -w {kept} status" in r.output.replace("\n", "")
