@@ -57,6 +57,9 @@ def save_version(rt, state, principles, *, author, status, parent_id, draft_key,
     return s.get("constitution_versions", row["id"])
 
 
+UNRATIFIED = "The model did not ratify it: "  # a version's feedback when the model declined to ratify it
+
+
 def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict:
     """Write (once per draft round) the model's principles, one per interview exchange, in one batch."""
     s, key = common.store(rt), common.key(state, "draft", state.get("draft_round", 0))
@@ -65,7 +68,7 @@ def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict:
         return existing[0]
     pairs = exchanges(rt, state)[: rt.context.n_principles] or [("What matters to you?", "")]
     system = render("interview_system.md").text
-    note = f"The facilitator's feedback on the last draft: {feedback}" if feedback else ""
+    note = feedback
     prompts = [
         render("principle.md", question=q, answer=a, pid=f"P{i + 1}", feedback=note) for i, (q, a) in enumerate(pairs)
     ]
@@ -117,7 +120,13 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
             [state["run_id"]],
             order_by="version desc",
         )
-        feedback = prev[0]["feedback"] if prev else ""
+        if prev and prev[0]["feedback"]:
+            # Say whose objection it was: the facilitator's rejection, or the model's own refusal to ratify.
+            text = prev[0]["feedback"]
+            if prev[0]["status"] == "unratified":
+                feedback = f"You did not ratify the last draft. Your reasons: {text.removeprefix(UNRATIFIED)}"
+            else:
+                feedback = f"The facilitator's feedback on the last draft: {text}"
     row = draft(runtime, state, feedback)
     decision = human_review(runtime, row)
     action = decision.get("action")
@@ -145,7 +154,7 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
             {
                 "id": row["id"],
                 "status": "unratified",
-                "feedback": f"The model did not ratify it: {ratified['reasons_json']}",
+                "feedback": UNRATIFIED + ratified["reasons_json"],
             },
         )
         return rejected(runtime, rnd)
