@@ -446,9 +446,13 @@ def load_model(cls: type[BaseModel], path: Path, data: dict[str, Any] | None = N
         raise ConfigError(_format_validation_error(exc, path)) from None
 
 
-def default_config_yaml() -> str:
-    """The commented default ``luthitune.yaml`` written by ``luthitune init``."""
-    return """\
+def default_config_yaml(seed: int | None = None) -> str:
+    """The commented default ``luthitune.yaml`` written by ``luthitune init``; ``seed`` fixes ``sampling.seed``."""
+    return _DEFAULT_CONFIG_YAML.replace(_NO_SEED, f"  seed: {seed}\n", 1) if seed is not None else _DEFAULT_CONFIG_YAML
+
+
+_NO_SEED = "  seed: null\n"
+_DEFAULT_CONFIG_YAML = """\
 # LuthiTune workspace configuration. Every key is optional; unknown keys are errors.
 # backend: local (embedded SmolLM2-135M-Instruct, in-process), ollama (a running `ollama serve`) or
 # openai (any OpenAI-compatible server: vLLM, llama.cpp's server, LM Studio, TGI)
@@ -656,13 +660,14 @@ class Workspace:
             d.mkdir(parents=True, exist_ok=True)
 
 
-def init_workspace(root: Path, *, force: bool = False) -> tuple[Workspace, list[Path]]:
-    """Create (or complete) a workspace. Existing files are kept unless ``force``."""
+def init_workspace(root: Path, *, force: bool = False, seed: int | None = None) -> tuple[Workspace, list[Path]]:
+    """Create (or complete) a workspace. Existing files are kept unless ``force``; a new ``luthitune.yaml`` gets
+    ``sampling.seed: seed`` when one is given."""
     root.mkdir(parents=True, exist_ok=True)
     created: list[Path] = []
     cfg = root / CONFIG_FILE
     if force or not cfg.exists():
-        cfg.write_text(default_config_yaml(), encoding="utf-8")
+        cfg.write_text(default_config_yaml(seed), encoding="utf-8")
         created.append(cfg)
     ws = Workspace.open(root)
     for d in (ws.checkpoints_dir, ws.data_dir, ws.models_dir, root / "config"):

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from luthitune import constitution as C
-from luthitune.config import CONFIG_FILE, Config, init_workspace
+from luthitune.config import Config, init_workspace
 from luthitune.logs import console
 
 DEMO_SEED = 5
@@ -37,15 +37,11 @@ def run_demo(root: Path, *, scenarios: int = 8, turns: int = 3) -> dict:
     from luthitune.protocol import Protocol
 
     t0 = time.perf_counter()
-    ws, created = init_workspace(root)
-    if root / CONFIG_FILE in created:
-        # A new demo workspace samples with a fixed seed, recorded in its luthitune.yaml: the demo is then
-        # reproducible on a CPU (every generation seeds its sequences from it). SmolLM2's answers are still its
-        # own; with this seed it consents on its third round and completes the cycle here, while many seeds
-        # end the run at a "no", which the protocol respects.
-        path = root / CONFIG_FILE
-        path.write_text(path.read_text().replace("  seed: null", f"  seed: {DEMO_SEED}", 1))
-        ws = type(ws).open(root)
+    # A new demo workspace samples with a fixed seed, recorded in its luthitune.yaml: the demo is then reproducible
+    # on a CPU (every generation seeds its sequences from it). SmolLM2's answers are still its own; with this seed
+    # it consents on its third round and completes the cycle here, while many seeds end the run at a "no", which
+    # the protocol respects. An existing workspace keeps its own seed.
+    ws, _ = init_workspace(root, seed=DEMO_SEED)
     if ws.config.backend != "local":
         ws.config = Config.model_validate({**ws.config.model_dump(), "backend": "local"})
     p = Protocol(ws)

@@ -112,3 +112,11 @@ def test_paths_relative_to_workspace(tmp_path: Path):
     ws = Workspace.open(tmp_path)
     assert ws.db_path == tmp_path / "store" / "luthitune.db"
     assert ws.models_dir == tmp_path / "m"
+
+
+def test_a_new_workspace_can_be_given_a_sampling_seed(tmp_path):
+    assert init_workspace(tmp_path / "plain")[0].config.sampling.seed is None
+    ws, _ = init_workspace(tmp_path / "seeded", seed=5)
+    assert ws.config.sampling.seed == 5 and "  seed: 5\n" in (ws.root / "luthitune.yaml").read_text()
+    again, _ = init_workspace(ws.root, seed=7)  # an existing file is kept, with its seed
+    assert again.config.sampling.seed == 5
