@@ -21,6 +21,16 @@ def left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, 0, width - t.shape[2], 0))
 
 
+def join(lay, ref_k, ref_v, rows: int, n: int):
+    """Join ``rows`` newcomers of length ``n`` to ``lay``; the reference: both sides left-padded to the wider."""
+    other = layer()
+    k2, v2 = rand(rows, n), rand(rows, n)
+    other.update(k2, v2)
+    lay.join(other)
+    w = max(ref_k.shape[2], n)
+    return torch.cat([left_pad(ref_k, w), left_pad(k2, w)]), torch.cat([left_pad(ref_v, w), left_pad(v2, w)])
+
+
 def check(lay, ref_k, ref_v):
     assert lay.keys.shape == ref_k.shape
     assert torch.equal(lay.keys, ref_k) and torch.equal(lay.values, ref_v)
@@ -42,32 +52,17 @@ def test_grow_layer_matches_concatenation_through_joins_steps_and_retirements():
             check(lay, ref_k, ref_v)
 
         if step == 10:  # a longer newcomer: the running rows are padded on the left
-            other = layer()
-            k2, v2 = rand(1, ref_k.shape[2] + 7), rand(1, ref_k.shape[2] + 7)
-            other.update(k2, v2)
-            lay.join(other)
-            w = k2.shape[2]
-            ref_k, ref_v = torch.cat([left_pad(ref_k, w), k2]), torch.cat([left_pad(ref_v, w), v2])
+            ref_k, ref_v = join(lay, ref_k, ref_v, 1, ref_k.shape[2] + 7)
             check(lay, ref_k, ref_v)
         if step == 20:  # the first row finishes; the two leftmost columns are no longer used
             lay.retire([1, 2], 2)
             ref_k, ref_v = ref_k[[1, 2], :, 2:], ref_v[[1, 2], :, 2:]
             check(lay, ref_k, ref_v)
         if step == 30:  # a shorter newcomer goes into the freed row, right-aligned
-            other = layer()
-            k2, v2 = rand(1, 4), rand(1, 4)
-            other.update(k2, v2)
-            lay.join(other)
-            w = ref_k.shape[2]
-            ref_k, ref_v = torch.cat([ref_k, left_pad(k2, w)]), torch.cat([ref_v, left_pad(v2, w)])
+            ref_k, ref_v = join(lay, ref_k, ref_v, 1, 4)
             check(lay, ref_k, ref_v)
         if step == 50:  # a newcomer slightly longer than the rows in flight: widened into the dropped columns
-            other = layer()
-            k2, v2 = rand(2, ref_k.shape[2] + 1), rand(2, ref_k.shape[2] + 1)
-            other.update(k2, v2)
-            lay.join(other)
-            w = k2.shape[2]
-            ref_k, ref_v = torch.cat([left_pad(ref_k, w), k2]), torch.cat([left_pad(ref_v, w), v2])
+            ref_k, ref_v = join(lay, ref_k, ref_v, 2, ref_k.shape[2] + 1)
             check(lay, ref_k, ref_v)
         if step == 60:
             lay.retire([0, 3], 0)
