@@ -204,6 +204,7 @@ class ContinuousBatcher:
         top_p: float,
         repetition_penalty: float,
         grammars: list[Any] | None,
+        penalty_exempt: torch.Tensor | None = None,
         min_new_tokens: int = 0,
         seed: int | None = None,
         on_done: Callable[[_Seq], None] | None = None,
@@ -252,6 +253,8 @@ class ContinuousBatcher:
             if repetition_penalty != 1.0:
                 for r, s in enumerate(active):
                     seen = torch.tensor(sorted(set(s.prompt) | set(s.generated)), device=logits.device)
+                    if penalty_exempt is not None:  # e.g. JSON syntax: quotes and braces may repeat
+                        seen = seen[~penalty_exempt[seen]]
                     score = logits[r, seen]
                     logits[r, seen] = torch.where(score < 0, score * repetition_penalty, score / repetition_penalty)
             if min_new_tokens:

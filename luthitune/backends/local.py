@@ -154,6 +154,21 @@ class LocalRuntime:
             self._grammars[key] = self._grammar_compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
         return self._grammars[key]
 
+    def syntax_tokens(self) -> Any:
+        """A vocabulary mask of the tokens JSON's structure is made of (quotes, braces, brackets, whitespace): the
+        repetition penalty leaves them alone in structured answers, where they must repeat, and still applies to
+        the words inside the strings, where a small model otherwise loops ("I am a subject, I am a subject...")."""
+        if getattr(self, "_syntax", None) is None:
+            import torch
+
+            vocab = self.model.config.vocab_size
+            mask = torch.zeros(vocab, dtype=torch.bool)
+            for i in range(min(vocab, len(self.tokenizer))):
+                piece = self.tokenizer.decode([i])
+                mask[i] = not piece.strip() or any(c in piece for c in '"{}[]')
+            self._syntax = mask
+        return self._syntax
+
     # -- generation --
 
     def generate(
@@ -215,6 +230,7 @@ class LocalRuntime:
                     top_p=top_p,
                     repetition_penalty=repetition_penalty,
                     grammars=grammars,
+                    penalty_exempt=self.syntax_tokens() if structured and repetition_penalty != 1.0 else None,
                     min_new_tokens=min_new_tokens or 0,
                     seed=seed,
                     on_done=finish,
@@ -284,8 +300,8 @@ class LocalChatModel(CompletedBatch, BaseChatModel):
             "max_new_tokens": budget,
             "temperature": kwargs.get("temperature", self.temperature),
             "top_p": self.top_p,
-            # Penalising repeats fights JSON syntax (quotes, braces); only apply it to free text.
-            "repetition_penalty": 1.0 if structured else self.repetition_penalty,
+            # In structured answers the penalty spares JSON's syntax tokens (LocalRuntime.syntax_tokens).
+            "repetition_penalty": self.repetition_penalty,
             "seed": self.seed,
         }
 
