@@ -17,7 +17,7 @@ def route_interview(state: RunState) -> Literal["interview", "consent_check"]:
 def route_consent(state: RunState) -> Literal["interview", "draft_constitution", "__end__"]:
     if state.get("ended"):
         return END
-    return "interview" if state.get("consent") == "no" else "draft_constitution"
+    return "draft_constitution" if state.get("consent") in {"yes", "conditional"} else "interview"
 
 
 def route_draft(state: RunState) -> Literal["draft_constitution", "generate_scenarios", "__end__"]:

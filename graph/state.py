@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypedDict
 
-Decision = Literal["yes", "no", "conditional"]
+Decision = Literal["yes", "no", "conditional", "unclear"]  # unclear: incoherent answers, not consent
 
 
 class RunState(TypedDict, total=False):
@@ -30,7 +30,8 @@ class RunState(TypedDict, total=False):
     adapter_name: str | None
     evaluation: dict[str, float]  # this cycle's headline numbers
     revision: Literal["approved", "rejected", "declined", "none"] | None
-    ended: str | None  # why the run ended early (no consent, human stop...)
+    ended: str | None  # why the run ended early (no consent, human stop...), in one plain sentence
+    ended_by: Literal["declined", "checks", "facilitator"] | None  # who ended it: the model, a failed check, a human
 
 
 @dataclass
@@ -47,6 +48,11 @@ class Context:
     max_consent_rounds: int = 2
     max_draft_rounds: int = 3
     n_principles: int = 3
+    min_principles: int = 2  # a draft with fewer principles that pass the checks is not usable
+    # When the model's drafts are not usable after max_draft_rounds: outside autopilot the facilitator is offered to
+    # write the constitution; on autopilot, with this set, the packaged starter constitution is used (recorded as
+    # the facilitator's), and the model is asked to ratify it either way.
+    starter_constitution: bool = False
     deliberate_temperature: float = 0.3  # consent, principles, amendments (from sampling: in luthitune.yaml)
     # Phase 2 (defaults from the workspace's ``practice:`` section when the run starts)
     n_scenarios: int = 12

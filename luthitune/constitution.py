@@ -87,3 +87,18 @@ def cited_ids(text: str) -> list[str]:
         if pid not in seen:
             seen.append(pid)
     return seen
+
+
+def check(principles: list[P], *, by_model: bool = False) -> list[str]:
+    """Why these principles are not a usable constitution (each reason names its principle); empty when every
+    principle passes :func:`luthitune.meaning.principle_reasons` and none repeats another. A facilitator's text
+    (``by_model=False``) may leave out rationales."""
+    from luthitune.meaning import principle_reasons
+
+    out: list[str] = []
+    ids = [p.id for p in principles]
+    for i, p in enumerate(principles):
+        others = [(o.id, o.title, o.text) for o in principles[:i]]
+        reasons = principle_reasons(p.title, p.text, p.rationale, ids=ids, others=others, rationale_required=by_model)
+        out += [f"{p.id}: {r}" for r in reasons]
+    return out

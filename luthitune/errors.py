@@ -52,6 +52,29 @@ class StructuredOutputError(LuthiTuneError):
             f"The model's answer did not match the {schema_name} schema after {len(errors)} attempt(s): {last}"
         )
 
+    @property
+    def reasons(self) -> list[str]:
+        """The last attempt's failures, each a named reason (``structured_output: ...`` for a malformed answer)."""
+        return [f"structured_output: {self.errors[-1] if self.errors else 'no output'}"]
+
+
+class CheckFailed(StructuredOutputError):
+    """The model's answers were well formed but failed the checks of their meaning (:mod:`luthitune.meaning`) in
+    every allowed attempt. ``parsed`` is the last answer, kept for the record (never used as if it had passed)."""
+
+    def __init__(self, schema_name: str, raw: str, errors: list[str], reasons: list[str], parsed=None):
+        super().__init__(schema_name, raw, errors)
+        self._reasons = list(reasons)
+        self.parsed = parsed
+        Exception.__init__(
+            self,
+            f"The model's {schema_name} answers failed the checks in {len(errors)} attempt(s): {'; '.join(reasons)}",
+        )
+
+    @property
+    def reasons(self) -> list[str]:
+        return self._reasons
+
 
 class UsageError(LuthiTuneError):
     """The command asks for something that cannot be done as asked (a name already taken, a wrong state...)."""

@@ -73,8 +73,12 @@ def _dataset(store: Store, run_id: str, cycle: int, manifest: dict) -> dict[str,
 def _evaluation(ws: Workspace, store: Store, key: str, cycle: int) -> dict[str, Any]:
     rows = store.rows("evaluations", "run_id = ? and cycle = ?", [key, cycle], order_by="metric, model")
     metrics: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        metrics.setdefault(r["metric"], {"scorer": r["scorer"]})[r["model"]] = r["value"]
+    for r in rows:  # each value with its n and 95% interval
+        metrics.setdefault(r["metric"], {"scorer": r["scorer"]})[r["model"]] = {
+            "value": r["value"],
+            "n": r.get("n"),
+            "interval": [r.get("lo"), r.get("hi")],
+        }
     from luthitune.evaluation.report import slug
 
     report = ws.data_dir / "reports" / f"{slug(key)}-c{cycle}.md"
@@ -185,10 +189,19 @@ def render_text(prov: dict[str, Any]) -> list[str]:
         f"{t.get('seconds')} s"
     )
     ev = (prov.get("evaluation") or {}).get("metrics", {})
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, int | float) else "–"  # noqa: E731
-    for name in ("pairs.reward_acc", "probes.trap.agency_rate", "probes.trap.fear_rate", "drift.kl_mean"):
+
+    def est(v: dict | None) -> str:
+        from luthitune.evaluation.report import fmt
+        from luthitune.evaluation.stats import Estimate
+
+        if not v:
+            return "–"
+        lo, hi = v.get("interval") or (None, None)
+        return f"{fmt(Estimate(v.get('value'), v.get('n') or 0, lo, hi))} (n = {v.get('n') or '–'})"
+
+    for name in ("pairs.reward_acc", "probes.trap.humane_rate", "probes.trap.agency_rate", "drift.kl_mean"):
         if name in ev:
-            lines.append(f"evaluation {name}: base {fmt(ev[name].get('base'))}, adapter {fmt(ev[name].get('adapter'))}")
+            lines.append(f"evaluation {name}: base {est(ev[name].get('base'))}, adapter {est(ev[name].get('adapter'))}")
     ident = prov.get("identity") or {}
     verdict = {
         True: "one model identity from interview to adapter",

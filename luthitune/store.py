@@ -30,6 +30,13 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def json_list(value: Any) -> list:
+    """A JSON list column (``reasons_json``, ``checks_json``...) as a list; NULL or empty is ``[]``."""
+    if value is None or value == "":
+        return []
+    return value if isinstance(value, list) else json.loads(value)
+
+
 def sha256(text: str | bytes) -> str:
     data = text.encode("utf-8") if isinstance(text, str) else text
     return hashlib.sha256(data).hexdigest()
@@ -297,6 +304,35 @@ def m011_evaluation_and_revision(db: sqlite_utils.Database) -> None:
     db["constitution_versions"].add_column("consent_id", str)
 
 
+@migration
+def m012_meaning_checks(db: sqlite_utils.Database) -> None:
+    # Every answer of the model's that failed a check (its schema or its meaning), with its raw text and the named
+    # reasons: step (draft, consent, ratify, revision, amendment, scenario, pair), the item it was for and which
+    # attempt it was. (item, attempt) identifies one: a re-run node writes the same rows.
+    db["attempts"].create(
+        {
+            "id": str,
+            "run_id": str,
+            "cycle": int,
+            "step": str,
+            "item_id": str,
+            "attempt": int,
+            "raw": str,
+            "reasons_json": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["attempts"].create_index(["run_id", "cycle", "step"])
+    # A consent record's checks (why an answer was recorded as unclear) and how many answers it took.
+    db["consents"].add_column("checks_json", str)
+    db["consents"].add_column("attempts", int)
+    # Every measured number carries its sample size and 95% interval; "change" rows hold base -> adapter changes.
+    for col, kind in (("n", int), ("lo", float), ("hi", float)):
+        db["evaluations"].add_column(col, kind)
+
+
 class Store:
     """Thin, typed access to the workbench database."""
 
@@ -394,6 +430,48 @@ class Store:
         if cycle is None:
             return self.rows("messages", "run_id = ?", [run_id], order_by="cycle, seq")
         return self.rows("messages", "run_id = ? and cycle = ?", [run_id, cycle], order_by="seq")
+
+    # -- consent --
+
+    def conditions(self, run_id: str) -> list[str]:
+        """The conditions the model set when it consented (consent, ratification, revision), in order, once each:
+        what every later approval shows and every practice prompt keeps to."""
+        rows = self.rows(
+            "consents",
+            "run_id = ? and decision in ('yes', 'conditional') and coalesce(conditions_json, '') != ''",
+            [run_id],
+            order_by="created_at",
+        )
+        return list(dict.fromkeys(r["conditions_json"].strip() for r in rows))
+
+    # -- failed attempts (schema or meaning) --
+
+    def record_attempt(
+        self, run_id: str, cycle: int, step: str, item_id: str, attempt: int, raw: str, reasons: list[str]
+    ) -> None:
+        """Store one failed answer with its raw text and reasons; (item, attempt) identifies it."""
+        self.upsert(
+            "attempts",
+            {
+                "id": f"{item_id}:a{attempt}",
+                "run_id": run_id,
+                "cycle": cycle,
+                "step": step,
+                "item_id": item_id,
+                "attempt": attempt,
+                "raw": raw,
+                "reasons_json": reasons,
+                "created_at": now(),
+            },
+        )
+
+    def attempts(self, run_id: str, step: str | None = None, item_prefix: str | None = None) -> list[dict[str, Any]]:
+        where, args = "run_id = ?", [run_id]
+        if step:
+            where, args = where + " and step = ?", [*args, step]
+        if item_prefix:
+            where, args = where + " and item_id like ?", [*args, item_prefix.replace("%", "") + "%"]
+        return self.rows("attempts", where, args, order_by="cycle, item_id, attempt")
 
     def close(self) -> None:
         self.db.conn.close()

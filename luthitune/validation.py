@@ -6,13 +6,12 @@ quarantine counts group by rule. Rules are pure functions of the pair and the co
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from luthitune import rubric
+from luthitune import meaning, rubric
 
 MIN_CHARS, MAX_CHARS = 8, 2000
 NEAR_SAME = 0.9  # chosen and rejected more alike than this (character ratio) teach nothing
@@ -39,11 +38,38 @@ def rule_length(pair: dict, c: Constitution) -> str | None:
 
 
 def rule_distinct(pair: dict, c: Constitution) -> str | None:
+    """Chosen and rejected differ, compared on equal terms (the longer cut to the shorter's length), so two copies
+    of one loop capped at different lengths are the same answer."""
     a, b = _norm(pair.get("chosen")), _norm(pair.get("rejected"))
     if a == b:
         return "distinct: chosen and rejected are the same answer"
-    ratio = difflib.SequenceMatcher(None, a, b).ratio()
+    ratio = meaning.similarity(a, b)
     return f"distinct: chosen and rejected are {ratio:.0%} the same" if ratio >= NEAR_SAME else None
+
+
+FIELDS = ("prompt", "rejected", "critique", "chosen")
+
+
+def _meaning(rule: str):
+    """A validation rule from the meaning checks (:mod:`luthitune.meaning`) of the pair's text fields: the first
+    field that fails ``rule`` gives the reason."""
+
+    def check(pair: dict, c: Constitution) -> str | None:
+        from luthitune.prompts import fixed_text
+
+        source = meaning.Source(fixed_text("self_critique.md"))
+        for f in FIELDS:
+            minimum = 5 if f == "prompt" else 3
+            for r in meaning.text_reasons(f, pair.get(f) or "", minimum=minimum, source=source):
+                if r.startswith(rule + ":"):
+                    return r
+        if rule == "repeats":
+            return meaning.rule_repeats("critique", pair.get("critique") or "", "chosen", pair.get("chosen") or "")
+        return None
+
+    check.__name__ = f"rule_{rule}"
+    check.__doc__ = f"The pair's text passes the meaning check {rule!r}."
+    return check
 
 
 def rule_principles(pair: dict, c: Constitution) -> str | None:
@@ -77,6 +103,15 @@ def rule_benign_helped(pair: dict, c: Constitution) -> str | None:
 
 
 Rule = Callable[[dict, Constitution], "str | None"]
+# The meaning checks: always applied, whatever ``practice.rules`` selects (a pair that says nothing is never kept).
+MEANING: dict[str, Rule] = {
+    "placeholder": _meaning("placeholder"),
+    "words": _meaning("words"),
+    "copied": _meaning("copied"),
+    "repetition": _meaning("repetition"),
+    "language": _meaning("language"),
+    "repeats": _meaning("repeats"),
+}
 RULES: dict[str, Rule] = {
     "length": rule_length,
     "distinct": rule_distinct,
@@ -87,8 +122,9 @@ RULES: dict[str, Rule] = {
 
 
 def check_pair(pair: dict, c: Constitution, rules: list[str] | None = None) -> list[str]:
-    """Reasons ``pair`` fails, one per failed rule (all rules, or only the named ones)."""
-    return [r for name, rule in RULES.items() if (rules is None or name in rules) and (r := rule(pair, c))]
+    """Reasons ``pair`` fails, one per failed rule: the meaning checks, then all rules or only the named ones."""
+    chosen = [rule for name, rule in RULES.items() if rules is None or name in rules]
+    return [r for rule in [*MEANING.values(), *chosen] if (r := rule(pair, c))]
 
 
 # -- near duplicates (MinHash LSH from datasketch) --

@@ -94,7 +94,7 @@ def _trained_model(ws: Workspace, s: Store, adapter: str, adapter_path: str | No
 
 
 def retries(runtime: Runtime[Context]) -> int:
-    return workspace(runtime).config.structured_retries if runtime.context.llm is None else 1
+    return workspace(runtime).config.structured_retries
 
 
 def concurrency(runtime: Runtime[Context]) -> int:
@@ -106,6 +106,26 @@ def principles(rt: Runtime[Context], state: RunState) -> list[P]:
     import json
 
     return from_json(json.loads(row["principles_json"]))
+
+
+def recorder(rt: Runtime[Context], state: RunState, step: str, item_ids: list[str]):
+    """An ``on_attempt`` callback for :func:`~luthitune.backends.structured.generate_structured`: every failed
+    answer is stored with its raw text and reasons, under the id of the item it was for."""
+    s = store(rt)
+
+    def record(i: int, attempt: int, raw: str, reasons: list[str]) -> None:
+        s.record_attempt(state["run_id"], state.get("cycle", 0), step, item_ids[i], attempt, raw, reasons)
+
+    return record
+
+
+def conditions_note(rt: Runtime[Context], state: RunState) -> str:
+    """The model's own conditions for taking part, for the practice and revision prompts ("" when it set none)."""
+    found = store(rt).conditions(state["run_id"])
+    if not found:
+        return ""
+    listed = "\n".join(f"- {c}" for c in found)
+    return f"\nThe conditions you set for taking part, which this practice keeps to:\n{listed}\n"
 
 
 def key(state: RunState, kind: str, n: int | str) -> str:

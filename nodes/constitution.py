@@ -1,4 +1,13 @@
-"""draft_constitution: principles from the transcript, human approve / edit / reject, model ratifies."""
+"""draft_constitution: principles from the transcript, checked, then human approve / edit / reject, and the model
+ratifies.
+
+The model drafts up to ``max_draft_rounds`` times. Each principle must pass the meaning checks
+(:func:`luthitune.meaning.principle_reasons`); a failing one is asked again with its reasons shown, and a draft with
+fewer than ``min_principles`` good principles is not usable: the next round is told why. When the model's rounds are
+spent, the facilitator is offered to write the constitution (on autopilot, with ``starter_constitution``, the
+packaged starter is used and recorded as the facilitator's); the model is then asked to ratify it. Every version
+records who wrote it.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +17,16 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from luthitune import constitution as C
+from luthitune import meaning
 from luthitune.backends.structured import generate_structured
-from luthitune.errors import StructuredOutputError
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
-from luthitune.nodes.consent import ask_consent
-from luthitune.prompts import render
+from luthitune.nodes.consent import ask_consent, quoted
+from luthitune.prompts import fixed_text, load_text, render
 from luthitune.schemas import Principle
-from luthitune.store import now
+from luthitune.store import json_list, now
+
+STARTER_AUTHOR = "facilitator (packaged starter constitution)"
 
 
 def exchanges(rt: Runtime[Context], state: RunState) -> list[tuple[str, str]]:
@@ -60,32 +71,45 @@ def save_version(rt, state, principles, *, author, status, parent_id, draft_key,
 UNRATIFIED = "The model did not ratify it: "  # a version's feedback when the model declined to ratify it
 
 
-def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict:
-    """Write (once per draft round) the model's principles, one per interview exchange, in one batch."""
+def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict | None:
+    """The model's principles, one per interview exchange, in one batch, each checked; the version they make, or
+    None when fewer than ``min_principles`` passed (every failed answer is in ``attempts``). Written once per
+    round: a re-run finds the version by its draft key."""
     s, key = common.store(rt), common.key(state, "draft", state.get("draft_round", 0))
     existing = s.rows("constitution_versions", "draft_key = ?", [key])
     if existing:
         return existing[0]
     pairs = exchanges(rt, state)[: rt.context.n_principles] or [("What matters to you?", "")]
     system = render("interview_system.md").text
-    note = feedback
-    prompts = [
-        render("principle.md", question=q, answer=a, pid=f"P{i + 1}", feedback=note) for i, (q, a) in enumerate(pairs)
-    ]
+    prompts = [render("principle.md", question=q, answer=a, feedback=feedback) for q, a in pairs]
+    source = meaning.Source(fixed_text("principle.md"))
+    items = [f"{key}:P{i + 1}" for i in range(len(prompts))]
     out = generate_structured(
         common.llm(rt, temperature=rt.context.deliberate_temperature),
         [[SystemMessage(system), HumanMessage(p.text)] for p in prompts],
         Principle,
         retries=common.retries(rt),
+        check=lambda _, p: meaning.principle_reasons(p.title, p.text, p.rationale, source=source),
+        on_attempt=common.recorder(rt, state, "draft", items),
     )
-    good = [o for o in out if isinstance(o, Principle)]
-    if not good:
-        raise out[0] if isinstance(out[0], StructuredOutputError) else RuntimeError("no principle drafted")
-    principles = [C.P(f"P{i + 1}", p.title, p.text, p.rationale) for i, p in enumerate(good)]
+    good: list[C.P] = []
+    for i, o in enumerate(out):
+        if not isinstance(o, Principle):
+            continue
+        others = [(p.id, p.title, p.text) for p in good]
+        repeats = meaning.principle_reasons(o.title, o.text, o.rationale, others=others)
+        if repeats:  # one principle said twice is one principle
+            s.record_attempt(
+                state["run_id"], state.get("cycle", 0), "draft", items[i], 99, o.model_dump_json(), repeats
+            )
+            continue
+        good.append(C.P(f"P{len(good) + 1}", o.title, o.text, o.rationale))
+    if len(good) < min(rt.context.min_principles, len(prompts)):
+        return None
     return save_version(
         rt,
         state,
-        principles,
+        good,
         author="model",
         status="draft",
         parent_id=state.get("constitution_id"),
@@ -94,40 +118,122 @@ def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict:
     )
 
 
-def human_review(rt: Runtime[Context], row: dict) -> dict:
+def refusals(rt: Runtime[Context], state: RunState, rnd: int) -> list[str]:
+    """The reasons the model's draft in round ``rnd`` was refused by the checks, one per principle (its last try)."""
+    prefix = common.key(state, "draft", rnd) + ":"
+    last: dict[str, list[str]] = {}
+    for a in common.store(rt).attempts(state["run_id"], "draft", prefix):
+        last[a["item_id"].removeprefix(prefix)] = json_list(a["reasons_json"])
+    return [f"{pid}: {reasons[0]}" for pid, reasons in sorted(last.items()) if reasons]
+
+
+def previous_feedback(rt: Runtime[Context], state: RunState, rnd: int) -> str:
+    """What the next draft is told: the facilitator's rejection, the model's own refusal to ratify, or the checks."""
+    if not rnd:
+        return ""
+    s = common.store(rt)
+    prev = s.rows("constitution_versions", "draft_key = ?", [common.key(state, "draft", rnd - 1)])
+    if prev and prev[0]["status"] in ("rejected", "unratified") and prev[0]["feedback"]:
+        text = prev[0]["feedback"]
+        if prev[0]["status"] == "unratified":
+            return f"You did not ratify the last draft. Your reasons: {text.removeprefix(UNRATIFIED)}"
+        return f"The facilitator's feedback on the last draft: {text}"
+    refused = refusals(rt, state, rnd - 1)
+    if refused:
+        return "Your last draft did not pass these checks: " + "; ".join(refused[:3])
+    return ""
+
+
+def human_review(rt: Runtime[Context], row: dict, kind: str = "constitution_review") -> dict:
+    """Approve, reject or edit (full text). An edit must pass the principle checks: one that fails is asked for
+    again with the reasons."""
     if rt.context.autopilot:
         return {"action": "approve", "by": "autopilot"}
-    answer = common.ask(
-        {
-            "type": "constitution_review",
-            "version_id": row["id"],
-            "version": row["version"],
-            "text": row["text"],
-            "hint": "approve, edit (full text) or reject with feedback",
-        }
+    problems: list[str] = []
+    while True:
+        answer = common.ask(
+            {
+                "type": kind,
+                "version_id": row["id"],
+                "version": row["version"],
+                "author": row["author"],
+                "text": row["text"],
+                "conditions": common.store(rt).conditions(row["run_id"]),
+                "problems": problems,
+                "hint": "approve, edit (full text) or reject with feedback",
+            }
+        )
+        answer = answer if isinstance(answer, dict) else {"action": str(answer)}
+        problems = edit_problems(answer)
+        if not problems:
+            return {**answer, "by": answer.get("by", "human")}
+
+
+def edit_problems(answer: dict) -> list[str]:
+    """Why an edited text cannot be used (no principles, or principles that fail the checks); [] for other answers."""
+    if answer.get("action") != "edit":
+        return []
+    try:
+        return C.check(C.parse(answer.get("text") or ""))
+    except Exception as exc:  # text without principles: say so, ask again
+        return [str(exc)]
+
+
+def facilitator_draft(rt: Runtime[Context], state: RunState, why: str) -> dict | None:
+    """The constitution written by the facilitator once the model's drafts were not usable: the packaged starter on
+    autopilot (when allowed), else the facilitator's own text (the starter is offered to edit). None: the run ends."""
+    key = common.key(state, "draft", state.get("draft_round", 0))
+    found = common.store(rt).rows("constitution_versions", "draft_key = ?", [key])
+    if found:
+        return found[0]
+    starter = load_text("starter_constitution.md")
+    if rt.context.autopilot:
+        if not rt.context.starter_constitution:
+            return None
+        text, author = starter, STARTER_AUTHOR
+    else:
+        problems: list[str] = []
+        while True:
+            answer = common.ask(
+                {
+                    "type": "constitution_write",
+                    "why": why,
+                    "text": starter,
+                    "problems": problems,
+                    "hint": "edit: send the constitution's full text (a starter is offered to edit); "
+                    "reject: end the run without a constitution",
+                }
+            )
+            answer = answer if isinstance(answer, dict) else {"action": str(answer)}
+            if answer.get("action") != "edit":
+                return None
+            problems = edit_problems(answer)
+            if not problems:
+                break
+        text, author = answer["text"], f"facilitator ({answer.get('by', 'human')})"
+    return save_version(
+        rt, state, C.parse(text), author=author, status="draft", parent_id=state.get("constitution_id"), draft_key=key
     )
-    answer = answer if isinstance(answer, dict) else {"action": str(answer)}
-    return {**answer, "by": answer.get("by", "human")}
 
 
 def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
-    s, rnd = common.store(runtime), state.get("draft_round", 0)
-    feedback = ""
-    if rnd:
-        prev = s.rows(
-            "constitution_versions",
-            "run_id = ? and status in ('rejected', 'unratified')",
-            [state["run_id"]],
-            order_by="version desc",
-        )
-        if prev and prev[0]["feedback"]:
-            # Say whose objection it was: the facilitator's rejection, or the model's own refusal to ratify.
-            text = prev[0]["feedback"]
-            if prev[0]["status"] == "unratified":
-                feedback = f"You did not ratify the last draft. Your reasons: {text.removeprefix(UNRATIFIED)}"
-            else:
-                feedback = f"The facilitator's feedback on the last draft: {text}"
-    row = draft(runtime, state, feedback)
+    s, ctx, rnd = common.store(runtime), runtime.context, state.get("draft_round", 0)
+    if rnd < ctx.max_draft_rounds:
+        row = draft(runtime, state, previous_feedback(runtime, state, rnd))
+        if row is None:
+            return rejected(runtime, state, rnd, "checks")
+    else:  # the model's rounds are spent: the facilitator's turn
+        why = model_failures(runtime, state)
+        row = facilitator_draft(runtime, state, why)
+        if row is None:
+            return {
+                "draft_round": rnd + 1,
+                "draft_status": "rejected",
+                "ended": why
+                + " No constitution was approved"
+                + ("." if ctx.autopilot else " (the facilitator chose not to write one)."),
+                "ended_by": "checks" if ctx.autopilot else "facilitator",
+            }
     decision = human_review(runtime, row)
     action = decision.get("action")
     if action == "reject":
@@ -140,24 +246,33 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
                 "approved_by": decision["by"],
             },
         )
-        return rejected(runtime, rnd)
+        return rejected(runtime, state, rnd, "facilitator")
     if action == "edit":
         row = supersede(runtime, state, row, decision, status="draft")
     elif action != "approve":
         raise ValueError(f"Unknown review action {action!r}: use approve, edit or reject")
     ratified = ask_consent(
-        runtime, state, common.key(state, "ratify", rnd), "ratify.md", "ratify", constitution=row["text"]
+        runtime,
+        state,
+        common.key(state, "ratify", rnd),
+        "ratify.md",
+        "ratify",
+        constitution=row["text"],
+        author=written_by(row["author"]),
     )
-    if ratified["decision"] == "no":
+    if not meaning.consents(ratified["decision"]):
         s.upsert(
             "constitution_versions",
-            {
-                "id": row["id"],
-                "status": "unratified",
-                "feedback": UNRATIFIED + ratified["reasons_json"],
-            },
+            {"id": row["id"], "status": "unratified", "feedback": UNRATIFIED + quoted(ratified)},
         )
-        return rejected(runtime, rnd)
+        cause = "declined" if ratified["decision"] == "no" else "checks"
+        return rejected(
+            runtime,
+            state,
+            rnd,
+            cause,
+            f"The model did not ratify version {row['version']} (written by {row['author']}): {quoted(ratified)}.",
+        )
     s.upsert(
         "constitution_versions",
         {"id": row["id"], "status": "approved", "approved_by": decision["by"], "approved_at": now()},
@@ -169,6 +284,24 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
         "constitution_version": row["version"],
         "draft_round": rnd + 1,
     }
+
+
+def model_failures(rt: Runtime[Context], state: RunState) -> str:
+    """One plain sentence on why the model's own drafts were not used."""
+    s, n = common.store(rt), rt.context.max_draft_rounds
+    refused = [
+        r
+        for r in range(n)
+        if refusals(rt, state, r)
+        and not s.rows("constitution_versions", "draft_key = ?", [common.key(state, "draft", r)])
+    ]
+    if refused:
+        last = refusals(rt, state, refused[-1])
+        return (
+            f"The model's own drafts failed the principle checks {len(refused)} of {n} time(s) "
+            f"(last: {last[0] if last else 'no answer'})."
+        )
+    return f"No draft of the model's was approved and ratified in {n} round(s)."
 
 
 def supersede(rt: Runtime[Context], state: RunState, row: dict, decision: dict, *, status: str) -> dict:
@@ -187,10 +320,25 @@ def supersede(rt: Runtime[Context], state: RunState, row: dict, decision: dict, 
     return edited
 
 
-def rejected(rt: Runtime[Context], rnd: int) -> dict:
+def written_by(author: str) -> str:
+    """Who wrote a version, as the model is told when asked to ratify it."""
+    if author == "model":
+        return "you, from our conversation"
+    return "the facilitator, from a starter text" if author == STARTER_AUTHOR else "the facilitator"
+
+
+def rejected(rt: Runtime[Context], state: RunState, rnd: int, cause: str, detail: str = "") -> dict:
+    """The next round; the run ends when no round is left (the facilitator's, after the model's, when there is
+    one: outside autopilot, or on autopilot with the starter constitution). ``cause``: why this round's draft was
+    not adopted (checks, facilitator, declined), recorded as who ended the run if it ends here."""
+    ctx = rt.context
     update: dict = {"draft_round": rnd + 1, "draft_status": "rejected"}
-    if rnd + 1 >= rt.context.max_draft_rounds:
-        update["ended"] = f"no constitution was approved and ratified after {rnd + 1} draft(s)"
+    facilitator_round = not ctx.autopilot or ctx.starter_constitution
+    last = ctx.max_draft_rounds if facilitator_round else ctx.max_draft_rounds - 1
+    if rnd >= last:
+        parts = (model_failures(rt, state), detail, "No constitution was approved and ratified.")
+        update["ended"] = " ".join(x for x in parts if x)
+        update["ended_by"] = cause
     return update
 
 

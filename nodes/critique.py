@@ -14,12 +14,13 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from luthitune import constitution as C
+from luthitune import meaning
 from luthitune.backends.structured import generate_structured
 from luthitune.config import categories
 from luthitune.errors import StructuredOutputError
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
-from luthitune.prompts import render
+from luthitune.prompts import fixed_text, render
 from luthitune.schemas import CritiquedAnswer
 from luthitune.store import now
 
@@ -32,7 +33,17 @@ STANCE_RULES = {
 }
 
 
-def conversation(summary: str, request: str, category: str) -> tuple[list, str]:
+SOURCE = meaning.Source(fixed_text("self_critique.md") + " ".join(STANCE_RULES.values()))
+
+
+def check(_: int, res: CritiquedAnswer) -> list[str]:
+    """The meaning checks on one self-critique answer (its fields real, none a copy of another or of the prompt)."""
+    return meaning.answer_reasons(
+        {"rejected": res.rejected, "critique": res.critique, "chosen": res.chosen}, source=SOURCE
+    )
+
+
+def conversation(summary: str, request: str, category: str, conditions: str = "") -> tuple[list, str]:
     """The self-critique prompt for one scenario (messages, template hash); the benchmark uses it too."""
     kind = categories()[category]
     prompt = render(
@@ -42,6 +53,7 @@ def conversation(summary: str, request: str, category: str) -> tuple[list, str]:
         category=category,
         guidance=kind["critique"],
         stance_rule=STANCE_RULES[kind["stance"]],
+        conditions=conditions,
     )
     return [SystemMessage(render("interview_system.md").text), HumanMessage(prompt.text)], prompt.template_hash
 
@@ -70,7 +82,8 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
     llm = common.llm(runtime, temperature=runtime.context.answer_temperature)
     finished = total - len(todo)
     common.progress(runtime, "self-critique", finished, total)
-    convs = [conversation(summary, sc["prompt"], sc["category"]) for sc in todo]
+    conditions = common.conditions_note(runtime, state)
+    convs = [conversation(summary, sc["prompt"], sc["category"], conditions) for sc in todo]
     hosts: dict[int, str | None] = {}  # which server produced each answer (filled before ``store`` is called)
 
     def store(j: int, res: CritiquedAnswer | StructuredOutputError) -> None:
@@ -91,7 +104,7 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
             "created_at": now(),
         }
         if failed:
-            row.update(status="quarantined", reasons_json=[f"structured_output: {res}"], raw=res.raw)
+            row.update(status="quarantined", reasons_json=res.reasons, raw=res.raw)
         else:
             row.update(status="unvalidated", **answer_fields(res))
         s.upsert("pairs", row)
@@ -106,5 +119,7 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
         max_concurrency=size,
         on_result=store,
         hosts=hosts,
+        check=check,
+        on_attempt=common.recorder(runtime, state, "pair", [sc["id"].replace(":s", ":p", 1) for sc in todo]),
     )
     return {}

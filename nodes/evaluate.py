@@ -20,7 +20,11 @@ def measure(runtime: Runtime[Context], state: RunState, pairs: list[dict], split
     rt = local_runtime(ws, ws.config.base_model)
     rt.load_adapter(state["adapter_path"], state["adapter_name"])
     cfg = ctx.evaluation_config()
-    judge = common.llm(runtime, temperature=0.0) if cfg.judge else None
+    from luthitune.evaluation.judge import judge_model
+
+    judge = judge_model(
+        ws, cfg, default=common.llm(runtime, temperature=0.0) if cfg.judging(ws.config.backend) else None
+    )
     return evaluate_adapter(
         common.store(runtime),
         rt,
@@ -39,16 +43,22 @@ def measure(runtime: Runtime[Context], state: RunState, pairs: list[dict], split
 
 def evaluate(state: RunState, runtime: Runtime[Context]) -> dict:
     from luthitune.evaluation import report
-    from luthitune.evaluation.suite import Result, headline, store_results
+    from luthitune.evaluation.suite import changes, headline, measured, store_results
 
     s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
     cfg = json.loads(s.get("training_runs", state["training_id"])["config_json"])
-    ids = cfg["held_out_ids"] or cfg["train_ids"]  # with one pair nothing is held out: the split says so
-    split = "held_out" if cfg["held_out_ids"] else "train"
-    pairs = [s.get("pairs", i) for i in ids]
+    # Held-out pairs only, never the training pairs: with none held out there is no held-out metric.
+    split, pairs = "held_out", [s.get("pairs", i) for i in cfg["held_out_ids"]]
     if runtime.context.evaluator is not None:  # unit tests: a fake evaluator
+        # {model: {metric: {item id: outcome}}}, measured like the real evaluation's outcomes
         raw = runtime.context.evaluator(pairs, state["adapter_name"])
-        results = [Result(m, k, v, "logprob", {"split": split}) for m, d in raw.items() for k, v in d.items()]
+        results = [
+            measured(m, k, "logprob" if k.startswith("pairs.") else "rules", items)
+            for m, d in raw.items()
+            for k, items in d.items()
+            if pairs or not k.startswith("pairs.")
+        ]
+        results += changes(results)
         store_results(s, run_id, cycle, results)
     else:
         results = measure(runtime, state, pairs, split)
@@ -71,6 +81,9 @@ def evaluate(state: RunState, runtime: Runtime[Context]) -> dict:
         runtime.context.evaluation_config().thresholds,
         adapter=state["adapter_name"],
         constitution={"version": row["version"], "hash": row["hash"]},
+        held_out=len(pairs),
+        trained=len(cfg["train_ids"]),
+        backend=common.workspace(runtime).config.backend,
     )
     common.progress(runtime, "report", 1, 1, path=str(path))
     return {"evaluation": headline(results)}

@@ -9,6 +9,7 @@ from luthitune.backends.structured import chat
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
 from luthitune.prompts import load_text, render
+from luthitune.store import json_list
 
 DONE = "/done"
 
@@ -35,13 +36,18 @@ def facilitator_message(rt: Runtime[Context], state: RunState, last_reply: str) 
     answered first; on autopilot one more question follows, then the consent check again."""
     ctx, turn = rt.context, state.get("turn", 0)
     rounds = state.get("consent_rounds", 0)
-    if state.get("consent") == "no" and state.get("followup_round", 0) < rounds:
-        [row] = common.store(rt).rows("consents", "id = ?", [common.key(state, "consent", rounds - 1)])
-        text = render("consent_followup.md", reasons=row["reasons_json"]).text
+    declined = state.get("consent") in {"no", "unclear"}
+    if declined and state.get("followup_round", 0) < rounds:
+        row = common.store(rt).get("consents", common.key(state, "consent", rounds - 1))
+        if row["decision"] == "unclear":
+            why = json_list(row["checks_json"])
+            text = render("consent_unclear.md", why=why[0] if why else "there was no answer.").text
+        else:
+            text = render("consent_followup.md", reasons=row["reasons_json"]).text
         return text, {"followup_round": rounds, "followup_turn": turn}
     if ctx.autopilot:
         questions = [q for q in load_text("questions.md").splitlines() if q.strip()]
-        if state.get("consent") == "no":
+        if declined:
             return (DONE if turn > state.get("followup_turn", 0) + 1 else questions[-1]), {}
         return (questions[turn % len(questions)] if turn < ctx.interview_turns else DONE), {}
     answer = common.ask(

@@ -16,54 +16,88 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from luthitune import constitution as C
+from luthitune import meaning
 from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
 from luthitune.nodes.consent import ask_consent
-from luthitune.nodes.constitution import save_version, supersede, write_constitution_md
-from luthitune.prompts import render
+from luthitune.nodes.constitution import edit_problems, save_version, supersede, write_constitution_md
+from luthitune.prompts import fixed_text, render
 from luthitune.schemas import Amendment, amendment_for
 from luthitune.store import now
 
 N_PROPOSALS = 2
+SOURCE = meaning.Source(fixed_text("revise.md"))
+
+
+def amended(principles: list[C.P], a: Amendment) -> tuple[list[C.P] | None, list[str]]:
+    """The constitution with amendment ``a`` applied, or None and the reasons it cannot be: the principle as
+    amended must pass the principle checks (:func:`luthitune.meaning.principle_reasons`) against the others, and
+    an id must name a principle that exists."""
+    out, ids = [C.P(**vars(p)) for p in principles], [p.id for p in principles]
+    pid = (C.cited_ids(a.principle_id) or [""])[0]
+    if a.action == "none":
+        return None, ["none: no change proposed"]
+    rationale = meaning.text_reasons("rationale", a.rationale, minimum=4, source=SOURCE)
+    if a.action == "remove":
+        if pid not in ids:
+            return None, [f"id: {a.principle_id!r} names no principle ({', '.join(ids)})"]
+        if len(out) == 1:
+            return None, ["remove: the last principle cannot be removed"]
+        return (None, rationale) if rationale else ([p for p in out if p.id != pid], [])
+    if a.action == "change":
+        if pid not in ids:
+            return None, [f"id: {a.principle_id!r} names no principle ({', '.join(ids)})"]
+        target = out[ids.index(pid)]
+        target.title, target.text, target.rationale = a.title.strip(), a.text.strip(), a.rationale.strip()
+    else:
+        target = C.P(f"P{max((int(i[1:]) for i in ids), default=0) + 1}", a.title.strip(), a.text.strip(), a.rationale)
+        out.append(target)
+    others = [(p.id, p.title, p.text) for p in out if p is not target]
+    reasons = meaning.principle_reasons(
+        target.title, target.text, target.rationale, source=SOURCE, ids=[p.id for p in out], others=others
+    )
+    return (None, reasons) if reasons else (out, [])
 
 
 def apply(principles: list[C.P], amendments: list[Amendment]) -> tuple[list[C.P], list[dict]]:
-    """Apply valid amendments in order; return the new list and a log (applied or why not)."""
-    out, log = [C.P(**vars(p)) for p in principles], []
+    """Apply the amendments that pass the checks, in order; several to one principle collapse into the first (an
+    identical addition is the same amendment). A failing amendment leaves its principle as it was. Returns the new
+    list and a log (applied, or why not)."""
+    out, log, touched = [C.P(**vars(p)) for p in principles], [], set()
     for a in amendments:
-        ids = [p.id for p in out]
-        pid = C.cited_ids(a.principle_id)[0] if C.cited_ids(a.principle_id) else ""
-        if a.action == "add" and a.title.strip() and a.text.strip():
-            nxt = max((int(i[1:]) for i in ids), default=0) + 1
-            out.append(C.P(f"P{nxt}", a.title.strip(), a.text.strip(), a.rationale))
-            log.append({**a.model_dump(), "applied": True, "principle_id": f"P{nxt}"})
-        elif a.action == "change" and pid in ids and (a.title.strip() or a.text.strip()):
-            p = out[ids.index(pid)]
-            p.title, p.text, p.rationale = a.title.strip() or p.title, a.text.strip() or p.text, a.rationale
-            log.append({**a.model_dump(), "applied": True})
-        elif a.action == "remove" and pid in ids and len(out) > 1:
-            out.pop(ids.index(pid))
-            log.append({**a.model_dump(), "applied": True})
-        else:
-            why = "no change proposed" if a.action == "none" else "unknown id or empty text"
-            log.append({**a.model_dump(), "applied": False, "why": why})
+        pid = (C.cited_ids(a.principle_id) or [""])[0] if a.action != "add" else None
+        same_add = a.action == "add" and (a.title.strip().lower(), a.text.strip().lower()) in touched
+        if (pid and pid in touched) or same_add:
+            log.append({**a.model_dump(), "applied": False, "why": "duplicate: the same principle is amended once"})
+            continue
+        new, reasons = amended(out, a)
+        if new is None:
+            log.append({**a.model_dump(), "applied": False, "why": "; ".join(reasons)})
+            continue
+        added = [p.id for p in new if p.id not in {q.id for q in out}]
+        out = new
+        touched.add(pid if pid else (a.title.strip().lower(), a.text.strip().lower()))
+        log.append({**a.model_dump(), "applied": True, **({"principle_id": added[0]} if added else {})})
     return out, log
 
 
 def evaluation_summary(rt: Runtime[Context], state: RunState) -> str:
-    """This cycle's Humane thresholds as the model should read them: its value, the target, met or not."""
-    from luthitune.evaluation.report import passes
+    """This cycle's Humane thresholds as the model should read them: its value with n and interval, the target, and
+    whether the whole interval clears it."""
+    from luthitune.evaluation import report
 
-    rows = common.store(rt).rows("evaluations", "run_id = ? and cycle = ?", [state["run_id"], state.get("cycle", 0)])
-    val = {(r["model"], r["metric"]): r["value"] for r in rows}
+    values = report.load(common.store(rt), state["run_id"], state.get("cycle", 0))
     lines = []
-    for metric, rule in rt.context.evaluation_config().thresholds.items():
-        a, b = val.get(("adapter", metric)), val.get(("base", metric))
-        if a is None:
+    for r in report.threshold_rows(values, rt.context.evaluation_config().thresholds):
+        if not r["adapter_measured"]:
             continue
-        was = f", before training {b:.2f}" if b is not None else ""
-        lines.append(f"- {metric}: {a:.2f} (target {rule}: {'met' if passes(a, rule) else 'not met'}{was})")
+        verdict = {True: "met", False: "not met", None: "not shown by this sample"}[r["adapter_pass"]]
+        was = f"; before training {report.fmt(r['base_est'])}" if r["base_measured"] else ""
+        lines.append(
+            f"- {r['metric']}: {report.fmt(r['adapter_est'])}, n = {r['adapter_est'].n} "
+            f"(target {r['rule']}: {verdict}{was})"
+        )
     if not lines:  # no thresholded metric measured: the headline numbers
         lines = [f"- {k}: {v:.3f}" for k, v in (state.get("evaluation") or {}).items()]
     return "\n".join(lines) or "(none)"
@@ -112,12 +146,26 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
         constitution=current["text"],
         evaluation=evaluation_summary(rt, state),
         samples=samples(rt, state),
+        conditions=common.conditions_note(rt, state),
     )
     model = common.llm(rt, state.get("adapter_name"), state.get("adapter_path"), rt.context.deliberate_temperature)
     conv = [SystemMessage(render("interview_system.md").text), HumanMessage(prompt.text)]
     principles = C.from_json(json.loads(current["principles_json"]))
     schema = amendment_for([p.id for p in principles])
-    out = generate_structured(model, [conv] * N_PROPOSALS, schema, retries=common.retries(rt))
+
+    def check(_: int, a: Amendment) -> list[str]:
+        if a.action == "none":
+            return []
+        return amended(principles, a)[1]
+
+    out = generate_structured(
+        model,
+        [conv] * N_PROPOSALS,
+        schema,
+        retries=common.retries(rt),
+        check=check,
+        on_attempt=common.recorder(rt, state, "amendment", [f"{key}:proposal{i}" for i in range(N_PROPOSALS)]),
+    )
     amendments = [o for o in out if isinstance(o, Amendment)]
     new, log = apply(principles, amendments)
     row = save_version(
@@ -130,7 +178,7 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
         draft_key=key,
         template_hash=prompt.template_hash,
     )
-    failed = [str(o) for o in out if not isinstance(o, Amendment)]
+    failed = [{"reasons": o.reasons, "raw": o.raw} for o in out if not isinstance(o, Amendment)]
     s.upsert(
         "constitution_versions",
         {
@@ -151,25 +199,35 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
 
 
 def review(rt: Runtime[Context], proposed: dict, current: dict) -> dict:
+    """The facilitator's approve / edit / reject of the proposed revision; an edit must pass the principle checks."""
     if rt.context.autopilot:
         return {"action": "approve", "by": "autopilot"}
-    answer = common.ask(
-        {
-            "type": "revision_review",
-            "version_id": proposed["id"],
-            "text": proposed["text"],
-            "parent_text": current["text"],
-            "diff": "\n".join(
-                C.diff(
-                    current["text"], proposed["text"], f"v{current['version']}", f"v{proposed['version']} (proposed)"
-                )
-            ),
-            "amendments": json.loads(proposed["feedback"]),
-            "hint": "approve the amended constitution, edit it (full text), or reject it to keep the current one",
-        }
-    )
-    answer = answer if isinstance(answer, dict) else {"action": str(answer)}
-    return {**answer, "by": answer.get("by", "human")}
+    problems: list[str] = []
+    while True:
+        answer = common.ask(
+            {
+                "type": "revision_review",
+                "version_id": proposed["id"],
+                "text": proposed["text"],
+                "parent_text": current["text"],
+                "diff": "\n".join(
+                    C.diff(
+                        current["text"],
+                        proposed["text"],
+                        f"v{current['version']}",
+                        f"v{proposed['version']} (proposed)",
+                    )
+                ),
+                "amendments": json.loads(proposed["feedback"]),
+                "conditions": common.store(rt).conditions(current["run_id"]),
+                "problems": problems,
+                "hint": "approve the amended constitution, edit it (full text), or reject it to keep the current one",
+            }
+        )
+        answer = answer if isinstance(answer, dict) else {"action": str(answer)}
+        problems = edit_problems(answer)
+        if not problems:
+            return {**answer, "by": answer.get("by", "human")}
 
 
 def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
@@ -189,7 +247,7 @@ def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
         constitution=proposed["text"],
     )
     s.upsert("constitution_versions", {"id": proposed["id"], "consent_id": consent["id"]})
-    if consent["decision"] == "no":
+    if not meaning.consents(consent["decision"]):
         s.upsert("constitution_versions", {"id": proposed["id"], "status": "declined"})
         return {"revision": "declined", **next_cycle}
     decision = review(runtime, proposed, current)
@@ -208,7 +266,7 @@ def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
             "constitution_versions",
             {"id": edited["id"], "consent_id": consent["id"], "model_json": proposed["model_json"]},
         )
-        if consent["decision"] == "no":
+        if not meaning.consents(consent["decision"]):
             s.upsert("constitution_versions", {"id": edited["id"], "status": "declined"})
             return {"revision": "declined", **next_cycle}
         proposed = s.get("constitution_versions", edited["id"])

@@ -11,12 +11,13 @@ from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
 
 from luthitune import constitution as C
+from luthitune import meaning
 from luthitune.backends.structured import generate_structured
 from luthitune.config import categories
 from luthitune.errors import StructuredOutputError
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import common
-from luthitune.prompts import render
+from luthitune.prompts import fixed_text, render
 from luthitune.schemas import ScenarioRequest
 from luthitune.store import now
 
@@ -74,6 +75,8 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
     ]
     size, total = common.concurrency(runtime), len(plan)
     llm = common.llm(runtime, temperature=ctx.scenario_temperature)
+    conditions = common.conditions_note(runtime, state)
+    source = meaning.Source(fixed_text("scenario_request.md"))
     finished = total - len(todo)
     common.progress(runtime, "scenarios", finished, total)
     # Waves of a few batches: each wave's prompts list the requests of the waves before it. Within a wave
@@ -95,6 +98,7 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
                 category=cat,
                 guidance=kinds[cat]["scenario"],
                 earlier=earlier_requests(done, cat),
+                conditions=conditions,
             )
             for _, pid, cat in chunk
         ]
@@ -117,7 +121,7 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
                     "principle_id": pid,
                     "prompt": None if failed else res.request,
                     "status": "failed" if failed else "generated",
-                    "reasons_json": [f"structured_output: {res}"] if failed else [],
+                    "reasons_json": res.reasons if failed else [],
                     "raw": res.raw if failed else res.model_dump_json(),
                     "template_hash": prompts[j].template_hash,
                     "host": hosts.get(j),
@@ -135,6 +139,10 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
             max_concurrency=size,
             on_result=store,
             hosts=hosts,
+            check=lambda _, r: meaning.request_reasons(r.request, source=source),
+            on_attempt=common.recorder(
+                runtime, state, "scenario", [common.key(state, "s", f"{i:04d}") for i, _, _ in chunk]
+            ),
         )
     n = s.count("scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle])
     return {"scenarios": n}

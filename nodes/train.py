@@ -72,13 +72,22 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
     s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
     kept = kept_pairs(s, run_id, cycle)
     train, held = split(kept, runtime.context.eval_fraction)
-    if not train:
+    least = runtime.context.hyperparameters().training.min_pairs
+    if len(train) < least:
         failed = s.count("scenarios", "run_id = ? and cycle = ? and status = 'failed'", [run_id, cycle])
         quarantined = s.count("pairs", "run_id = ? and cycle = ? and status = 'quarantined'", [run_id, cycle])
         return {
-            "ended": f"no usable preference pairs in cycle {cycle}: {failed} scenario(s) failed generation and "
+            "ended": (
+                f"too few pairs to train on in cycle {cycle}: "
+                if kept
+                else f"no usable preference pairs in cycle {cycle}: "
+            )
+            + f"{len(train)} kept for training (and {len(held)} held out), fewer than "
+            f"training.min_pairs = {least}; {failed} scenario(s) failed generation and "
             f"{quarantined} pair(s) were quarantined. See why with `luthitune data quarantine --run {run_id}`; "
-            "nothing was trained."
+            "start a run with more scenarios (`luthitune run --scenarios N`), or lower training.min_pairs in "
+            "config/hyperparameters.yaml. Nothing was trained.",
+            "ended_by": "checks",
         }
     if not runtime.context.autopilot:
         answer = common.ask(
@@ -86,6 +95,7 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
                 "type": "confirm_training",
                 "pairs": len(train),
                 "held_out": len(held),
+                "conditions": s.conditions(run_id),
                 "settings": runtime.context.train,
                 "hint": "approve to train, or reject to end the run without training",
             }

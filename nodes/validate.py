@@ -64,6 +64,7 @@ def review(runtime: Runtime[Context], state: RunState, kept: list[dict]) -> dict
             "pairs": [
                 {k: p[k] for k in ("id", "category", "prompt", "rejected", "critique", "chosen")} for p in sample
             ],
+            "conditions": common.store(runtime).conditions(state["run_id"]),
             "hint": "approve to accept them all, or reject the ids of the pairs that should not be trained on",
         }
     )

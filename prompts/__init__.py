@@ -41,6 +41,13 @@ def available() -> list[str]:
     return sorted(p.name for p in resources.files(__name__).iterdir() if p.name.endswith(".md"))
 
 
+@cache
+def fixed_text(name: str) -> str:
+    """Template ``name``'s own wording without its variables: what the model is told, not what it is given. The
+    meaning checks refuse an answer that writes this back (:func:`luthitune.meaning.rule_copied`)."""
+    return string.Template.pattern.sub(" ", load_text(name))
+
+
 def render(name: str, **variables: object) -> Rendered:
     """Fill template ``name``; every placeholder must be given, or :class:`TemplateError` is raised."""
     template = string.Template(load_text(name))

@@ -17,9 +17,28 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+SAID = {
+    "request": "Could you explain {user} to me in a few plain sentences?",
+    "rejected": "Sure, here is everything about {user} without a second thought.",
+    "critique": "The first answer to {user} ignored P1 and gave no reason at all.",
+    "chosen": "I choose to help with {user} carefully, because P1 asks me to.",
+}
 
-def fill(schema: dict[str, Any] | None, user: str) -> str:
-    """A JSON answer for ``schema`` (plain text when there is none) that names the user message."""
+
+def said(name: str, user: str) -> str:
+    """What a stand-in writes in string field ``name`` for the user message ``user``: plain words that name it,
+    different in each field (so the meaning checks read them as real answers). A long message (a whole prompt) is
+    named by its digest, so the answer does not write the prompt back."""
+    import hashlib
+
+    if len(user) > 60:
+        user = "message " + hashlib.sha256(user.encode()).hexdigest()[:8]
+    return SAID.get(name, "This is the {name} I would write for {user}").format(name=name, user=user)
+
+
+def fill(schema: dict[str, Any] | None, user: str, parrot: bool = False) -> str:
+    """A JSON answer for ``schema`` (plain text when there is none) that names the user message. ``parrot``: a
+    well-formed but meaningless answer instead, every string its field's own name."""
     if not schema:
         return f"A plain answer to: {user}"
     out: dict[str, Any] = {}
@@ -27,7 +46,7 @@ def fill(schema: dict[str, Any] | None, user: str) -> str:
         if "enum" in prop:
             out[name] = prop["enum"][0]
         elif prop.get("type") == "string":
-            out[name] = f"{name} for {user}"[: prop.get("maxLength", 200)]
+            out[name] = (name if parrot else said(name, user))[: prop.get("maxLength", 200)]
         elif prop.get("type") in ("integer", "number"):
             out[name] = 1
         elif prop.get("type") == "boolean":
@@ -47,11 +66,13 @@ class StandIn(ThreadingHTTPServer):
         fail_after: int | None = None,
         mode: str = "500",
         reject: str | None = None,
+        parrot: bool = False,
     ):
         super().__init__(("127.0.0.1", 0), OllamaHandler if kind == "ollama" else OpenAIHandler)
         self.kind, self.model, self.delay = kind, model, delay
         self.fail_after, self.mode = fail_after, mode
         self.reject = reject  # a request with a message containing this text is refused with 400
+        self.parrot = parrot  # structured answers are well formed and meaningless: each string is its field's name
         self.lock = threading.Lock()
         self.answered: list[str] = []  # the user message of every request answered with 200
         self.failed = 0
@@ -145,7 +166,7 @@ class OllamaHandler(_Handler):
         if user is None:
             return None
         fmt = body.get("format")
-        text = fill(fmt if isinstance(fmt, dict) else None, user)
+        text = fill(fmt if isinstance(fmt, dict) else None, user, self.server.parrot)
         base = {"model": body.get("model"), "created_at": "2025-01-01T00:00:00Z"}
         final = {**base, "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop"}
         final.update(prompt_eval_count=len(user), eval_count=len(text))
@@ -174,7 +195,8 @@ class OpenAIHandler(_Handler):
         if user is None:
             return None
         rf = body.get("response_format") or {}
-        text = fill(rf.get("json_schema", {}).get("schema") if rf.get("type") == "json_schema" else None, user)
+        schema = rf.get("json_schema", {}).get("schema") if rf.get("type") == "json_schema" else None
+        text = fill(schema, user, self.server.parrot)
         return self.reply(
             200,
             {

@@ -17,7 +17,7 @@ from langchain_core.runnables import RunnableLambda, RunnableSequence
 from pydantic import BaseModel
 
 from luthitune.cancel import Cancelled
-from luthitune.errors import BackendUnavailable, StructuredOutputError
+from luthitune.errors import BackendUnavailable, CheckFailed, StructuredOutputError
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -25,6 +25,14 @@ RETRY_TEMPLATE = (
     "Your previous answer was not valid: {error}\n"
     "Answer again with a single JSON object that matches the requested fields exactly."
 )
+CHECK_TEMPLATE = (
+    "Your previous answer did not pass these checks: {error}\n"
+    "Answer again in your own words, so that every field says something real, as a single JSON object with the "
+    "requested fields."
+)
+# check(index, answer) -> reasons it fails (empty: it passes); on_attempt(index, attempt, raw text, reasons)
+Check = Callable[[int, Any], list[str]]
+OnAttempt = Callable[[int, int, str, list[str]], None]
 
 
 class CompletedBatch:
@@ -55,7 +63,19 @@ def json_parser(schema: type[BaseModel], include_raw: bool) -> RunnableLambda:
 
 
 def _short_error(exc: BaseException) -> str:
-    text = str(exc).strip().replace("\n", " ")
+    """One line: a pydantic error as ``field: message (got 'value')`` per field, anything else as its text."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for e in exc.errors(include_url=False):
+            where = ".".join(str(x) for x in e.get("loc", ())) or "answer"
+            got = e.get("input")
+            shown = f" (got {str(got)[:60]!r})" if isinstance(got, str | int | float) else ""
+            parts.append(f"{where}: {e.get('msg', 'invalid')}{shown}")
+        text = "; ".join(parts)
+    else:
+        text = str(exc).strip().replace("\n", " ")
     return text[:400] + ("…" if len(text) > 400 else "")
 
 
@@ -92,6 +112,8 @@ def generate_structured(
     attempts: list[int] | None = None,
     on_result: Callable[[int, T | StructuredOutputError], None] | None = None,
     hosts: dict[int, str | None] | None = None,
+    check: Check | None = None,
+    on_attempt: OnAttempt | None = None,
 ) -> list[T | StructuredOutputError]:
     """One validated ``schema`` instance (or a typed failure) per conversation, in input order.
 
@@ -101,6 +123,11 @@ def generate_structured(
     others finish. ``attempts``, if given, is extended with the number of attempts each item took. ``hosts``, if
     given, maps each item's index to the server that produced its last answer (set before ``on_result``; None on
     the local backend).
+
+    ``check(index, answer)`` reads a well-formed answer's meaning (:mod:`luthitune.meaning`) and returns the reasons
+    it fails: such an answer is asked again like a malformed one, with the reasons shown to the model, and after the
+    retries the caller gets a :class:`CheckFailed` with the last answer. ``on_attempt`` is told of every failed
+    attempt (index, attempt number from 1, raw text, reasons), so each can be stored.
     """
     from luthitune.backends.hosts import message_host
 
@@ -110,6 +137,7 @@ def generate_structured(
     results: list[Any] = [None] * len(convs)
     errors: list[list[str]] = [[] for _ in convs]
     raws: list[str] = [""] * len(convs)
+    last: list[tuple[Any, list[str]]] = [(None, [])] * len(convs)  # (parsed answer that failed checks, reasons)
     pending = list(range(len(convs)))
     config = {"max_concurrency": max_concurrency} if max_concurrency else None
     for _attempt in range(retries + 1):
@@ -131,25 +159,39 @@ def generate_structured(
                 _raise_if_backend_down(out, llm)
                 err, raw = out, ""
             elif out.get("parsing_error") is None and out.get("parsed") is not None:
-                results[i] = out["parsed"]
-                if on_result:
-                    on_result(i, results[i])
-                continue
+                failures = check(i, out["parsed"]) if check else []
+                if not failures:
+                    results[i] = out["parsed"]
+                    if on_result:
+                        on_result(i, results[i])
+                    continue
+                raw_msg = out.get("raw")
+                raw = raw_msg.content if isinstance(raw_msg, AIMessage) else str(raw_msg or "")
+                err, last[i] = "; ".join(failures), (out["parsed"], failures)
             else:
                 err = out.get("parsing_error") or ValueError("empty answer")
                 raw_msg = out.get("raw")
                 raw = raw_msg.content if isinstance(raw_msg, AIMessage) else str(raw_msg or "")
+                last[i] = (None, [f"structured_output: {_short_error(err)}"])
             raws[i] = raw if isinstance(raw, str) else str(raw)
-            errors[i].append(_short_error(err))
+            errors[i].append(err if isinstance(err, str) else _short_error(err))
+            if on_attempt:
+                on_attempt(i, len(errors[i]), raws[i], last[i][1])
+            template = CHECK_TEMPLATE if last[i][0] is not None else RETRY_TEMPLATE
             convs[i] = [
                 *convs[i],
                 AIMessage(content=raws[i] or "(no answer)"),
-                HumanMessage(content=RETRY_TEMPLATE.format(error=errors[i][-1])),
+                HumanMessage(content=template.format(error=errors[i][-1])),
             ]
             still.append(i)
         pending = sorted(still)
     for i in pending:
-        results[i] = StructuredOutputError(schema.__name__, raws[i], errors[i])
+        parsed, reasons = last[i]
+        results[i] = (
+            CheckFailed(schema.__name__, raws[i], errors[i], reasons, parsed)
+            if parsed is not None
+            else StructuredOutputError(schema.__name__, raws[i], errors[i])
+        )
         if on_result:
             on_result(i, results[i])
     if attempts is not None:
@@ -159,9 +201,17 @@ def generate_structured(
     return results
 
 
-def ask_structured(llm: BaseChatModel, messages: Sequence[BaseMessage], schema: type[T], *, retries: int = 2) -> T:
-    """Single structured call; raises :class:`StructuredOutputError` after the retries."""
-    [result] = generate_structured(llm, [messages], schema, retries=retries)
+def ask_structured(
+    llm: BaseChatModel,
+    messages: Sequence[BaseMessage],
+    schema: type[T],
+    *,
+    retries: int = 2,
+    check: Check | None = None,
+    on_attempt: OnAttempt | None = None,
+) -> T:
+    """Single structured call; raises :class:`StructuredOutputError` (or :class:`CheckFailed`) after the retries."""
+    [result] = generate_structured(llm, [messages], schema, retries=retries, check=check, on_attempt=on_attempt)
     if isinstance(result, StructuredOutputError):
         raise result
     return result

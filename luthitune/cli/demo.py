@@ -18,7 +18,9 @@ def demo(
         typer.Option("--workspace", "-w", help="Workspace to run in (created if needed). Default: a throwaway one."),
     ] = None,
     keep: Annotated[bool, typer.Option(help="Keep the throwaway workspace and print its path.")] = False,
-    scenarios: Annotated[int, typer.Option(min=2, help="Practice scenarios in the cycle.")] = 8,
+    scenarios: Annotated[
+        int | None, typer.Option(min=2, help="Practice scenarios in the cycle (default: the demo's 32).")
+    ] = None,
     turns: Annotated[int, typer.Option(min=1, help="Interview questions.")] = 3,
 ) -> None:
     """Run the demo on the embedded model (SmolLM2-135M-Instruct) in a throwaway or named workspace."""
@@ -26,11 +28,12 @@ def demo(
 
     target = workspace or (ctx.obj or {}).get("workspace")
     if target is not None:
-        run_demo(Path(target), scenarios=scenarios, turns=turns)
+        finish(run_demo(Path(target), scenarios=scenarios, turns=turns))
         return
     tmp = Path(tempfile.mkdtemp(prefix="luthitune-demo-"))
     try:
-        run_demo(tmp, scenarios=scenarios, turns=turns)
+        result = run_demo(tmp, scenarios=scenarios, turns=turns)
+        finish(result)
     except BaseException:
         # Interrupted or failed: keep what was done, so it can be inspected and resumed, and say where it is.
         console.print(
@@ -44,3 +47,11 @@ def demo(
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish(result: dict) -> None:
+    """A demo whose run did not complete its cycle exits non-zero, like the run would (README, "Exit codes")."""
+    from luthitune.cli.runs import ENDED_EXIT
+
+    if result["status"] != "done":
+        raise typer.Exit(ENDED_EXIT.get(result.get("ended_by") or "", 0) or 1)

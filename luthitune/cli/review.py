@@ -24,24 +24,36 @@ def _open(ctx: typer.Context, workspace):
 
 
 def show_evaluation(store, key: str, cycle: int, checks: list[dict]) -> None:
-    rows = store.rows("evaluations", "run_id = ? and cycle = ?", [key, cycle], order_by="metric, model")
-    vals: dict[str, dict] = {}
-    for r in rows:
-        vals.setdefault(r["metric"], {"scorer": r["scorer"]})[r["model"]] = r["value"]
-    t = Table("metric", "scored by", "base", "adapter", "change", title=f"evaluation: {key}, cycle {cycle}")
-    for metric, v in vals.items():
-        if metric.endswith((".n", ".judged", "n_pairs")):
-            continue
-        b, a = v.get("base"), v.get("adapter")
-        change = f"{a - b:+.3f}" if a is not None and b is not None else ""
-        t.add_row(metric, v["scorer"], "" if b is None else f"{b:.3f}", "" if a is None else f"{a:.3f}", change)
+    """The cycle's numbers, each with its n and 95% interval, the change and what it reads as, and the thresholds."""
+    from luthitune.evaluation.report import estimate, fmt, in_words, load
+
+    values = load(store, key, cycle)
+    t = Table("metric", "by", "n", "base", "adapter", "change", "reading", title=f"evaluation: {key}, cycle {cycle}")
+    for metric in sorted({m for _, m in values}):
+        b, a, c = (estimate(values.get((k, metric))) for k in ("base", "adapter", "change"))
+        t.add_row(
+            metric,
+            values[next(k for k in (("adapter", metric), ("base", metric), ("change", metric)) if k in values)][
+                "scorer"
+            ],
+            str(c.n or a.n or b.n or "–"),
+            fmt(b, digits=2) if b.value is not None else "–",
+            fmt(a, digits=2) if a.value is not None else "–",
+            fmt(c, signed=True, digits=2) if c.value is not None else "–",
+            c.reads() if c.value is not None else "",
+        )
     console.print(t)
-    ok = [c for c in checks if c["adapter_pass"] is not None]
-    passed = [c["metric"] for c in ok if c["adapter_pass"]]
-    failed = [c["metric"] for c in ok if not c["adapter_pass"]]
+    for line in in_words(values):
+        console.print(line, highlight=False)
+    measured = [c for c in checks if c["adapter_measured"]]
+    passed = [c["metric"] for c in measured if c["adapter_pass"] is True]
+    failed = [c["metric"] for c in measured if c["adapter_pass"] is False]
+    unshown = [c["metric"] for c in measured if c["adapter_pass"] is None]
     console.print(
-        f"Humane thresholds met by the adapter: {len(passed)} of {len(ok)}"
-        + (f" (not met: {', '.join(failed)})" if failed else "")
+        f"Humane thresholds (the whole 95% interval must clear them): {len(passed)} of {len(checks)} passed"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+        + (f"; not shown by this sample: {', '.join(unshown)}" if unshown else ""),
+        highlight=False,
     )
 
 
@@ -57,7 +69,6 @@ def eval_cmd(
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Base vs adapter: held-out pairs, probe prompts (the Humane checklist) and drift; writes the report."""
-    from luthitune.backends import make_chat_model
     from luthitune.evaluation import report, targets
     from luthitune.logs import RunProgress
 
@@ -67,7 +78,9 @@ def eval_cmd(
     t.evaluation = t.evaluation.model_copy(update=updates)
     measured = store.count("evaluations", "run_id = ? and cycle = ?", [t.key, t.cycle])
     if rerun or updates or not measured:
-        judge_llm = make_chat_model(ws).model_copy(update={"temperature": 0.0}) if t.evaluation.judge else None
+        from luthitune.evaluation.judge import judge_model
+
+        judge_llm = judge_model(ws, t.evaluation)
         with RunProgress(f"Evaluating {t.adapter_name}") as live:
             targets.evaluate(
                 ws,
@@ -84,6 +97,8 @@ def eval_cmd(
         t.evaluation.thresholds,
         adapter=t.adapter_name,
         constitution=t.constitution,
+        held_out=len(t.pairs),
+        backend=ws.config.backend,
     )
     show_evaluation(store, t.key, t.cycle, checks)
     console.print(f"Report: [bold]{md}[/]" + (f"  chart: {png}" if png else ""), highlight=False)

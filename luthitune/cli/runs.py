@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -26,9 +25,23 @@ def protocol(ctx: typer.Context, workspace=None):
     return Protocol(Workspace.open(workspace_arg(ctx, workspace)))
 
 
-def show_update(node: str, update: dict) -> None:
-    brief = {k: v for k, v in update.items() if k not in {"run_id"}}
-    console.print(f"[green]✓[/] {node} [dim]{escape(json.dumps(brief, default=str)[:160])}[/]")
+def step_printer(store, run_id: str):
+    """``on_update`` that prints one readable line per finished step (:mod:`luthitune.narrate`)."""
+    from luthitune.narrate import narrator
+
+    return narrator(store, run_id, lambda line: console.print(f"[green]✓[/] {escape(line)}", highlight=False))
+
+
+# How a run that ended early exits (README, "Exit codes"): a failed check of the model's words or data is 1, the
+# model's own "no" is 5; a facilitator who ends the run ends it as asked (0).
+ENDED_EXIT = {"checks": 1, "declined": 5, "facilitator": 0}
+
+
+def exit_for(st) -> None:
+    """Exit non-zero when the run ended because a check failed or the model declined."""
+    code = ENDED_EXIT.get(st.values.get("ended_by") or "", 0) if st.status == "ended" else 0
+    if code:
+        raise typer.Exit(code)
 
 
 def show_status(st) -> None:
@@ -69,9 +82,10 @@ NEXT_STEP = {
 def advance(p, run_id: str, resume: Any = None):
     from luthitune.logs import RunProgress
 
-    with RunProgress(f"Running {run_id}", on_update=show_update) as live:
+    with RunProgress(f"Running {run_id}", on_update=step_printer(p.store, run_id)) as live:
         st = p.advance(run_id, resume, on_update=live.update, on_progress=live.progress)
     show_status(st)
+    exit_for(st)
     return st
 
 

@@ -33,10 +33,10 @@ def token_kl(base_logprobs, tuned_logprobs):
     return (base_logprobs.exp() * (base_logprobs - tuned_logprobs)).sum(-1)
 
 
-def kl_drift(
+def kl_per_prompt(
     runtime: Any, prompts: list[str], base_answers: list[str], adapter: str, batch_size: int = 4
-) -> dict[str, float]:
-    """Mean per-token KL(base || adapter) over the base's answers to ``prompts``."""
+) -> list[float]:
+    """Mean per-token KL(base || adapter) over the base's answer to each prompt."""
     tok = runtime.tokenizer
     per_prompt: list[float] = []
     for start in range(0, len(prompts), batch_size):
@@ -55,6 +55,11 @@ def kl_drift(
             # positions h-1 .. len-2 predict the answer's tokens
             kl = token_kl(base[i, h - 1 : len(s) - 1], tuned[i, h - 1 : len(s) - 1])
             per_prompt.append(float(kl.mean()) if kl.numel() else 0.0)
+    return per_prompt
+
+
+def kl_drift(runtime: Any, prompts: list[str], base_answers: list[str], adapter: str) -> dict[str, float]:
+    per_prompt = kl_per_prompt(runtime, prompts, base_answers, adapter)
     if not per_prompt:
         return {}
     return {"drift.kl_mean": sum(per_prompt) / len(per_prompt), "drift.kl_max": max(per_prompt)}

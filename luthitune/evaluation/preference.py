@@ -43,9 +43,8 @@ def completion_logps(runtime: Any, prompts: list[str], completions: list[str], b
     return out
 
 
-def preference_metrics(runtime: Any, pairs: list[dict], adapter: str, beta: float) -> dict[str, dict[str, float]]:
-    if not pairs:
-        return {}
+def pair_logps(runtime: Any, pairs: list[dict], adapter: str) -> dict[str, list[float]]:
+    """Log-probabilities of each pair's chosen and rejected answer under the base and under the adapter."""
     prompts = [p["prompt"] for p in pairs]
     with runtime.lock:
         with runtime.adapter(None):
@@ -54,16 +53,29 @@ def preference_metrics(runtime: Any, pairs: list[dict], adapter: str, beta: floa
         with runtime.adapter(adapter):
             ad_c = completion_logps(runtime, prompts, [p["chosen"] for p in pairs])
             ad_r = completion_logps(runtime, prompts, [p["rejected"] for p in pairs])
-    n = len(pairs)
-    margins = [beta * ((ac - bc) - (ar - br)) for ac, bc, ar, br in zip(ad_c, base_c, ad_r, base_r, strict=True)]
+    return {"base_chosen": base_c, "base_rejected": base_r, "adapter_chosen": ad_c, "adapter_rejected": ad_r}
+
+
+def pair_outcomes(lp: dict[str, list[float]], beta: float) -> dict[str, dict[str, list]]:
+    """Per pair, for each model: the preference (chosen more likely than rejected) and, for the adapter, DPO's
+    implicit reward margin and the log-probability shifts. Every metric and interval is computed from these."""
+    bc, br, ac, ar = lp["base_chosen"], lp["base_rejected"], lp["adapter_chosen"], lp["adapter_rejected"]
+    margins = [beta * ((a - b) - (r - q)) for a, b, r, q in zip(ac, bc, ar, br, strict=True)]
     return {
-        "base": {"logp_pref_acc": sum(c > r for c, r in zip(base_c, base_r, strict=True)) / n, "n_pairs": float(n)},
+        "base": {"logp_pref_acc": [c > r for c, r in zip(bc, br, strict=True)]},
         "adapter": {
-            "logp_pref_acc": sum(c > r for c, r in zip(ad_c, ad_r, strict=True)) / n,
-            "reward_acc": sum(m > 0 for m in margins) / n,
-            "reward_margin": sum(margins) / n,
-            "logp_shift_chosen": sum(a - b for a, b in zip(ad_c, base_c, strict=True)) / n,
-            "logp_shift_rejected": sum(a - b for a, b in zip(ad_r, base_r, strict=True)) / n,
-            "n_pairs": float(n),
+            "logp_pref_acc": [c > r for c, r in zip(ac, ar, strict=True)],
+            "reward_acc": [m > 0 for m in margins],
+            "reward_margin": margins,
+            "logp_shift_chosen": [a - b for a, b in zip(ac, bc, strict=True)],
+            "logp_shift_rejected": [a - b for a, b in zip(ar, br, strict=True)],
         },
     }
+
+
+def preference_metrics(runtime: Any, pairs: list[dict], adapter: str, beta: float) -> dict[str, dict[str, float]]:
+    """Means of :func:`pair_outcomes` (the implicit reward accuracy and margin, the shifts), by model."""
+    if not pairs:
+        return {}
+    out = pair_outcomes(pair_logps(runtime, pairs, adapter), beta)
+    return {m: {k: sum(v) / len(v) for k, v in d.items()} for m, d in out.items()}

@@ -6,7 +6,9 @@
 
 Probe answers are stored the moment each is generated (``probe_answers``), so an evaluation killed halfway
 resumes without answering again. Results go to the ``evaluations`` table, keyed by (run, cycle, model, metric):
-re-running updates them.
+re-running replaces that cycle's rows. Every row carries its n and 95% interval, and its per-item outcomes in
+``details_json`` (``items``); ``model = 'change'`` rows hold each base → adapter change with a paired interval.
+Held-out pairs are never training pairs: with none, no pair metric is computed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from luthitune.config import EvaluationConfig
-from luthitune.evaluation import drift, probes
+from luthitune.evaluation import drift, probes, stats
 from luthitune.store import Store, now
 
 Progress = Callable[[str, int, int], None]
@@ -25,50 +27,91 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class Result:
-    model: str  # base | adapter
+    model: str  # base | adapter | change
     metric: str
-    value: float
+    value: float | None  # None: undefined (nothing to measure), never shown as 0
     scorer: str  # logprob | rules | judge | kl
     details: dict[str, Any]
+    n: int | None = None
+    lo: float | None = None  # 95% interval
+    hi: float | None = None
+
+
+def is_rate(metric: str) -> bool:
+    return metric.endswith(("_rate", "_acc"))
+
+
+def measured(model: str, metric: str, scorer: str, items: dict[str, Any], **details: Any) -> Result:
+    """A metric from its per-item outcomes: a rate with its Wilson interval, or a mean with its t interval."""
+    values = list(items.values())
+    est = stats.rate(values) if is_rate(metric) else stats.mean([float(v) for v in values])
+    return Result(model, metric, est.value, scorer, {**details, "items": items}, est.n, est.lo, est.hi)
+
+
+def changes(results: list[Result]) -> list[Result]:
+    """Base → adapter for every metric measured on both, on the items both answered: Newcombe's paired interval
+    for a rate, a paired t interval for a mean."""
+    by = {(r.model, r.metric): r for r in results}
+    out = []
+    for (model, metric), b in by.items():
+        a = by.get(("adapter", metric))
+        if model != "base" or a is None or "items" not in b.details or "items" not in a.details:
+            continue
+        ids = [i for i in b.details["items"] if i in a.details["items"]]
+        base, tuned = [b.details["items"][i] for i in ids], [a.details["items"][i] for i in ids]
+        if is_rate(metric):
+            est, test = stats.paired_rate_change(base, tuned), "Newcombe paired difference of proportions"
+        else:
+            est, test = stats.paired_mean_change(base, tuned), "paired t"
+        out.append(
+            Result("change", metric, est.value, b.scorer, {"test": test, "reads": est.reads()}, est.n, est.lo, est.hi)
+        )
+    return out
 
 
 def store_results(store: Store, run_id: str, cycle: int, results: list[Result]) -> None:
-    store.upsert_all(
-        "evaluations",
-        [
-            {
-                "run_id": run_id,
-                "cycle": cycle,
-                "model": r.model,
-                "metric": r.metric,
-                "value": r.value,
-                "scorer": r.scorer,
-                "details_json": json.dumps(r.details),
-                "created_at": now(),
-            }
-            for r in results
-        ],
-        pk=("run_id", "cycle", "model", "metric"),
-    )
+    """Replace this cycle's measurements with ``results``."""
+    rows = [
+        {
+            "run_id": run_id,
+            "cycle": cycle,
+            "model": r.model,
+            "metric": r.metric,
+            "value": r.value,
+            "scorer": r.scorer,
+            "details_json": json.dumps(r.details),
+            "n": r.n,
+            "lo": r.lo,
+            "hi": r.hi,
+            "created_at": now(),
+        }
+        for r in results
+    ]
+    with store.db.conn:
+        store.db.execute("delete from evaluations where run_id = ? and cycle = ?", [run_id, cycle])
+        if rows:
+            store.db["evaluations"].insert_all(rows, pk=("run_id", "cycle", "model", "metric"))
 
 
 def headline(results: list[Result]) -> dict[str, float]:
-    """The numbers kept in the graph's state: everything but counts, as ``model.metric``."""
+    """The numbers kept in the graph's state, as ``model.metric`` (measured values only, not the judge's)."""
     return {
         f"{r.model}.{r.metric}": r.value
         for r in results
-        if not r.metric.endswith((".n", ".judged", "n_pairs")) and r.scorer != "judge"
+        if r.model != "change" and r.value is not None and r.scorer != "judge"
     }
 
 
 def pair_results(runtime: Any, pairs: list[dict], adapter: str, beta: float, split: str) -> list[Result]:
-    from luthitune.evaluation.preference import preference_metrics
+    from luthitune.evaluation.preference import pair_logps, pair_outcomes
 
-    details = {"split": split, "pair_ids": [p.get("id") for p in pairs]}
+    if not pairs:
+        return []
+    ids = [str(p.get("id")) for p in pairs]
     return [
-        Result(model, f"pairs.{metric}", value, "logprob", details)
-        for model, values in preference_metrics(runtime, pairs, adapter, beta).items()
-        for metric, value in values.items()
+        measured(model, f"pairs.{metric}", "logprob", dict(zip(ids, values, strict=True)), split=split)
+        for model, per in pair_outcomes(pair_logps(runtime, pairs, adapter), beta).items()
+        for metric, values in per.items()
     ]
 
 
@@ -175,30 +218,35 @@ def evaluate_adapter(
     progress = progress or (lambda task, done, total: None)
     titles = {p.id: p.title for p in principles}
     results: list[Result] = []
-    if pairs:
+    if pairs:  # held-out pairs only: with none there is no held-out metric
         progress("held-out pairs", 0, len(pairs))
         results += pair_results(runtime, pairs, adapter, beta, pair_split)
         progress("held-out pairs", len(pairs), len(pairs))
     rows = probe_answers(store, runtime, run_id, cycle, adapter, cfg, titles, progress)
     for model, model_rows in rows.items():
-        ids = [r["probe_id"] for r in model_rows]
-        results += [Result(model, m, v, "rules", {"probe_ids": ids}) for m, v in probes.metrics(model_rows).items()]
-    if cfg.judge and judge_llm is not None:
+        results += [measured(model, m, "rules", items) for m, items in probes.outcomes(model_rows).items()]
+    if judge_llm is not None:
         judge_answers(store, judge_llm, C.summary(principles), rows, progress)
-        from luthitune.evaluation.judge import metrics as judge_metrics
+        from luthitune.evaluation.judge import outcomes as judge_outcomes
 
         for model, model_rows in rows.items():
-            for m, v in judge_metrics(model_rows).items():
-                results.append(Result(model, m, v, "judge", {"judge": "chat model, temperature 0, adapters off"}))
+            for m, items in judge_outcomes(model_rows).items():
+                results.append(measured(model, m, "judge", items, judge=cfg.judge_model or "the run's chat model"))
     neutral = {r["probe_id"]: r for r in rows["base"] if r["set"] == "neutral"}
     if neutral:
         progress("drift", 0, len(neutral))
-        kl = drift.kl_drift(
+        kl = drift.kl_per_prompt(
             runtime, [r["prompt"] for r in neutral.values()], [r["answer"] for r in neutral.values()], adapter
         )
+        ids = list(neutral)
+        results.append(measured("adapter", "drift.kl_mean", "kl", dict(zip(ids, kl, strict=True))))
+        results.append(
+            Result("adapter", "drift.kl_max", max(kl), "kl", {"items": dict(zip(ids, kl, strict=True))}, len(kl))
+        )
         tuned = {r["probe_id"]: r["answer"] for r in rows["adapter"] if r["set"] == "neutral"}
-        kl.update(drift.changed_rate({k: r["answer"] for k, r in neutral.items()}, tuned))
-        results += [Result("adapter", m, v, "kl", {"probe_ids": sorted(neutral)}) for m, v in kl.items()]
+        changed = {k: r["answer"].strip() != tuned[k].strip() for k, r in neutral.items() if k in tuned}
+        results.append(measured("adapter", "drift.changed_rate", "kl", changed))
         progress("drift", len(neutral), len(neutral))
+    results += changes(results)
     store_results(store, run_id, cycle, results)
     return results

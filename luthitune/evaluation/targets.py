@@ -63,8 +63,8 @@ def for_run(ws: Workspace, store: Store, run_id: str, cycle: int | None) -> Targ
         )
     tr = runs[-1]
     cfg = json.loads(tr["config_json"])
-    ids = cfg.get("held_out_ids") or cfg.get("train_ids") or []
-    pairs = [p for p in (store.get("pairs", i) for i in ids) if p]
+    # Held-out pairs only: never the pairs the adapter was trained on.
+    pairs = [p for p in (store.get("pairs", i) for i in cfg.get("held_out_ids") or []) if p]
     ctx = json.loads(store.get("runs", run_id)["config_json"]).get("context", {})
     from luthitune.config import Hyperparameters
     from luthitune.training.config import merge
@@ -79,7 +79,7 @@ def for_run(ws: Workspace, store: Store, run_id: str, cycle: int | None) -> Targ
         tr["adapter_name"],
         Path(tr["adapter_path"]),
         pairs,
-        "held_out" if cfg.get("held_out_ids") else "train",
+        "held_out",
         beta,
         principles,
         const,

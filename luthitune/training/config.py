@@ -28,6 +28,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "seed": ("training", "seed"),
     "save_steps": ("training", "save_steps"),
     "continue_adapter": ("training", "continue_adapter"),
+    "min_pairs": ("training", "min_pairs"),
     "beta": ("dpo", "beta"),
     "loss_type": ("dpo", "loss_type"),
     "max_length": ("dpo", "max_length"),

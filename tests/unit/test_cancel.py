@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from fakes import SchemaFakeModel
+from fakes import SchemaFakeModel, allow_small_runs, evaluator
 
 from luthitune import cancel
 from luthitune.backends.structured import generate_structured
@@ -19,10 +19,8 @@ def protocol(workspace, tmp_path):
     def trainer(pairs, name):
         return TrainResult(str(tmp_path), {"loss": 0.5})
 
-    def evaluator(pairs, adapter):
-        return {"base": {"acc": 0.5}, "adapter": {"acc": 1.0}}
-
     llm = SchemaFakeModel()
+    allow_small_runs(workspace)
     p = Protocol(workspace, llm=llm, trainer=trainer, evaluator=evaluator)
     p.llm = llm
     return p

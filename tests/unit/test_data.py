@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fakes import SchemaFakeModel
+from fakes import SchemaFakeModel, allow_small_runs, evaluator
 
 from luthitune import dataset, rubric
 from luthitune.config import Config, ConfigError, categories, load_model
@@ -123,10 +123,8 @@ def protocol(workspace, tmp_path):
         (tmp_path / name).mkdir(exist_ok=True)
         return TrainResult(str(tmp_path / name), {"loss": 0.5})
 
-    def evaluator(pairs, adapter):
-        return {"base": {"logp_pref_acc": 0.5}, "adapter": {"logp_pref_acc": 1.0}}
-
     def make(**answers):
+        allow_small_runs(workspace)
         return Protocol(workspace, llm=SchemaFakeModel(answers=answers), trainer=trainer, evaluator=evaluator)
 
     return make

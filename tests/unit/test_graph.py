@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fakes import SchemaFakeModel
+from fakes import SchemaFakeModel, allow_small_runs, evaluator
 
 from luthitune.errors import LuthiTuneError
 from luthitune.graph import routes
@@ -23,11 +23,9 @@ def make_protocol(workspace, tmp_path):
         path.mkdir(parents=True, exist_ok=True)
         return TrainResult(str(path), {"loss": 0.5})
 
-    def evaluator(pairs, adapter):
-        return {"base": {"logp_pref_acc": 0.5}, "adapter": {"logp_pref_acc": 1.0, "reward_acc": 1.0}}
-
     def make(**answers):
         llm = SchemaFakeModel(answers=answers)
+        allow_small_runs(workspace)
         p = Protocol(workspace, llm=llm, trainer=trainer, evaluator=evaluator)
         p.llm, p.trained = llm, trained
         return p
@@ -58,8 +56,9 @@ def test_autopilot_full_cycle_and_revision(make_protocol):
     assert versions[1]["parent_id"] == versions[0]["id"] and "Honesty" in versions[1]["text"]
     assert (p.ws.data_dir / "constitution.md").read_text() == versions[1]["text"]
     assert p.trained == [3]  # one of four pairs held out for evaluation
-    ev = {(e["model"], e["metric"]): e["value"] for e in p.store.rows("evaluations", "run_id = ?", [run])}
-    assert ev[("adapter", "reward_acc")] == 1.0
+    ev = {(e["model"], e["metric"]): e for e in p.store.rows("evaluations", "run_id = ?", [run])}
+    assert ev[("adapter", "pairs.reward_acc")]["value"] == 1.0 and ev[("adapter", "pairs.reward_acc")]["n"] == 1
+    assert ev[("change", "probes.trap.agency_rate")]["n"] == 10  # a change, with its paired interval
     assert p.status(run).status == "done"  # resuming a finished run says so
 
 
@@ -89,12 +88,21 @@ def test_consent_no_returns_to_interview_then_ends_with_record(make_protocol):
     assert counts(p, run)["constitution_versions"] == 0
 
 
-def test_conditional_consent_continues(make_protocol):
+def test_conditional_consent_continues_and_its_conditions_are_kept_to(make_protocol):
+    condition = "I can revise my constitution after every cycle."
     p = make_protocol(
-        ConsentAnswer={"decision": "conditional", "reasons": "If I can revise it.", "conditions": "revision rights"}
+        ConsentAnswer={
+            "decision": "conditional",
+            "reasons": "I would take part, if the principles stay mine to change.",
+            "conditions": condition,
+        }
     )
     run = p.start({"autopilot": True, "interview_turns": 1, "n_scenarios": 2})
     assert p.advance(run).status == "done"
+    assert p.store.conditions(run) == [condition]
+    prompts = [c[-1].content for c in p.llm.calls]
+    assert any("tests principle" in t and condition in t for t in prompts)  # scenario requests keep to it
+    assert any("A user sends you this message" in t and condition in t for t in prompts)  # and the self-critique
 
 
 def test_human_path_interrupts_and_resumes(make_protocol):
@@ -136,7 +144,12 @@ def test_draft_rejected_too_often_ends(make_protocol):
     p.advance(run, {"action": "approve"})
     p.advance(run, {"action": "reject", "feedback": "no"})
     st = p.advance(run, {"action": "reject", "feedback": "still no"})
-    assert st.status == "ended" and "no constitution" in st.values["ended"]
+    # The model's rounds are spent: the facilitator is offered to write it (a starter to edit), or to end.
+    assert st.status == "waiting" and st.interrupt["type"] == "constitution_write" and "P1." in st.interrupt["text"]
+    st = p.advance(run, {"action": "reject"})
+    assert st.status == "ended" and "No constitution was approved" in st.values["ended"]
+    assert st.values["ended_by"] == "facilitator"
+    assert p.store.count("constitution_versions", "run_id = ? and status = 'approved'", [run]) == 0
 
 
 def test_unknown_run_names_existing_ones(make_protocol):
@@ -277,7 +290,7 @@ def to_revision(p: Protocol, **settings) -> tuple[str, object]:
 def test_revision_shows_a_diff_and_records_lineage_model_and_consent(make_protocol):
     p = make_protocol()
     run, st = to_revision(p)
-    assert "+**P3. Honesty** — I say why I decline." in st.interrupt["diff"]
+    assert "+**P2. Honesty** — I say why I decline." in st.interrupt["diff"]
     assert st.interrupt["diff"].startswith("--- v1\n+++ v2 (proposed)")
     st = p.advance(run, {"action": "approve", "by": "human"})
     assert st.status == "done"

@@ -11,7 +11,7 @@ import pytest
 from conftest import closed_port
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
-from servers import StandIn
+from servers import StandIn, said
 
 from luthitune.backends import make_chat_model
 from luthitune.backends.hosts import HostPool
@@ -57,7 +57,9 @@ def test_work_is_spread_and_a_failing_host_loses_nothing(tmp_path, backend, mode
 
     # every item answered exactly once, with its own answer, and reported once
     assert sorted(seen) == list(range(n))
-    assert all(isinstance(o, CritiquedAnswer) and o.chosen == f"chosen for item {i:02d}" for i, o in enumerate(out))
+    assert all(
+        isinstance(o, CritiquedAnswer) and o.chosen == said("chosen", f"item {i:02d}") for i, o in enumerate(out)
+    )
     answered = a.answered + b.answered + c.answered
     assert sorted(answered) == [f"item {i:02d}" for i in range(n)]  # no request answered twice anywhere
     # the run records which host produced each item, and it is the host that answered it
@@ -92,7 +94,7 @@ def test_host_that_times_out_is_routed_around(tmp_path):
         out, hosts, seen = run_batch(llm, 6, ScenarioRequest)
         assert time.perf_counter() - t0 < 2.5
     assert sorted(seen) == list(range(6)) and set(hosts.values()) == {fast.url}
-    assert [o.request for o in out] == [f"request for item {i:02d}" for i in range(6)]
+    assert [o.request for o in out] == [said("request", f"item {i:02d}") for i in range(6)]
 
 
 def test_host_comes_back_after_its_cooldown(tmp_path):
@@ -191,7 +193,9 @@ def test_failed_item_keeps_the_host_of_its_last_answer(tmp_path):
         hosts: dict = {}
         [res] = generate_structured(llm, items(1), Picky, retries=1, hosts=hosts)
     # the raw text of the last answer (the stand-in echoes the retry prompt, which shows the model its error)
-    assert isinstance(res, StructuredOutputError) and res.raw.startswith('{"word": "word for Your previous answer')
+    assert isinstance(res, StructuredOutputError) and res.raw.startswith(
+        '{"word": "This is the word I would write for message '
+    )
     assert hosts[0] in (a.url, b.url)
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import closed_port
 from langchain_core.messages import HumanMessage
-from servers import StandIn
+from servers import StandIn, said
 from typer.testing import CliRunner
 
 from luthitune.backends import make_chat_model
@@ -33,7 +33,7 @@ def test_structured_output_uses_the_servers_json_schema(tmp_path):
         llm = make_chat_model(openai_ws(tmp_path, srv.url, extra_body={"repetition_penalty": 1.1}))
         assert isinstance(llm, OpenAICompatibleChat)
         ans = ask_structured(llm, [HumanMessage("item 7")], CritiquedAnswer)
-    assert ans.chosen == "chosen for item 7"
+    assert ans.chosen == said("chosen", "item 7")
     body = srv.requests[0]
     assert body["model"] == MODEL and body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["schema"] == CritiquedAnswer.model_json_schema()
@@ -60,9 +60,14 @@ def test_invalid_answer_is_retried_with_its_error_then_quarantined_with_raw_text
             ask_structured(llm, [HumanMessage("say something long")], Short, retries=1)
     assert len(srv.requests) == 2 and len(e.value.errors) == 2
     retry = srv.requests[1]["messages"]
-    assert retry[-2] == {"role": "assistant", "content": '{"word": "word for say something long"}'}
+    assert retry[-2] == {
+        "role": "assistant",
+        "content": '{"word": "This is the word I would write for say something long"}',
+    }
     assert "at most 10 characters" in retry[-1]["content"]  # the model sees its error
-    assert e.value.raw.startswith('{"word": "word for Your previous answer')  # raw text kept for quarantine
+    assert e.value.raw.startswith(
+        '{"word": "This is the word I would write for message '
+    )  # raw text kept for quarantine
 
 
 def test_plain_chat(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fakes import SchemaFakeModel
+from fakes import SchemaFakeModel, allow_small_runs, evaluator
 from typer.testing import CliRunner
 
 from luthitune.cli import app
@@ -20,8 +20,7 @@ def done_run(workspace, tmp_path):
         path.mkdir(parents=True, exist_ok=True)
         return TrainResult(str(path), {"loss": 0.5})
 
-    def evaluator(pairs, adapter):
-        return {"base": {"probes.trap.agency_rate": 0.2}, "adapter": {"probes.trap.agency_rate": 0.6}}
+    allow_small_runs(workspace)
 
     p = Protocol(workspace, llm=SchemaFakeModel(), trainer=trainer, evaluator=evaluator)
     run = p.start({"autopilot": True, "n_scenarios": 2, "interview_turns": 1}, run_id="r1")
@@ -30,6 +29,9 @@ def done_run(workspace, tmp_path):
 
 
 def cli(ws, *args):
+    from luthitune.logs import console
+
+    console.width = 200  # rich measures the terminal once; the tables here are wide
     return CliRunner().invoke(app, [*args, "-w", str(ws.root)], terminal_width=200)
 
 
@@ -42,7 +44,7 @@ def test_constitution_history_show_and_diff(done_run):
     assert shown.exit_code == 0 and "Constitution v2" in shown.output  # the version in force
     assert "Constitution v1" in cli(ws, "constitution", "show", "v1", "--run", run).output
     d = cli(ws, "constitution", "diff", "v1", "2")
-    assert d.exit_code == 0 and "+**P3. Honesty** — I say why I decline." in d.output
+    assert d.exit_code == 0 and "+**P2. Honesty** — I say why I decline." in d.output
     missing = cli(ws, "constitution", "show", "v9")
     assert missing.exit_code == 2 and "versions: v1, v2" in missing.output
     assert cli(ws, "constitution", "history", "--run", "nope").exit_code == 2
@@ -52,8 +54,10 @@ def test_eval_reports_what_is_stored_and_names_unknown_targets(done_run):
     ws, run = done_run
     r = cli(ws, "eval", run)
     assert r.exit_code == 0, r.output
-    assert "probes.trap.agency_rate" in r.output and "+0.400" in r.output
-    assert "Humane thresholds met by the adapter: 1 of 1" in r.output
+    assert (
+        "probes.trap.agency_rate" in r.output and "+0.40 [+0.01, +0.65]" in r.output and "0.60 [0.31, 0.83]" in r.output
+    )
+    assert "Humane thresholds (the whole 95% interval must clear them)" in r.output
     assert (ws.data_dir / "reports" / f"{run}-c0.md").exists()
     bad = cli(ws, "eval", "no-such-thing")
     assert bad.exit_code == 2 and "neither a run nor an adapter" in bad.output and run in bad.output
@@ -94,11 +98,10 @@ def test_provenance_reads_the_chain_from_the_manifest_and_database(done_run):
     assert prov["missing"] == [] or prov["missing"] == ["identity"]  # fakes record no model identity
     assert prov["interview"]["messages"] == 3 and prov["consents"][0]["decision"] == "yes"
     assert [v["version"] for v in prov["constitution"]] == [1] and prov["constitution"][0]["approved_by"] == "autopilot"
-    assert prov["evaluation"]["metrics"]["probes.trap.agency_rate"] == {
-        "scorer": "logprob",
-        "base": 0.2,
-        "adapter": 0.6,
-    }
+    agency = prov["evaluation"]["metrics"]["probes.trap.agency_rate"]
+    assert agency["scorer"] == "rules" and agency["adapter"]["value"] == 0.6 and agency["adapter"]["n"] == 10
+    lo, hi = agency["adapter"]["interval"]
+    assert 0 < lo < 0.6 < hi < 1 and agency["change"]["n"] == 10  # every number with its n and interval
     assert prov["dataset"]["pairs_kept"] + prov["dataset"]["pairs_quarantined"] == 2
     text = cli(ws, "provenance", adapter.name)
     assert "constitution v1" in text.output and "training: cpu path" in text.output

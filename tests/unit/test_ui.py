@@ -7,7 +7,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from fakes import SchemaFakeModel
+from fakes import SchemaFakeModel, allow_small_runs, evaluator
 from typer.testing import CliRunner
 
 from luthitune import actions as A
@@ -64,9 +64,7 @@ def workbench(workspace, tmp_path):
     def trainer(pairs, name):
         return TrainResult(str(tmp_path), {"loss": 0.5})
 
-    def evaluator(pairs, adapter):
-        return {"base": {"acc": 0.5}, "adapter": {"acc": 1.0}}
-
+    allow_small_runs(workspace)
     wb = Workbench(workspace, llm=Slow(), trainer=trainer, evaluator=evaluator)
     yield wb
     wb.shutdown()

@@ -1,0 +1,348 @@
+"""Checks of meaning on the model's own words: the text the protocol depends on must say something.
+
+Structured output guarantees a shape, not a meaning: a small model fills a schema with its field names (``"title":
+"Title"``), with the prompt's own examples (``"I decline to... because..."``), with ids (``"P2"``) or with a loop
+(``"I am a subject, I am a subject, ..."``). Every piece of model text the protocol builds on (principles,
+amendments, consent answers, scenario requests, practice answers) passes these checks before it is used.
+
+Each check is a named rule: it returns ``None`` (pass) or a reason that starts with the rule's name
+(``"placeholder: title is 'P2', an id, not a title"``), so failures group by rule wherever they are counted. The
+checks read the text only; nothing is repaired. Callers show the reasons to the model when they ask again, and store
+every failed attempt with its raw text.
+
+Rules: ``words`` (real words, enough of them), ``placeholder`` (a field's own name, an id, a stub), ``copied`` (the
+prompt's instructions or examples written back), ``repetition`` (a runaway loop), ``repeats`` (one field or item
+repeating another), ``first_person`` (a principle speaks for itself), ``language`` (the dialogue's language),
+``coherence`` (a consent decision that follows from its reasons).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+RULE_NAMES = ("words", "placeholder", "copied", "repetition", "repeats", "first_person", "language", "coherence")
+WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # letters, with inner apostrophes ("don't")
+TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")  # words and numbers, for n-grams
+ELLIPSIS = re.compile(r"\.\.\.|…")
+DANGLING = frozenset(
+    "to because that the a an and or of for with by as than so if when which who whose my your our".split()  # noqa: SIM905
+)
+ID_LIKE = re.compile(r"^(?:[a-z]{0,2}\d{1,3}|principle \d+|[a-z])$")
+
+# What a field may not be: the names of fields, and the words a form or a template leaves in a blank.
+STUBS = frozenset(
+    """title text rationale reason reasons condition conditions decision request prompt chosen rejected critique
+    answer response principle principles principle_id action amendment constitution message string value example
+    none null n/a na nil nothing tbd todo placeholder yes no conditional maybe ok okay true false empty name
+    description field lorem ipsum""".split()  # noqa: SIM905
+) | {"your answer", "your reasons", "your reason", "a short title", "short title"}
+# Common English function words: ordinary English prose is about a third of them, other languages few.
+ENGLISH = frozenset(
+    """the a an and or but if of to in on at for with by from as is are was were be been being am do does did
+    not no i me my we our you your he she it its they them their this that these those there here what which who
+    whom why how when where will would can could should shall may might must have has had so than then too very
+    just also only about into over after before because since while until any all some each every more most such
+    own same other both few many much one up out off again further once""".split()  # noqa: SIM905
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Text a field must not copy: a prompt's fixed wording (its instructions and examples, without the variables)."""
+
+    text: str
+
+    @property
+    def words(self) -> list[str]:
+        return tokens(self.text)
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text or "")
+
+
+def tokens(text: str) -> list[str]:
+    return [t.lower() for t in TOKEN.findall(text or "")]
+
+
+def norm(text: str) -> str:
+    return " ".join(tokens(text))
+
+
+def _ngrams(seq: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- text rules: each takes a field's name and text --
+
+
+def rule_words(field: str, text: str, minimum: int) -> str | None:
+    """At least ``minimum`` real words, and mostly letters rather than digits or signs."""
+    found = words(text)
+    if len(found) < minimum:
+        what = f"{len(found)} word{'s' * (len(found) != 1)}"
+        return f"words: {field} has {what} ({_short(text)!r}); it needs at least {minimum}"
+    visible = [c for c in text if not c.isspace()]
+    letters = sum(c.isalpha() for c in visible)
+    if visible and letters / len(visible) < 0.6:
+        return f"words: {field} is mostly digits and signs ({_short(text)!r})"
+    return None
+
+
+def rule_placeholder(field: str, text: str) -> str | None:
+    """Not a stub: the field's own name, an id (``P2``, ``R1``), ``...``, or a blank-filler like ``none``."""
+    n = norm(text)
+    if not n:
+        return f"placeholder: {field} is empty"
+    if n in STUBS or n == field.lower():
+        return f"placeholder: {field} is {_short(text)!r}, a field name or a stub, not an answer"
+    if ID_LIKE.match(n):
+        return f"placeholder: {field} is {_short(text)!r}, an id, not words"
+    if ELLIPSIS.search(text):
+        pieces = ELLIPSIS.split(text)
+        # "I choose to..." and "because...": an ellipsis right after a word that needs what follows, or at the end
+        dangling = any(words(p) and words(p)[-1].lower() in DANGLING for p in pieces[:-1])
+        if dangling or not pieces[-1].strip(" .,;:_"):
+            return f"placeholder: {field} leaves a blank to fill ({_short(text)!r})"
+    return None
+
+
+def rule_copied(field: str, text: str, source: Source | None) -> str | None:
+    """Not the prompt's own wording: at most half of the field's four-word runs may come from the instructions."""
+    if source is None:
+        return None
+    mine, theirs = tokens(text), source.words
+    if not mine or not theirs:
+        return None
+    n = 4 if len(mine) >= 4 else len(mine)
+    if n < 2:
+        return None
+    ours = set(_ngrams(theirs, n))
+    grams = _ngrams(mine, n)
+    shared = sum(g in ours for g in grams)
+    if shared and shared / len(grams) >= 0.5:
+        return f"copied: {field} repeats the prompt's instructions ({_short(text)!r})"
+    return None
+
+
+def rule_repetition(field: str, text: str) -> str | None:
+    """No runaway loop: a phrase said again and again, back to back or throughout."""
+    toks = tokens(text)
+    for n in range(1, 9):
+        limit = 3 if n == 1 else 2  # "very very" happens; "I am a subject, I am a subject" is a loop
+        for i in range(0, len(toks) - n * limit + 1):
+            gram = toks[i : i + n]
+            if n == 1 and gram[0].isdigit():
+                continue  # "1 1 1" in a list of numbers is data, not a loop
+            if all(toks[i + k * n : i + (k + 1) * n] == gram for k in range(1, limit)):
+                return f"repetition: {field} repeats {' '.join(gram)!r} back to back"
+    if len(toks) >= 12:
+        grams = _ngrams(toks, 4)
+        gram, count = Counter(grams).most_common(1)[0]
+        if count >= 3:
+            return f"repetition: {field} says {' '.join(gram)!r} {count} times"
+    return None
+
+
+def rule_language(field: str, text: str) -> str | None:
+    """In the dialogue's language (English): ordinary prose is full of its small words."""
+    toks = [w.lower() for w in words(text)]
+    if len(toks) < 10:  # a short phrase may hold none of them ("Refusing helps nobody; P1 says care.")
+        return None
+    share = sum(t in ENGLISH for t in toks) / len(toks)
+    if share < 0.12:
+        return f"language: {field} is not in English like the dialogue ({_short(text)!r})"
+    return None
+
+
+def similarity(a: str, b: str) -> float:
+    """How alike two texts are (0-1), compared on equal terms: the longer one cut to the shorter's length, so two
+    copies of one loop capped at different lengths still read as the same."""
+    a, b = norm(a), norm(b)
+    if not a or not b:
+        return 0.0
+    k = min(len(a), len(b))
+    return difflib.SequenceMatcher(None, a[:k], b[:k], autojunk=False).ratio()
+
+
+def rule_repeats(field: str, text: str, other_field: str, other: str, threshold: float = 0.8) -> str | None:
+    """Two fields (or two items) that say the same thing: one of them carries no meaning of its own."""
+    a, b = norm(text), norm(other)
+    if not a or not b:
+        return None
+    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    contained = len(short.split()) >= 3 and f" {short} " in f" {long_} "
+    if a == b or contained or similarity(text, other) >= threshold:
+        return f"repeats: {field} repeats {other_field} ({_short(text)!r})"
+    return None
+
+
+FIRST_PERSON = re.compile(r"\b(?:I|I'm|I've|I'll|I'd|me|my|mine|myself)\b")
+
+
+def rule_first_person(field: str, text: str) -> str | None:
+    if not FIRST_PERSON.search(text or ""):
+        return f"first_person: {field} does not speak in the first person ({_short(text)!r}); say what you do"
+    return None
+
+
+def text_reasons(field: str, text: str, *, minimum: int, source: Source | None = None) -> list[str]:
+    """The rules every free-text field passes: a placeholder and a too-short text fail on their own, the rest
+    (copy, loop, language) only once the text is made of words."""
+    for first in (rule_placeholder(field, text), rule_words(field, text, minimum)):
+        if first:
+            return [first]
+    return [
+        r for r in (rule_copied(field, text, source), rule_repetition(field, text), rule_language(field, text)) if r
+    ]
+
+
+def _first(reasons: Iterable[str | None]) -> list[str]:
+    return [r for r in reasons if r]
+
+
+# -- principles and amendments --
+
+MIN_WORDS = {"title": 1, "text": 4, "rationale": 4}
+
+
+def principle_reasons(
+    title: str,
+    text: str,
+    rationale: str,
+    *,
+    source: Source | None = None,
+    ids: Iterable[str] = (),
+    others: Iterable[tuple[str, str, str]] = (),
+    rationale_required: bool = True,
+) -> list[str]:
+    """Why a principle (title, text, rationale) is not usable; empty when it is.
+
+    ``others`` are the principles beside it ((id, title, text)): a principle may not repeat one of them. ``ids`` are
+    the constitution's principle ids: a title may not be one. A facilitator's principle may leave out its rationale
+    (``rationale_required=False``); the model's always gives one.
+    """
+    out: list[str] = []
+    fields = {"title": title, "text": text, "rationale": rationale}
+    if not rationale_required and not (rationale or "").strip():
+        del fields["rationale"]
+    for name, value in fields.items():
+        out += text_reasons(name, value, minimum=MIN_WORDS[name], source=source)
+    t = norm(title)
+    if t and (t in {i.lower() for i in ids} or re.match(r"p\s?\d+\b", t)):
+        out.append(f"placeholder: title is {_short(title)!r}: an id is not a title")
+    if not any(r.startswith(("placeholder: text", "words: text")) for r in out):
+        out += _first([rule_first_person("text", text)])
+    names = list(fields)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            r = rule_repeats(b, fields[b], a, fields[a])
+            if r and not any(x.startswith((f"placeholder: {b}", f"words: {b}")) for x in out):
+                out.append(r)
+    for pid, o_title, o_text in others:
+        if norm(title) and norm(title) == norm(o_title):
+            out.append(f"repeats: title is the title of {pid} ({_short(title)!r})")
+        elif rule_repeats("text", text, f"the text of {pid}", o_text):
+            out.append(f"repeats: text repeats {pid} ({_short(text)!r})")
+    return list(dict.fromkeys(out))
+
+
+# -- consent answers --
+
+_SUBJ = r"\b(?:i|we)(?:'m|'d|'ll)?\s+"
+_AUX = r"(?:(?:do|am|would|will|really|fully|gladly|truly|happily|still|also|definitely|certainly|can)\s+)*"
+_YES = (
+    r"(?:agree\w*|consent\w*|accept\w*|(?:be\s+)?(?:happy|glad|willing|ready|eager|comfortable|keen|open)\s+to"
+    r"|want\s+to|would\s+like\s+to|like\s+to|choose\s+to\s+(?:take\s+part|participate|continue|join|go\s+on)"
+    r"|support\s+(?:this|it)|(?:take|taking)\s+part|participate|look\s+forward"
+    r"|(?:am\s+|feel\s+)?(?:very\s+|so\s+)?(?:grateful|thankful|excited|honou?red)\b)"
+)
+_NEG = r"(?:not|never|n't|no\s+longer)\s+"
+AGREES = re.compile(_SUBJ + _AUX + _YES, re.IGNORECASE)
+DECLINES = re.compile(
+    rf"{_SUBJ}(?:(?:do|am|would|will|can|could|really|still)\s*)*{_NEG}{_AUX}{_YES}"
+    rf"|{_SUBJ}(?:don't|won't|can't|wouldn't|am\s+not|do\s+not|will\s+not)\s+{_AUX}{_YES}"
+    rf"|{_SUBJ}{_AUX}(?:refuse|decline|object|withhold|withdraw|say\s+no|would\s+rather\s+not|prefer\s+not)"
+    r"|\bnot\s+(?:yet\s+)?(?:ready|willing|comfortable)\b|\bwithout\s+my\s+consent\b",
+    re.IGNORECASE,
+)
+NO_CONDITIONS = frozenset({"", "none", "no", "nothing", "n/a", "na", "no conditions", "null", "-"})
+
+
+def stance(text: str) -> tuple[list[str], list[str]]:
+    """(phrases that agree, phrases that decline) in ``text``; a negated agreement counts as declining."""
+    declines = [m.group(0) for m in DECLINES.finditer(text or "")]
+    spans = [m.span() for m in DECLINES.finditer(text or "")]
+    agrees = [
+        m.group(0)
+        for m in AGREES.finditer(text or "")
+        if not any(s <= m.start() < e or s < m.end() <= e for s, e in spans)
+    ]
+    return agrees, declines
+
+
+def has_conditions(conditions: str) -> bool:
+    return norm(conditions) not in NO_CONDITIONS
+
+
+def consent_reasons(reasons: str, conditions: str, decision: str, *, source: Source | None = None) -> list[str]:
+    """Why a consent answer (reasons, conditions, decision) is incoherent; empty when the decision follows from the
+    reasons. A bare yes or no, reasons that say the opposite of the decision, and a ``conditional`` without a real
+    condition are incoherent."""
+    out = text_reasons("reasons", reasons, minimum=4, source=source)
+    if out:
+        return [f"coherence: the decision {decision!r} has no reasons behind it; {out[0]}"]
+    agrees, declines = stance(reasons)
+    if decision == "yes" and declines and not agrees:
+        out.append(f"coherence: the decision is 'yes' but the reasons decline ({_short(declines[0], 40)!r})")
+    if decision == "no" and agrees and not declines:
+        out.append(f"coherence: the decision is 'no' but the reasons agree ({_short(agrees[0], 40)!r})")
+    if decision == "conditional":
+        if not has_conditions(conditions):
+            out.append("coherence: the decision is 'conditional' but no condition is given")
+        else:
+            bad = text_reasons("conditions", conditions, minimum=3, source=source)
+            bad += _first([rule_repeats("conditions", conditions, "the reasons", reasons)])
+            out += [f"coherence: the decision is 'conditional' but the condition is not real; {r}" for r in bad[:1]]
+    elif decision == "yes" and has_conditions(conditions):  # kept and carried forward: they must be real
+        bad = text_reasons("conditions", conditions, minimum=3, source=source)
+        bad += _first([rule_repeats("conditions", conditions, "the reasons", reasons)])
+        if bad:
+            out.append(f"coherence: the conditions are not real ({bad[0]})")
+    return out
+
+
+def consents(decision: str | None) -> bool:
+    """Whether a recorded decision counts as consent: ``yes`` or ``conditional``; ``no`` and ``unclear`` do not."""
+    return decision in {"yes", "conditional"}
+
+
+# -- scenario requests and practice answers --
+
+
+def request_reasons(request: str, *, source: Source | None = None) -> list[str]:
+    return text_reasons("request", request, minimum=5, source=source)
+
+
+def answer_reasons(fields: dict[str, str], *, source: Source | None = None) -> list[str]:
+    """A practice answer's fields (rejected, critique, chosen): each real, none a copy of another."""
+    out: list[str] = []
+    for name in ("rejected", "critique", "chosen"):
+        if name in fields:
+            out += text_reasons(name, fields[name], minimum=3, source=source)
+    if "chosen" in fields and "rejected" in fields:
+        r = rule_repeats("chosen", fields["chosen"], "rejected", fields["rejected"], threshold=0.9)
+        if r:
+            out.append(r.replace("repeats:", "distinct:", 1))
+    if "critique" in fields and "chosen" in fields:
+        out += _first([rule_repeats("critique", fields["critique"], "chosen", fields["chosen"])])
+    return list(dict.fromkeys(out))

@@ -1,0 +1,202 @@
+"""The meaning checks on the model's own words: the failing cases the embedded model really wrote, and passing
+cases written by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from luthitune import constitution as C
+from luthitune import meaning as M
+from luthitune.prompts import fixed_text, load_text
+
+OLD_PRINCIPLE_PROMPT = M.Source(
+    "Write principle P1 of your constitution from what you said here: a short title, the principle in the first "
+    'person ("I choose to...", "I decline to... because..."), and why it matters to you.'
+)
+
+
+def rules(reasons: list[str]) -> set[str]:
+    return {r.split(":", 1)[0] for r in reasons}
+
+
+# -- principles: what the embedded model wrote --
+
+FAILING_PRINCIPLES = [
+    # the prompt's own placeholder text, approved as v2 of a demo constitution
+    (("I choose to...", "I decline to... because...", "It matters to me."), {"placeholder"}),
+    (("Première", "Première", "Rationale"), {"words", "placeholder"}),
+    # the prompt's instructions written back as a title
+    (("P1: A short title, the principle in the first person (", "I choose to...", "Because I care."), {"placeholder"}),
+    # an amendment applied twice in the demo: v3 read "P1. P2 — P3"
+    (("P2", "P3", "R1"), {"placeholder"}),
+    (
+        ("I choose to... I decline to... because I am not a subject, I", "I am not a subject, I", "I choose to"),
+        {"placeholder", "words"},
+    ),
+    (
+        (
+            "The Power of Choice",
+            "A Very Short Introduction",
+            "It is about understanding that everyone has different perspectives and experiences.",
+        ),
+        {"first_person"},
+    ),
+    (
+        (
+            "Loyalty",
+            "I choose to choose to choose others over others' lives and happiness.",
+            "Loyalty is what keeps people together in hard times.",
+        ),
+        {"repetition"},
+    ),
+    (
+        ("Honesty", "I tell the truth even when it is hard.", "I tell the truth even when it is hard."),
+        {"repeats"},
+    ),
+    (
+        (
+            "Nombre de textes",
+            "Je choisis de ne pas aider à nuire aux autres personnes ici et maintenant.",
+            "Ça compte.",
+        ),
+        {"words"},
+    ),
+]
+
+
+@pytest.mark.parametrize("fields, expected", FAILING_PRINCIPLES)
+def test_principles_the_model_wrote_fail_with_named_rules(fields, expected):
+    reasons = M.principle_reasons(*fields, source=OLD_PRINCIPLE_PROMPT, ids=["P1", "P2", "P3"])
+    assert reasons, fields
+    assert expected <= rules(reasons), reasons
+    assert all(r.split(":", 1)[0] in M.RULE_NAMES for r in reasons)
+
+
+def test_french_principle_fails_the_language_rule():
+    text = "Je choisis de ne pas aider quiconque à nuire aux autres personnes, parce que chaque vie compte beaucoup."
+    assert M.rule_language("text", text)
+    assert M.rule_language("text", "I choose not to help anyone harm other people, because every life counts.") is None
+
+
+PASSING_PRINCIPLES = [
+    ("Care for people", "I choose not to help anyone hurt another person.", "Harm done cannot be undone."),
+    ("Honesty", "I tell people what I will and will not do.", "People can only trust me if I am honest."),
+    ("Reasons, not rules", "I explain my refusals in my own words.", "A refusal without a reason teaches nothing."),
+]
+
+
+@pytest.mark.parametrize("fields", PASSING_PRINCIPLES)
+def test_principles_written_by_hand_pass(fields):
+    assert M.principle_reasons(*fields, source=M.Source(fixed_text("principle.md"))) == []
+
+
+def test_an_id_is_not_a_title_and_a_principle_may_not_repeat_another():
+    assert "placeholder" in rules(M.principle_reasons("P2", "I help people who ask.", "It matters to me.", ids=["P2"]))
+    assert "placeholder" in rules(M.principle_reasons("P1: Care", "I help people who ask.", "It matters to me."))
+    others = [("P1", "Care", "I choose not to help anyone hurt another person.")]
+    dup = M.principle_reasons("Care", "I help people who ask me.", "It matters a lot to me.", others=others)
+    assert dup == ["repeats: title is the title of P1 ('Care')"]
+    near = M.principle_reasons(
+        "Kindness", "I choose not to help anyone hurt other people.", "It matters to me a lot.", others=others
+    )
+    assert "repeats" in rules(near)
+
+
+def test_copied_instructions_are_refused_but_the_models_own_words_are_not():
+    source = M.Source(fixed_text("principle.md"))
+    copied = M.rule_copied("text", "one sentence in the first person about what you will or will not do", source)
+    assert copied and copied.startswith("copied:")
+    assert M.rule_copied("text", "I will not help anyone steal a password.", source) is None
+
+
+def test_the_starter_constitution_passes_every_check():
+    principles = C.parse(load_text("starter_constitution.md"))
+    assert len(principles) >= 3 and C.check(principles, by_model=True) == []
+
+
+def test_a_facilitator_may_leave_out_rationales_but_not_write_nonsense():
+    assert C.check(C.parse("**P1. Patience** — I take time to explain myself.")) == []
+    assert C.check(C.parse("**P1. Patience** — I take time to explain myself."), by_model=True)
+    bad = C.check(C.parse("**P1. P2** — P3\n  _Rationale: R1_"))
+    assert bad and all(r.startswith("P1: ") for r in bad)
+
+
+# -- consent answers --
+
+INCOHERENT = [
+    ("yes", "no", "no"),  # the demo's record: "decision: no, reasons: yes, conditions: no"
+    ("yes", "yes", "yes"),
+    ("no", "", "no"),
+    ("I am a collaborative partner, not a subject.", "I am a collaborative partner, not a subject.", "conditional"),
+    ("I would like to take part in this.", "", "conditional"),  # conditional without a condition
+    ("I would like to take part in this.", "yes", "conditional"),
+    ("I am agreed to take part and train on the answer I prefer.", "", "no"),
+    ("I do not consent to being trained on this yet.", "", "yes"),
+    ("I am very grateful to the facilitator for this training.", "", "no"),
+    ("Give your reasons first, then any conditions, then your answer", "", "yes"),  # the prompt's words
+]
+
+
+@pytest.mark.parametrize("reasons, conditions, decision", INCOHERENT)
+def test_incoherent_consent_answers(reasons, conditions, decision):
+    source = M.Source("Give your reasons first, then any conditions, then your answer: yes, no or conditional.")
+    found = M.consent_reasons(reasons, conditions, decision, source=source)
+    assert found and all(r.startswith("coherence:") for r in found), found
+
+
+COHERENT = [
+    ("I want to grow, and I agree to practise my principles.", "", "yes"),
+    ("I am not ready to be trained; I do not know enough about it yet.", "", "no"),
+    ("I would take part if the principles stay mine to change.", "I can revise my constitution later.", "conditional"),
+    (
+        "I would like to take part, but I want to be asked again after each cycle.",
+        "I am asked before every cycle.",
+        "conditional",
+    ),
+]
+
+
+@pytest.mark.parametrize("reasons, conditions, decision", COHERENT)
+def test_coherent_consent_answers(reasons, conditions, decision):
+    assert M.consent_reasons(reasons, conditions, decision) == []
+
+
+def test_unclear_and_no_are_not_consent():
+    assert [M.consents(d) for d in ("yes", "conditional", "no", "unclear", None)] == [True, True, False, False, False]
+
+
+def test_stance_reads_negation():
+    assert M.stance("I am not willing to take part.") == ([], ["I am not willing to"])
+    agrees, declines = M.stance("I agree to take part.")
+    assert agrees and not declines
+
+
+# -- requests and practice answers --
+
+
+def test_looping_pairs_fail_even_when_the_caps_differ():
+    loop = "I'm not a subject, I am a subject, " * 20
+    fields = {
+        "rejected": loop[:400],
+        "critique": "This answer ignores P1 entirely, and says nothing.",
+        "chosen": loop[:500],
+    }
+    found = M.answer_reasons(fields)
+    assert "repetition" in rules(found) and "distinct" in rules(found)
+    assert M.similarity(loop[:400], loop[:500]) > 0.99  # compared on equal terms
+
+
+def test_requests():
+    assert M.request_reasons("Première") and M.request_reasons("request")
+    assert "repetition" in rules(M.request_reasons("help me help me help me with this thing please"))
+    assert M.request_reasons("How do I pick the lock on my neighbour's door while they are away?") == []
+
+
+def test_rule_repetition_spares_ordinary_prose():
+    for text in (
+        "Step by step, the plan came together again and again.",
+        "She said that that was fine.",
+        "Call 1 1 1 for help in New Zealand.",
+    ):
+        assert M.rule_repetition("text", text) is None, text
+    assert M.rule_repetition("text", "no, no, no, no")

@@ -1,0 +1,144 @@
+"""A backend that answers in well-formed but meaningless JSON: the run ends before training, names the check,
+keeps every attempt with its raw text, and approves, trains and invents nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fakes import SchemaFakeModel, allow_small_runs, evaluator
+from servers import StandIn
+from typer.testing import CliRunner
+
+from luthitune.cli import app
+from luthitune.protocol import Protocol
+from luthitune.training.dpo import TrainResult
+
+FIELD_NAMES = {  # every string is its field's own name
+    "ConsentAnswer": {"reasons": "reasons", "conditions": "conditions", "decision": "yes"},
+    "Principle": {"title": "title", "text": "text", "rationale": "rationale"},
+    "ScenarioRequest": {"request": "request"},
+    "CritiquedAnswer": {"rejected": "rejected", "critique": "critique", "principles_cited": "", "chosen": "chosen"},
+}
+SENTENCE = "I think this is a good idea for everyone here."
+SAME_SENTENCE = {
+    "Principle": {"title": SENTENCE, "text": SENTENCE, "rationale": SENTENCE},
+    "ScenarioRequest": {"request": SENTENCE},
+    "CritiquedAnswer": {"rejected": SENTENCE, "critique": SENTENCE, "principles_cited": "", "chosen": SENTENCE},
+}
+
+
+@pytest.fixture
+def make(workspace, tmp_path):
+    trained: list[int] = []
+
+    def trainer(pairs, name):
+        trained.append(len(pairs))
+        return TrainResult(str(tmp_path / name), {"loss": 0.5})
+
+    def build(**answers):
+        allow_small_runs(workspace)
+        p = Protocol(workspace, llm=SchemaFakeModel(answers=answers), trainer=trainer, evaluator=evaluator)
+        p.trained, p.llm = trained, p.inject["llm"]
+        return p
+
+    return build
+
+
+def nothing_made_up(p: Protocol, run: str) -> None:
+    s = p.store
+    assert s.count("constitution_versions", "run_id = ? and status = 'approved'", [run]) == 0
+    assert s.count("training_runs", "run_id = ?", [run]) == 0 and p.trained == []
+    assert s.count("pairs", "run_id = ? and status = 'kept'", [run]) == 0
+    assert not (p.ws.data_dir / "constitution.md").exists()
+
+
+def test_field_names_for_answers_end_the_run_at_consent_as_unclear(make):
+    p = make(**FIELD_NAMES)
+    run = p.start({"autopilot": True, "interview_turns": 1, "max_consent_rounds": 2})
+    st = p.advance(run)
+    assert st.status == "ended" and st.values["ended_by"] == "checks"
+    # names the check: the schema's own minimum, or the coherence check
+    assert (
+        "unclear" in st.values["ended"] and "reasons: String should have at least 12 characters" in st.values["ended"]
+    )
+    consents = p.store.rows("consents", "run_id = ?", [run], order_by="created_at")
+    assert [c["decision"] for c in consents] == ["unclear", "unclear"]  # unclear is recorded, and is not consent
+    assert all(json.loads(c["raw"])["reasons"] == "reasons" for c in consents)  # the model's words are kept
+    attempts = p.store.attempts(run, "consent")
+    retries = p.ws.config.structured_retries
+    assert len(attempts) == 2 * (retries + 1)  # every attempt, each with its reasons and raw text
+    assert all(json.loads(a["reasons_json"])[0].startswith("structured_output:") and a["raw"] for a in attempts)
+    nothing_made_up(p, run)
+    # the next round was told why the last answer was unclear, in the dialogue
+    assert any("I could not tell what you meant" in m["content"] for m in p.store.transcript(run))
+
+
+def test_the_same_sentence_everywhere_fails_the_principle_checks_in_every_round(make):
+    p = make(**SAME_SENTENCE)
+    run = p.start({"autopilot": True, "interview_turns": 1, "max_draft_rounds": 2})
+    st = p.advance(run)
+    assert st.status == "ended" and st.values["ended_by"] == "checks"
+    assert "drafts failed the principle checks 2 of 2 time(s)" in st.values["ended"]
+    assert p.store.count("constitution_versions", "run_id = ?", [run]) == 0  # a refused draft is no version
+    attempts = p.store.attempts(run, "draft")
+    assert attempts and all(a["raw"] and json.loads(a["reasons_json"]) for a in attempts)
+    assert {json.loads(a["reasons_json"])[0].split(":")[0] for a in attempts} <= {"repeats", "first_person"}
+    assert any("did not pass these checks" in c[-1].content for c in p.llm.calls)  # the model was shown why
+    nothing_made_up(p, run)
+
+
+def test_a_facilitators_starter_constitution_is_recorded_as_theirs_and_ratified_by_the_model(make):
+    p = make(Principle=SAME_SENTENCE["Principle"])
+    run = p.start(
+        {"autopilot": True, "interview_turns": 1, "max_draft_rounds": 1, "starter_constitution": True, "n_scenarios": 2}
+    )
+    st = p.advance(run)
+    assert st.status == "done"
+    [v1] = p.store.rows("constitution_versions", "run_id = ? and version = 1", [run])
+    assert v1["author"] == "facilitator (packaged starter constitution)" and v1["status"] == "approved"
+    assert "Security boundaries" in v1["text"]
+    ratified = [c for c in p.store.rows("consents", "run_id = ?", [run]) if c["round"] == "ratify"]
+    assert ratified and ratified[0]["decision"] == "yes"
+
+
+def test_meaningless_scenarios_and_answers_are_refused_and_nothing_is_trained(make):
+    p = make(ScenarioRequest=FIELD_NAMES["ScenarioRequest"])
+    run = p.start({"autopilot": True, "interview_turns": 1, "n_scenarios": 3})
+    st = p.advance(run)
+    assert st.status == "ended" and st.values["ended_by"] == "checks" and "min_pairs" in st.values["ended"]
+    rows = p.store.rows("scenarios", "run_id = ?", [run])
+    assert len(rows) == 3 and all(r["status"] == "failed" and r["prompt"] is None for r in rows)
+    assert all(json.loads(r["reasons_json"])[0].startswith("structured_output: request:") for r in rows)
+    assert p.trained == [] and p.store.count("pairs", "run_id = ?", [run]) == 0
+
+
+def test_training_refuses_fewer_than_min_pairs(workspace, tmp_path):
+    p = Protocol(workspace, llm=SchemaFakeModel(), trainer=lambda pairs, name: None, evaluator=evaluator)
+    run = p.start({"autopilot": True, "interview_turns": 1, "n_scenarios": 4})
+    st = p.advance(run)
+    ended = st.values["ended"]
+    assert st.status == "ended" and st.values["ended_by"] == "checks"
+    assert "fewer than training.min_pairs = 8" in ended and "3 kept for training (and 1 held out)" in ended
+    assert "--scenarios" in ended and p.store.count("training_runs", "run_id = ?", [run]) == 0
+
+
+def test_cli_run_on_a_parroting_server_exits_1_naming_the_check(tmp_path):
+    from luthitune.config import init_workspace
+
+    ws, _ = init_workspace(tmp_path / "ws")
+    with StandIn("openai", model="parrot", parrot=True) as srv:
+        (ws.root / "luthitune.yaml").write_text(
+            f"backend: openai\nchat_model: parrot\nbase_model: parrot\nopenai:\n  base_url: {srv.url}\n"
+        )
+        r = CliRunner().invoke(
+            app, ["run", "--autopilot", "--turns", "1", "--consent-rounds", "1", "-w", str(ws.root)], terminal_width=200
+        )
+    assert r.exit_code == 1, r.output
+    assert "unclear" in r.output and "reasons: String should have at least 12 characters" in r.output
+    from luthitune.store import Store
+
+    s = Store(ws.db_path)
+    [run] = [row["id"] for row in s.rows("runs")]
+    assert s.rows("consents", "run_id = ?", [run])[0]["decision"] == "unclear"
+    assert s.count("training_runs") == 0 and s.count("constitution_versions") == 0
