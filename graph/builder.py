@@ -68,10 +68,14 @@ def sqlite_checkpointer(path: Path):
     from luthitune.store import connect, storage_error
 
     try:
-        conn, _ = connect(path)  # read-only when the file cannot be written: reading commands still work
+        conn, readonly = connect(path)  # read-only when the file cannot be written: reading commands still work
+        saver = SqliteSaver(conn, serde=ProjectSerializer())
+        if readonly:
+            saver.setup()  # its tables (in memory when the file does not exist), then no writes
+            conn.execute("PRAGMA query_only = ON")
     except (sqlite3.Error, OSError) as exc:
         raise storage_error(exc, path) or ConfigError(f"Cannot open the checkpoint database {path}: {exc}.") from None
-    return SqliteSaver(conn, serde=ProjectSerializer())
+    return saver
 
 
 def postgres_checkpointer(url: str):

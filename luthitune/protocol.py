@@ -206,6 +206,14 @@ class Protocol:
 
     def _advance(self, run_id: str, ctx: Context, resume: Any, on_update, on_progress) -> RunStatus:
         snapshot = self.graph.get_state(self.config(run_id))
+        stored = (snapshot.values or {}).get("run_id", run_id)
+        if stored != run_id:  # the nodes build paths from the state's run_id: it must be this run's own name
+            raise UnsafeCheckpoint(
+                [],
+                f"Run {run_id}'s newest checkpoint in {self.checkpoint_store()} names another run ({stored!r}): it "
+                "was changed outside LuthiTune, and nothing was run from it. Treat this workspace as untrusted; "
+                f"`luthitune history {run_id}` lists earlier checkpoints to fork from.",
+            )
         if not snapshot.values:
             payload: Any = {"run_id": run_id, "cycle": 0}
         elif not snapshot.next:

@@ -315,14 +315,15 @@ def connect(path: Path, *, timeout: float = 30) -> tuple[sqlite3.Connection, boo
 
     A file on a read-only filesystem or without write permission is opened read-only, so reading commands work on
     a workspace that cannot be written (a mounted copy, another user's folder). A database in WAL mode whose ``-shm``
-    file is gone can only be opened as immutable there, which is what a read-only folder guarantees anyway.
+    file is gone can only be opened as immutable there, which is what a read-only folder guarantees anyway. A file
+    that does not exist in a read-only folder is an empty database in memory (nothing was stored there).
     """
     if not read_only(path):
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True)
         return sqlite3.connect(str(path), timeout=timeout, check_same_thread=False), False
-    if not path.exists():
-        raise WorkspaceError(f"{path} does not exist and its folder is read-only, so it cannot be created.")
+    if not path.exists():  # nothing stored yet, and nothing can be: read an empty database
+        return sqlite3.connect(":memory:", check_same_thread=False), True
     uri = "file:" + quote(str(path.resolve()))
     for mode in ("mode=ro", "immutable=1"):
         conn = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=timeout, check_same_thread=False)
@@ -381,9 +382,11 @@ class Store:
         except (sqlite3.Error, OSError) as exc:
             raise storage_error(exc, self.path) or WorkspaceError(f"Cannot open {self.path}: {exc}.") from None
         self.db = sqlite_utils.Database(conn)
-        if not self.readonly:
+        if not self.readonly or not self.path.exists():  # a missing file in a read-only folder: an empty schema
             with self.writing():
                 self.migrate()
+        if self.readonly:
+            conn.execute("PRAGMA query_only = ON")  # a write fails with a message naming the file (writing())
 
     @contextmanager
     def writing(self) -> Iterator[None]:

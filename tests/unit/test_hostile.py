@@ -93,6 +93,25 @@ def test_the_clean_checkpoint_named_in_the_error_can_be_forked(waiting_run, tmp_
     assert p.status("r2").status in {"interrupted", "waiting"} and not (tmp_path / "pwned").exists()
 
 
+def test_a_checkpoint_naming_another_run_is_not_advanced(waiting_run):
+    """A plain string is an allowed value, but the nodes build paths from the state's run_id: a planted
+    "../../x" there must not reach them."""
+    p, run = waiting_run
+    # the state is changed the way a hand-edited database would change it
+    db = sqlite3.connect(p.ws.checkpoints_dir / "graph.db")
+    [(cid, blob)] = db.execute(
+        "select checkpoint_id, checkpoint from checkpoints where thread_id = ? order by checkpoint_id desc limit 1",
+        [run],
+    ).fetchall()
+    value = ormsgpack.unpackb(blob, option=ormsgpack.OPT_NON_STR_KEYS)
+    value["channel_values"]["run_id"] = "../../x"
+    db.execute("update checkpoints set checkpoint = ? where checkpoint_id = ?", [ormsgpack.packb(value), cid])
+    db.commit()
+    with pytest.raises(UnsafeCheckpoint, match="names another run"):
+        p.advance(run, "hello")
+    assert p.store.count("messages", "run_id = ?", [run]) == 3
+
+
 def test_the_types_the_project_stores_round_trip_and_nothing_else_loads():
     from datetime import datetime, timezone
 
@@ -345,6 +364,14 @@ def test_reading_commands_work_on_a_read_only_workspace(waiting_run):
         assert r.exit_code == 1 and "missing: consents" in r.output and "Error" not in r.output, r.output
         r = cli(p.ws, "answer", run, "hello")
         assert r.exit_code == 2 and "read-only" in r.output.lower() and str(p.ws.root) in r.output, r.output
+
+
+def test_a_fresh_read_only_workspace_lists_no_runs(workspace):
+    assert not (workspace.checkpoints_dir / "graph.db").exists()
+    with read_only(workspace.root):
+        assert cli(workspace, "runs").exit_code == 0
+        r = cli(workspace, "status")
+        assert r.exit_code == 1 and "no runs in this workspace yet" in r.output, r.output
 
 
 # -- 8. the original tool's configuration file --
