@@ -64,8 +64,18 @@ def build_graph(checkpointer: Any = None):
 def sqlite_checkpointer(path: Path):
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteSaver(sqlite3.connect(str(path), check_same_thread=False))
+    from luthitune.graph.serde import ProjectSerializer
+    from luthitune.store import connect, storage_error
+
+    try:
+        conn, readonly = connect(path)  # read-only when the file cannot be written: reading commands still work
+        saver = SqliteSaver(conn, serde=ProjectSerializer())
+        if readonly:
+            saver.setup()  # its tables (in memory when the file does not exist), then no writes
+            conn.execute("PRAGMA query_only = ON")
+    except (sqlite3.Error, OSError) as exc:
+        raise storage_error(exc, path) or ConfigError(f"Cannot open the checkpoint database {path}: {exc}.") from None
+    return saver
 
 
 def postgres_checkpointer(url: str):
@@ -93,7 +103,9 @@ def postgres_checkpointer(url: str):
             "Start PostgreSQL (and create the database), fix `checkpointer` in luthitune.yaml, or set "
             "`checkpointer: sqlite` to keep checkpoints in checkpoints/graph.db."
         ) from None
-    saver = PostgresSaver(conn)
+    from luthitune.graph.serde import ProjectSerializer
+
+    saver = PostgresSaver(conn, serde=ProjectSerializer())
     saver.setup()  # idempotent: applies the saver's own migrations
     return saver
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 Decision = Literal["yes", "no", "conditional", "unclear"]  # unclear: incoherent answers, not consent
 
 
+def run_name(_old: str, new: str) -> str:
+    """The ``run_id`` channel's reducer: every value written to it, the graph's input included (a caller such as
+    LangGraph Studio may start the graph directly), must be a safe name, since it becomes part of paths."""
+    from luthitune.names import check_name
+
+    return check_name(new)
+
+
 class RunState(TypedDict, total=False):
-    run_id: str
+    run_id: Annotated[str, run_name]
     cycle: int  # 0-based protocol cycle
     msg_seq: int  # next transcript sequence number in this cycle
     turn: int  # facilitator turns so far in this cycle's interview

@@ -15,7 +15,15 @@ from typing import Any
 
 import yaml
 
-from luthitune.config import CONFIG_FILE, HYPERPARAMETERS_FILE, Config, Hyperparameters, Workspace, load_model
+from luthitune.config import (
+    CONFIG_FILE,
+    HYPERPARAMETERS_FILE,
+    Config,
+    Hyperparameters,
+    Workspace,
+    load_model,
+    read_text,
+)
 from luthitune.errors import ConfigError, LuthiTuneError, UsageError
 from luthitune.store import Store, now
 
@@ -156,7 +164,7 @@ def hyperparameters_text(ws: Workspace) -> str:
     from luthitune.config import default_hyperparameters_yaml
 
     path = ws.root / HYPERPARAMETERS_FILE
-    return path.read_text(encoding="utf-8") if path.exists() else default_hyperparameters_yaml()
+    return read_text(path) if path.exists() else default_hyperparameters_yaml()
 
 
 _TOP_KEY = re.compile(r"^(?P<key>[A-Za-z_]+):(?P<value>[^#\n]*)(?P<comment>#.*)?$", re.MULTILINE)
@@ -171,7 +179,7 @@ def set_config(ws: Workspace, **values: str) -> Workspace:
     if nested:
         raise UsageError(f"set_config sets single values; edit {CONFIG_FILE} for {', '.join(nested)}.")
     path = ws.root / CONFIG_FILE
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    text = read_text(path) if path.exists() else ""
     data = {**parse_yaml(text, path), **values}
     load_model(Config, path, data)
     for key, value in values.items():

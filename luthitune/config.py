@@ -81,8 +81,30 @@ class _ServerConfig(_Strict):
         return list(self.hosts) or [HostConfig(url=self.base_url, concurrency=concurrency)]  # type: ignore[attr-defined]
 
 
+def ollama_host_default() -> str:
+    """``OLLAMA_HOST`` as Ollama reads it (``host``, ``host:port``, ``:port`` with port 11434 by default, or a URL),
+    else ``http://127.0.0.1:11434``: the server Ollama's own tools use when luthitune.yaml sets no ``base_url``."""
+    from urllib.parse import urlsplit
+
+    value = os.environ.get("OLLAMA_HOST", "").strip()
+    if not value:
+        return "http://127.0.0.1:11434"
+    explicit = "://" in value  # a URL without a port means its scheme's port, as in Ollama's client
+    url = urlsplit(value if explicit else f"http://{value}")
+    host = url.hostname or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = url.port or ({"https": 443}.get(url.scheme, 80) if explicit else 11434)
+    except ValueError:
+        raise ConfigError(
+            f"OLLAMA_HOST={value!r} has no valid port; use HOST, HOST:PORT or http://HOST:PORT."
+        ) from None
+    return f"{url.scheme or 'http'}://{host}:{port}{url.path.rstrip('/')}"
+
+
 class OllamaConfig(_ServerConfig):
-    base_url: str = "http://127.0.0.1:11434"
+    # Unset: $OLLAMA_HOST (Ollama's own convention), else http://127.0.0.1:11434.
+    base_url: str = Field(default_factory=ollama_host_default)
     timeout_s: float = Field(120.0, gt=0)
     keep_alive: str | None = None
 
@@ -259,7 +281,7 @@ class Config(_Strict):
     allow_mismatch: bool = Field(
         False, description="Start runs even when chat_model and base_model are different weights (recorded on the run)"
     )
-    ollama: OllamaConfig = OllamaConfig()
+    ollama: OllamaConfig = Field(default_factory=OllamaConfig)  # built per config: it reads OLLAMA_HOST
     openai: OpenAIConfig = OpenAIConfig()
     sampling: SamplingConfig = SamplingConfig()
     concurrency: int | None = Field(
@@ -383,6 +405,9 @@ class HPDpo(_Strict):
     # forward pass instead of two. Measured by `luthitune bench train`.
     precompute_ref_log_probs: bool = True
     precompute_ref_batch_size: int | None = Field(None, ge=1)
+    # The original tool's key. TRL 1.x removed it: accepted so the original file loads, not used (see
+    # MAX_PROMPT_LENGTH_NOTE), and said once when the file is read.
+    max_prompt_length: int | None = Field(None, ge=1, description="Accepted from the original file; not used")
 
     @field_validator("loss_type")
     @classmethod
@@ -405,6 +430,30 @@ class Hyperparameters(_Strict):
     lora: HPLora = HPLora()
     training: HPTraining = HPTraining()
     dpo: HPDpo = HPDpo()
+
+
+MAX_PROMPT_LENGTH_NOTE = (
+    "dpo.max_prompt_length ({value}) in {path} is accepted but not used: TRL 1.x removed the option. A pair is cut "
+    "as a whole at dpo.max_length ({max_length} tokens), keeping its start, so the prompt stays whole and the "
+    "answers are shortened; the protocol's prompts (one scenario request) are far shorter. Set dpo.max_length to "
+    "bound a pair, and delete max_prompt_length to silence this note."
+)
+_noted: set[tuple[str, int]] = set()
+
+
+def note_ignored_keys(hp: Hyperparameters, path: Path) -> list[str]:
+    """The original tool's keys that load but do not act, each said once per file and value as a warning."""
+    import logging
+
+    notes = []
+    if hp.dpo.max_prompt_length is not None:
+        notes.append(
+            MAX_PROMPT_LENGTH_NOTE.format(value=hp.dpo.max_prompt_length, path=path, max_length=hp.dpo.max_length)
+        )
+        if (str(path), hp.dpo.max_prompt_length) not in _noted:
+            _noted.add((str(path), hp.dpo.max_prompt_length))
+            logging.getLogger("luthitune").warning(notes[-1])
+    return notes
 
 
 # --- loading ---
@@ -433,13 +482,27 @@ def _format_validation_error(err: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
+def read_text(path: Path) -> str:
+    """A workspace text file (configuration, invitation) as UTF-8; an unreadable or non-UTF-8 file is a
+    :class:`ConfigError` that names it and says what to do."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start : exc.start + 1]!r}). "
+            "Save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), then run the command again."
+        ) from None
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path}: {exc.strerror}. Check that the file exists and is readable.") from None
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except FileNotFoundError as exc:
         raise ConfigError(f"Configuration file not found: {path}. Run `luthitune init` to create it.") from exc
-    except OSError as exc:
-        raise ConfigError(f"Cannot read {path}: {exc.strerror}.") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -482,7 +545,7 @@ base_model: smollm2-135m-instruct
 # start anyway and records that it did.
 allow_mismatch: false
 ollama:
-  base_url: http://127.0.0.1:11434
+  # base_url: http://127.0.0.1:11434   # unset: $OLLAMA_HOST as Ollama reads it, else this
   timeout_s: 120
   # Several Ollama servers instead of one: replace base_url with a list of hosts, each with its own
   # limit of requests in flight. A host that fails is left out for cooldown_s; its items go elsewhere.
@@ -659,13 +722,17 @@ class Workspace:
 
     def hyperparameters(self) -> Hyperparameters:
         path = self.root / HYPERPARAMETERS_FILE
-        return load_model(Hyperparameters, path) if path.exists() else Hyperparameters()
+        if not path.exists():
+            return Hyperparameters()
+        hp = load_model(Hyperparameters, path)
+        note_ignored_keys(hp, path)
+        return hp
 
     def invitation(self) -> str:
         """The interview invitation: ``config/lyra_dossier.txt`` if present, else the packaged one."""
         path = self.root / INVITATION_FILE
         if path.exists():
-            text = path.read_text(encoding="utf-8").strip()
+            text = read_text(path).strip()
             if not text:
                 raise ConfigError(f"{path} is empty. Write the invitation there or delete the file.")
             return text
@@ -674,8 +741,20 @@ class Workspace:
         return load_text("invitation.md").strip()
 
     def ensure_dirs(self) -> None:
-        for d in (self.checkpoints_dir, self.data_dir, self.models_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        """The workspace's folders, created when missing; one that cannot be made or used is an error naming it and
+        the key that sets it (``paths.*`` in luthitune.yaml)."""
+        for key, d in (("checkpoints", self.checkpoints_dir), ("data", self.data_dir), ("models", self.models_dir)):
+            if d.is_dir():
+                continue
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                why = "something that is not a folder is in the way" if d.exists() else exc.strerror
+                raise WorkspaceError(
+                    f"The workspace's {key} folder {d} cannot be created: {why}. It is `paths.{key}` in "
+                    f"{self.root / CONFIG_FILE}: point it at a folder you can write (relative paths are inside the "
+                    "workspace), or create that folder, or mount the drive it is on."
+                ) from None
 
 
 def init_workspace(root: Path, *, force: bool = False, seed: int | None = None) -> tuple[Workspace, list[Path]]:

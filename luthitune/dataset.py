@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from luthitune.config import Workspace
-from luthitune.errors import NotFound
+from luthitune.errors import NotFound, UsageError
 from luthitune.store import Store, now, sha256
 
 FORMAT = "trl-conversational-preference"
@@ -224,7 +224,15 @@ def export(ws: Workspace, run_id: str | None = None, cycle: int | None = None, o
         )
     ctx = json.loads(store.get("runs", run_id)["config_json"])["context"]
     train, held = split(kept, ctx.get("eval_fraction", 0.25))
-    target = out or ws.data_dir / "exports" / f"{run_id}-c{cycle}"
+    from luthitune.names import check_name, inside
+
+    # The run's name comes from the database, which is untrusted too: the folder must stay inside data/exports/.
+    target = out or inside(ws.data_dir / "exports", f"{check_name(run_id)}-c{cycle}")
+    if target.exists() and not (target / "provenance.json").is_file():
+        raise UsageError(
+            f"{target} exists and is not a LuthiTune export (it has no provenance.json): exporting there would "
+            "replace what it holds. Choose an empty or new folder with --out."
+        )
     tmp = target.with_name(f".{target.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -6,7 +6,9 @@ The CLI, the demo and (later) the web UI all go through this module, so there is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,12 +17,14 @@ from typing import Any
 
 from langgraph.types import Command
 
-from luthitune import cancel, identity
-from luthitune.config import EvaluationConfig, Workspace
-from luthitune.errors import NotFound, UsageError
+from luthitune import cancel, identity, runlock
+from luthitune.config import HYPERPARAMETERS_FILE, EvaluationConfig, Workspace
+from luthitune.errors import BackendUnavailable, NotFound, UsageError
 from luthitune.graph.builder import build_graph, checkpointer_for
+from luthitune.graph.serde import UnsafeCheckpoint, locate
 from luthitune.graph.state import Context
-from luthitune.store import Store
+from luthitune.names import check_name
+from luthitune.store import Store, storage_error
 from luthitune.training.config import check_trained_model, merge
 
 RESUME = "__resume__"  # LangGraph's checkpoint channel for an interrupt's answer
@@ -41,6 +45,7 @@ FORK_TABLES = [
     ("evaluations", "run_id", "created_at"),
     ("probe_answers", "run_id", "created_at"),
     ("run_models", "run_id", "created_at"),
+    ("attempts", "run_id", "created_at"),
 ]
 # The run's own record of which model it talks to and which it trains (checked when the source run started).
 IDENTITY_FIELDS = ("chat_identity_json", "train_identity_json", "identity_match", "identity_reason", "allow_mismatch")
@@ -76,6 +81,22 @@ class RunStatus:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+def _checkpoints_checked(fn: Callable) -> Callable:
+    """A method on one run (its first argument) whose checkpoints may hold a refused value: the error then names
+    the run's checkpoints that hold it, and the clean one to fork from."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Protocol, run_id: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, run_id, *args, **kwargs)
+        except UnsafeCheckpoint as exc:
+            if exc.located:
+                raise
+            raise locate(self.graph.checkpointer, run_id, self.checkpoint_store()) from None
+
+    return wrapper
+
+
 class Protocol:
     def __init__(self, ws: Workspace, **inject: Any):
         self.ws = ws
@@ -86,8 +107,20 @@ class Protocol:
 
     # -- runs --
 
+    def checkpoint_store(self) -> str:
+        """Where this workspace's checkpoints are, for messages: the SQLite file or the PostgreSQL URL."""
+        url = self.ws.config.checkpointer
+        return str(self.ws.checkpoints_dir / "graph.db") if url == "sqlite" else url
+
     def start(self, settings: dict[str, Any] | None = None, run_id: str | None = None) -> str:
-        run_id = run_id or "run-" + uuid.uuid4().hex[:8]
+        run_id = check_name(run_id) if run_id is not None else "run-" + uuid.uuid4().hex[:8]
+        existing = self.store.get("runs", run_id)
+        if existing is not None:
+            raise UsageError(
+                f"A run named {run_id} already exists ({existing['status']}, started {existing['created_at'][:19]}); "
+                f"its settings were fixed when it started. `luthitune resume {run_id}` continues it; choose another "
+                "--name to start a new run."
+            )
         cfg = self.ws.config
         practice = cfg.practice.model_dump()
         defaults = {
@@ -98,7 +131,7 @@ class Protocol:
         settings = dict(settings or {})
         # The training hyperparameters in force: config/hyperparameters.yaml with the run's overrides, fixed now.
         hp = merge(self.ws.hyperparameters(), settings.pop("train", None))
-        check_trained_model(hp, cfg.base_model)
+        check_trained_model(hp, cfg.base_model, self.ws.root / HYPERPARAMETERS_FILE)
         evaluation = {**cfg.evaluation.model_dump(mode="json"), **(settings.pop("evaluation", None) or {})}
         ctx = Context(
             workspace=str(self.ws.root),
@@ -139,6 +172,7 @@ class Protocol:
     def config(self, run_id: str) -> dict:
         return {"configurable": {"thread_id": run_id}}
 
+    @_checkpoints_checked
     def advance(
         self,
         run_id: str,
@@ -150,9 +184,37 @@ class Protocol:
 
         ``on_update(node, update)`` is called as each node finishes; ``on_progress(event)`` with the progress
         events long steps emit (``{"task", "done", "total", ...metrics}``).
+
+        One process at a time: another process working on the run makes this fail at once, naming it
+        (:mod:`luthitune.runlock`); nothing is written before the lock is held.
         """
+        check_name(run_id)
         ctx = self.context(run_id)
+        with runlock.hold(self.ws.data_dir, run_id):
+            try:
+                st = self._advance(run_id, ctx, resume, on_update, on_progress)
+                self._record(st)
+            except BackendUnavailable as exc:  # the step stopped like a crash: say which run to resume
+                if "resume RUN" not in str(exc):
+                    raise
+                raise type(exc)(str(exc).replace("resume RUN", f"resume {run_id}")) from exc.__cause__
+            except (sqlite3.Error, OSError) as exc:  # a full disk, a read-only file: say which, and what to do
+                found = storage_error(exc, f"{self.checkpoint_store()} or {self.ws.db_path}")
+                if found is None:
+                    raise
+                raise found from None
+        return st
+
+    def _advance(self, run_id: str, ctx: Context, resume: Any, on_update, on_progress) -> RunStatus:
         snapshot = self.graph.get_state(self.config(run_id))
+        stored = (snapshot.values or {}).get("run_id", run_id)
+        if stored != run_id:  # the nodes build paths from the state's run_id: it must be this run's own name
+            raise UnsafeCheckpoint(
+                [],
+                f"Run {run_id}'s newest checkpoint in {self.checkpoint_store()} names another run ({stored!r}): it "
+                "was changed outside LuthiTune, and nothing was run from it. Treat this workspace as untrusted; "
+                f"`luthitune history {run_id}` lists earlier checkpoints to fork from.",
+            )
         if not snapshot.values:
             payload: Any = {"run_id": run_id, "cycle": 0}
         elif not snapshot.next:
@@ -186,9 +248,10 @@ class Protocol:
                 raise
         return self.status(run_id)
 
-    def status(self, run_id: str, record: bool = True) -> RunStatus:
-        """Where ``run_id`` stands, from its checkpoint. ``record=False`` reads without updating the runs table
-        (the web UI polls while a worker advances the run)."""
+    @_checkpoints_checked
+    def status(self, run_id: str, record: bool = False) -> RunStatus:
+        """Where ``run_id`` stands, from its checkpoint. Reading writes nothing (it works on a read-only workspace,
+        and while another process advances the run); ``record=True`` also stores it in the runs table."""
         self.run_row(run_id)
         snap = self.graph.get_state(self.config(run_id))
         values = dict(snap.values or {})
@@ -201,9 +264,13 @@ class Protocol:
         else:
             st = RunStatus(run_id, "created", [], None, values)
         if record:
-            label = f"waiting:{st.interrupt.get('type')}" if st.interrupt else st.status
-            self.store.upsert_run(run_id, status=label, cycle=values.get("cycle", 0), note=values.get("ended"))
+            self._record(st)
         return st
+
+    def _record(self, st: RunStatus) -> None:
+        label = f"waiting:{st.interrupt.get('type')}" if st.interrupt else st.status
+        values = st.values
+        self.store.upsert_run(st.run_id, status=label, cycle=values.get("cycle", 0), note=values.get("ended"))
 
     def answered(self, run_id: str) -> bool:
         """Whether the pending interrupt already has its answer stored in the checkpoint (the process was killed
@@ -211,6 +278,7 @@ class Protocol:
         tup = self.graph.checkpointer.get_tuple(self.config(run_id))
         return bool(tup) and any(channel == RESUME for _, channel, _ in tup.pending_writes or [])
 
+    @_checkpoints_checked
     def fork(self, run_id: str, checkpoint_id: str, new_id: str | None = None) -> str:
         """Start a new run from checkpoint ``checkpoint_id`` of ``run_id``.
 
@@ -233,7 +301,7 @@ class Protocol:
                 break
             chain.append(tup)
             cfg = tup.parent_config
-        new_id = new_id or "run-" + uuid.uuid4().hex[:8]
+        new_id = check_name(new_id, "fork name") if new_id is not None else "run-" + uuid.uuid4().hex[:8]
         if self.store.get("runs", new_id) is not None:
             raise UsageError(f"A run named {new_id!r} already exists; choose another --name.")
         # Artifacts stored by then belong to the fork: the checkpoint's time or, when it waits for an answer, the
@@ -284,12 +352,19 @@ class Protocol:
                 by_task.setdefault(task_id, []).append((channel, rebrand(value, run_id, new_id)))
             for task_id, writes in by_task.items():
                 saver.put_writes(parent, writes, task_id)
-        self.status(new_id)
+        self.status(new_id, record=True)
         return new_id
 
     def runs(self) -> list[dict]:
-        return self.store.rows("runs", order_by="created_at desc")
+        """Every run, newest first. A run stored as running whose process has ended (killed, crashed) is shown as
+        interrupted: no live process holds its lock."""
+        rows = self.store.rows("runs", order_by="created_at desc")
+        for r in rows:
+            if r["status"] == "running" and runlock.holder(self.ws.data_dir, r["id"]) is None:
+                r["status"] = "interrupted"
+        return rows
 
+    @_checkpoints_checked
     def history(self, run_id: str) -> list[dict]:
         self.run_row(run_id)
         out = []

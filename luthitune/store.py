@@ -7,15 +7,21 @@ writes are upserts: re-running a node after a crash updates rows instead of dupl
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlite_utils
+
+from luthitune.errors import WorkspaceError
 
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
@@ -333,18 +339,101 @@ def m012_meaning_checks(db: sqlite_utils.Database) -> None:
         db["evaluations"].add_column(col, kind)
 
 
+def read_only(path: Path) -> bool:
+    """Whether the SQLite file ``path`` (or the folder it would be created in) cannot be written."""
+    if path.exists():
+        return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+    return path.parent.is_dir() and not os.access(path.parent, os.W_OK)
+
+
+def connect(path: Path, *, timeout: float = 30) -> tuple[sqlite3.Connection, bool]:
+    """A connection to the SQLite file ``path`` and whether it is read-only.
+
+    A file on a read-only filesystem or without write permission is opened read-only, so reading commands work on
+    a workspace that cannot be written (a mounted copy, another user's folder). A database in WAL mode whose ``-shm``
+    file is gone can only be opened as immutable there, which is what a read-only folder guarantees anyway. A file
+    that does not exist in a read-only folder is an empty database in memory (nothing was stored there).
+    """
+    if not read_only(path):
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return sqlite3.connect(str(path), timeout=timeout, check_same_thread=False), False
+    if not path.exists():  # nothing stored yet, and nothing can be: read an empty database
+        return sqlite3.connect(":memory:", check_same_thread=False), True
+    uri = "file:" + quote(str(path.resolve()))
+    for mode in ("mode=ro", "immutable=1"):
+        conn = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=timeout, check_same_thread=False)
+        try:
+            conn.execute("select count(*) from sqlite_master").fetchone()
+            return conn, True
+        except sqlite3.OperationalError:
+            conn.close()
+    raise WorkspaceError(f"Cannot open {path} (read-only): check that it is a SQLite database and can be read.")
+
+
+def storage_error(exc: BaseException, path: Path | str) -> WorkspaceError | None:
+    """A failure to write the workspace (read-only, disk full, no permission) as one message naming ``path`` and
+    what to do; None for any other failure."""
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+        if "readonly" in text or "read-only" in text:
+            why = "it is read-only"
+        elif "disk is full" in text or "disk i/o" in text:
+            why = "the disk is full (or failing)"
+        elif "unable to open" in text:
+            why = "it cannot be opened (a missing or unreadable folder?)"
+        else:
+            return None
+    elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk is full"
+        path = exc.filename or path
+    elif isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = "it is read-only" if exc.errno == errno.EROFS else "permission is denied"
+        path = exc.filename or path
+    else:
+        return None
+    return WorkspaceError(
+        f"Cannot write {path}: {why}. Nothing already stored is lost. Free space or make the workspace writable "
+        "(or copy it somewhere you can write), then run the command again; `luthitune resume RUN` continues a run "
+        "from its last completed step. Reading commands (status, runs, history, provenance) work on a read-only "
+        "workspace."
+    )
+
+
 class Store:
-    """Thin, typed access to the workbench database."""
+    """Thin, typed access to the workbench database. A database that cannot be written is opened read-only: reads
+    work, and a write fails with a message that names the file."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL") if str(path) != ":memory:" else None
-        conn.execute("PRAGMA foreign_keys=ON")
+        memory = str(path) == ":memory:"
+        try:
+            if memory:
+                conn, self.readonly = sqlite3.connect(":memory:", check_same_thread=False), False
+            else:
+                conn, self.readonly = connect(self.path)
+            if not memory and not self.readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except (sqlite3.Error, OSError) as exc:
+            raise storage_error(exc, self.path) or WorkspaceError(f"Cannot open {self.path}: {exc}.") from None
         self.db = sqlite_utils.Database(conn)
-        self.migrate()
+        if not self.readonly or not self.path.exists():  # a missing file in a read-only folder: an empty schema
+            with self.writing():
+                self.migrate()
+        if self.readonly:
+            conn.execute("PRAGMA query_only = ON")  # a write fails with a message naming the file (writing())
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """A write: a read-only file or a full disk becomes one message naming the database."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            err = storage_error(exc, self.path)
+            if err is None:
+                raise
+            raise err from None
 
     # -- migrations --
 
@@ -372,11 +461,11 @@ class Store:
 
     def upsert(self, table: str, row: dict[str, Any], pk: str | tuple[str, ...] = "id") -> None:
         row = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in row.items()}
-        with self.db.conn:
+        with self.writing(), self.db.conn:
             self.db[table].upsert(row, pk=pk, alter=False)
 
     def upsert_all(self, table: str, rows: Iterable[dict[str, Any]], pk: str | tuple[str, ...] = "id") -> None:
-        with self.db.conn:
+        with self.writing(), self.db.conn:
             self.db[table].upsert_all(list(rows), pk=pk)
 
     def get(self, table: str, pk: Any) -> dict[str, Any] | None:

@@ -5,8 +5,9 @@ them: Ollama's ``/api/chat`` (streamed NDJSON or one JSON), ``/api/version`` and
 ``/v1/chat/completions`` and ``/v1/models``. A structured request gets a JSON object that fills every string field
 of the requested schema with the field's name and the last user message, so a test can tell which input an answer
 belongs to. ``fail_after`` makes a server fail every request after that many answers (``mode``: ``"500"`` answers
-with a server error, ``"down"`` closes the listening socket so new connections are refused); ``reject`` refuses
-(400) every request that mentions that text.
+with a server error, ``"down"`` closes the listening socket so new connections are refused); ``fail_first`` answers
+the first that many requests with a 500 and then recovers (a transient failure); ``reject`` refuses (400) every
+request that mentions that text.
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ class StandIn(ThreadingHTTPServer):
         mode: str = "500",
         reject: str | None = None,
         parrot: bool = False,
+        fail_first: int = 0,
     ):
         super().__init__(("127.0.0.1", 0), OllamaHandler if kind == "ollama" else OpenAIHandler)
         self.kind, self.model, self.delay = kind, model, delay
-        self.fail_after, self.mode = fail_after, mode
+        self.fail_after, self.mode, self.fail_first = fail_after, mode, fail_first
         self.reject = reject  # a request with a message containing this text is refused with 400
         self.parrot = parrot  # structured answers are well formed and meaningless: each string is its field's name
         self.lock = threading.Lock()
@@ -100,6 +102,9 @@ class StandIn(ThreadingHTTPServer):
     def admit(self) -> bool:
         """Count one chat request; False when it must fail."""
         with self.lock:
+            if self.failed < self.fail_first:
+                self.failed += 1
+                return False
             if self.fail_after is not None and len(self.answered) >= self.fail_after:
                 self.failed += 1
                 if self.mode == "down":

@@ -113,6 +113,123 @@ def is_host_failure(exc: BaseException) -> bool:
     return isinstance(status, int) and (status >= 500 or status in (401, 403, 404, 408, 429))
 
 
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status a server answered with, for every client's error type (None for a transport failure)."""
+    status = getattr(exc, "status_code", None)
+    if status is None and isinstance(exc, httpx.HTTPStatusError):
+        status = exc.response.status_code
+    return status if isinstance(status, int) and status > 0 else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure worth trying again on the same server a little later: no connection, a reset, a timeout, a 5xx
+    (e.g. Ollama's "model runner has unexpectedly stopped"), 408 or 429."""
+    if isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError):
+        return True
+    try:
+        import openai
+
+        if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    status = status_of(exc)
+    return status is not None and (status >= 500 or status in (408, 429))
+
+
+def is_request_refused(exc: BaseException) -> bool:
+    """The server answered this one request with a 4xx of its own (a prompt over its context, a bad field): the
+    item's failure, not the server's, and not an answer of the model's either."""
+    status = status_of(exc)
+    return status is not None and 400 <= status < 500 and not is_host_failure(exc)
+
+
+RETRY_DELAYS_S = (1.0, 3.0)  # bounded: two more tries, after these pauses (with a little jitter)
+
+
+def call_with_retries(fn: Any, url: str, model: str, delays: Sequence[float] = RETRY_DELAYS_S) -> Any:
+    """``fn()``, tried again after each of ``delays`` while it fails transiently (:func:`is_transient`); the last
+    failure is raised. While a call runs longer than :data:`SLOW_AFTER_S`, its elapsed time is logged."""
+    import random
+
+    from luthitune import cancel
+
+    for attempt in range(len(delays) + 1):
+        try:
+            with in_flight(url, model):
+                return fn()
+        except Exception as exc:
+            if attempt == len(delays) or not is_transient(exc):
+                raise
+            pause = delays[attempt] * (1 + 0.25 * random.random())
+            log.warning(
+                "%s for model %r failed (%s); trying again in %.0f s (%d of %d).",
+                url,
+                model,
+                describe(exc),
+                pause,
+                attempt + 1,
+                len(delays),
+            )
+            cancel.check()
+            time.sleep(pause)
+            cancel.check()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -- calls in flight: a slow server shows how long it has been working --
+
+SLOW_AFTER_S = 15.0  # a call running longer than this is reported, and again every REPORT_EVERY_S
+REPORT_EVERY_S = 15.0
+
+
+@dataclass
+class _Calls:
+    running: dict[int, tuple[str, str, float]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    reporter: threading.Thread | None = None
+    reported: dict[str, float] = field(default_factory=dict)
+
+
+_CALLS = _Calls()
+
+
+def _report_slow() -> None:
+    while True:
+        time.sleep(1.0)
+        now = time.monotonic()
+        with _CALLS.lock:
+            by_url: dict[str, list[tuple[str, float]]] = {}
+            for url, model, t0 in _CALLS.running.values():
+                by_url.setdefault(url, []).append((model, now - t0))
+        for url, calls in by_url.items():
+            oldest = max(age for _, age in calls)
+            if oldest < SLOW_AFTER_S or now - _CALLS.reported.get(url, 0.0) < REPORT_EVERY_S:
+                continue
+            _CALLS.reported[url] = now
+            many = f"{len(calls)} requests" if len(calls) > 1 else "a request"
+            log.info("Waiting for %s (model %r): %s in flight, the oldest for %.0f s.", url, calls[0][0], many, oldest)
+
+
+class in_flight:  # lower-case: used as a context manager, like a function
+    """Registers one call to ``url`` while it runs, for the slow-call report."""
+
+    def __init__(self, url: str, model: str):
+        self.key = (url, model)
+
+    def __enter__(self) -> in_flight:
+        with _CALLS.lock:
+            _CALLS.running[id(self)] = (*self.key, time.monotonic())
+            if _CALLS.reporter is None:
+                _CALLS.reporter = threading.Thread(target=_report_slow, name="luthitune-slow-calls", daemon=True)
+                _CALLS.reporter.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with _CALLS.lock:
+            _CALLS.running.pop(id(self), None)
+
+
 class HostPool(CompletedBatch, BaseChatModel):
     """One chat model over several servers of the same backend (see the module docstring)."""
 
@@ -280,7 +397,7 @@ def make_host_pool(config: Config, model: str | None = None) -> HostPool:
     if config.backend == "ollama":
         from luthitune.backends.ollama import make_chat_ollama
 
-        clients = [make_chat_ollama(config, model, base_url=h.url) for h in hosts]
+        clients = [make_chat_ollama(config, model, base_url=h.url, retries=False) for h in hosts]
         cooldown = config.ollama.cooldown_s
     else:
         from luthitune.backends.openai import make_chat_openai
@@ -333,7 +450,13 @@ def translate_backend_error(exc: BaseException, llm: Any) -> BaseException:
     if hasattr(llm, "openai_api_base"):
         from luthitune.backends.openai import translate_error
 
-        return translate_error(exc, url, model, getattr(llm, "api_key_env", "OPENAI_API_KEY"))
+        return translate_error(
+            exc,
+            url,
+            model,
+            getattr(llm, "api_key_env", "OPENAI_API_KEY"),
+            timeout_s=getattr(llm, "request_timeout", None),
+        )
     from luthitune.backends.ollama import translate_error as ollama_error
 
-    return ollama_error(exc, url, model)
+    return ollama_error(exc, url, model, timeout_s=(getattr(llm, "client_kwargs", None) or {}).get("timeout"))

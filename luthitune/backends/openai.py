@@ -47,6 +47,14 @@ class OpenAICompatibleChat(BaseChatOpenAI):
 
     api_key_env: str = "OPENAI_API_KEY"  # named in error messages; the key itself is in ``openai_api_key``
 
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        """One request (the client retries transient failures itself, ``max_retries``), reported while it runs
+        long."""
+        from luthitune.backends.hosts import in_flight
+
+        with in_flight(str(self.openai_api_base), str(self.model_name)):
+            return super()._generate(messages, stop, run_manager, **kwargs)
+
     def with_structured_output(self, schema: Any, *, include_raw: bool = False, **kwargs: Any) -> Runnable:
         if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
             raise TypeError("The openai backend takes a pydantic model class as the schema")
@@ -117,7 +125,27 @@ def missing_model(url: str, model: str) -> BackendUnavailable:
     )
 
 
-def translate_error(exc: BaseException, url: str, model: str, env: str = "OPENAI_API_KEY") -> BaseException:
+def timed_out(url: str, model: str, timeout_s: Any) -> BackendUnavailable:
+    within = f" within {timeout_s:g} s" if isinstance(timeout_s, int | float) else ""
+    return BackendUnavailable(
+        f"The server at {url} did not answer{within} for model {model!r} (it was reached, but the answer took too "
+        "long, after retries).\nRaise `openai.timeout_s` in luthitune.yaml for long answers, or check the server's "
+        "load. Everything finished so far is saved: `luthitune resume RUN` redoes the step."
+    )
+
+
+def server_failed(url: str, model: str, status: int, detail: str) -> BackendUnavailable:
+    busy = " (too many requests: lower `concurrency`, or raise the server's limit)" if status == 429 else ""
+    return BackendUnavailable(
+        f"The server at {url} failed for model {model!r}: it answered {status} ({detail}){busy}, after retries. "
+        "This is the server's failure, not the model's answer: nothing was quarantined.\nCheck the server's log. "
+        "Everything finished so far is saved: `luthitune resume RUN` redoes the step."
+    )
+
+
+def translate_error(
+    exc: BaseException, url: str, model: str, env: str = "OPENAI_API_KEY", *, timeout_s: Any = None
+) -> BaseException:
     """Map transport and server failures to a user-facing :class:`BackendUnavailable`; return others unchanged.
 
     A 400 (a request the server rejects, e.g. a prompt over its context) is the item's failure, not the server's.
@@ -126,8 +154,8 @@ def translate_error(exc: BaseException, url: str, model: str, env: str = "OPENAI
 
     if isinstance(exc, BackendUnavailable):
         return exc
-    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
-        return unreachable(url, model, "the request timed out (raise `openai.timeout_s` for long answers)")
+    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | TimeoutError):
+        return timed_out(url, model, timeout_s)
     if isinstance(exc, openai.APIConnectionError | httpx.TransportError | ConnectionError):
         return unreachable(url, model, f"connection failed ({type(exc).__name__})")
     if isinstance(exc, openai.APIStatusError):
@@ -136,8 +164,8 @@ def translate_error(exc: BaseException, url: str, model: str, env: str = "OPENAI
             return bad_key(url, env, status)
         if status == 404:
             return missing_model(url, model)
-        if status == 429 or status >= 500:
-            return unreachable(url, model, f"the server answered {status} ({_first_line(exc.message)})")
+        if status in (408, 429) or status >= 500:
+            return server_failed(url, model, status, _first_line(exc.message))
     return exc
 
 

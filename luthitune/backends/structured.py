@@ -80,18 +80,23 @@ def _short_error(exc: BaseException) -> str:
 
 
 def _raise_if_backend_down(exc: BaseException, llm: BaseChatModel) -> None:
-    from luthitune.backends.hosts import translate_backend_error
+    """Raise unless ``exc`` is a request the server refused for this one item (a 4xx of its own).
 
-    exc = translate_backend_error(exc, llm)  # ChatOllama and the openai client name their server
-    if isinstance(exc, BackendUnavailable):
-        raise exc
-    import httpx
+    Only an answer the model gave may be quarantined: a failing server (no connection, a timeout, a 5xx) becomes
+    :class:`BackendUnavailable` naming the server and model, which stops the step like a crash so that ``resume``
+    redoes it; any other exception (a bug, a local runtime failure) is raised as it is, for the same reason."""
+    from luthitune.backends.hosts import describe, is_host_failure, is_request_refused, translate_backend_error
 
-    if isinstance(exc, (httpx.ConnectError, httpx.TimeoutException, ConnectionError)):
+    found = translate_backend_error(exc, llm)  # ChatOllama and the openai client name their server
+    if isinstance(found, BackendUnavailable):
+        raise found from (None if found is exc else exc)
+    if is_host_failure(exc):
         raise BackendUnavailable(
-            f"The model backend could not be reached ({type(exc).__name__}: {exc}). "
-            "Run `luthitune doctor` to see what is wrong."
+            f"The model backend failed ({describe(exc)}). This is the server's failure, not the model's answer: "
+            "nothing was quarantined. Run `luthitune doctor` to see what is wrong, then `luthitune resume RUN`."
         ) from exc
+    if not is_request_refused(exc):
+        raise exc
 
 
 def _split(runnable: Any) -> tuple[Any, Any]:

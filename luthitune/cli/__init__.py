@@ -33,14 +33,20 @@ class _Group(TyperGroup):
         except Exception as exc:
             if type(exc).__module__.startswith(("click", "typer")):  # usage errors, Exit, Abort: the CLI's own
                 raise
+            from luthitune.store import storage_error
+
+            found = storage_error(exc, "a file of the workspace")  # read-only, full disk: the file and what to do
+            if found is not None:
+                err_console.print(f"[bold red]Error:[/] {found}", highlight=False, soft_wrap=True)
+                raise typer.Exit(found.exit_code) from None
             # A bug or an unforeseen failure: one clear message; the traceback with --verbose.
             import logging
 
             logging.getLogger("luthitune").debug("Traceback", exc_info=True)
             err_console.print(
                 f"[bold red]Unexpected error:[/] {type(exc).__name__}: {exc}\n"
-                "Everything finished before it is saved: `luthitune status` shows where each run stands, and "
-                "`luthitune resume RUN` retries from the last completed step. Run with --verbose for the "
+                "Everything that finished before the error is saved: `luthitune status` shows where each run "
+                "stands, and `luthitune resume RUN` retries from the last completed step. Run with --verbose for the "
                 "traceback, and please report it if it persists.",
                 highlight=False,
                 soft_wrap=True,

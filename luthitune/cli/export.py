@@ -44,7 +44,10 @@ def ollama(
     """Write a Modelfile (and the adapter folder or the merged weights) and create the model in Ollama."""
     from luthitune.config import Workspace
     from luthitune.export import export_ollama
+    from luthitune.names import check_name
 
+    if name is not None:
+        check_name(name, "Ollama model name", ollama=True)  # it names models/ollama/NAME/ and models/merged/NAME/
     ws = Workspace.open(workspace_arg(ctx, workspace))
     r = export_ollama(ws, adapter, name, mode=mode.value if mode else None, create=create)
     base = r.identity

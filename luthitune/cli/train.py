@@ -48,8 +48,11 @@ def train(
     same command again after an interruption and it continues from the last trainer checkpoint."""
     from luthitune.config import Workspace
     from luthitune.logs import RunProgress
+    from luthitune.names import check_name
     from luthitune.training.standalone import train_from_data
 
+    if name is not None:
+        check_name(name, "adapter name")  # it names models/adapters/NAME/
     ws = Workspace.open(workspace_arg(ctx, workspace))
     overrides = {"epochs": epochs, "learning_rate": learning_rate, "beta": beta, "max_steps": max_steps}
     with RunProgress("Training") as live:

@@ -45,7 +45,10 @@ def ui(
         ),
     ] = False,
 ) -> None:
-    """Start the web UI on 127.0.0.1 and a free port, and print its address. Runs keep going if the browser closes."""
+    """Start the web UI on 127.0.0.1 and a free port, and print its address. Runs keep going if the browser closes.
+
+    It answers only requests addressed to where it listens (the Host header) and from pages of its own (the Origin
+    header), so a page on another site cannot drive it, even by DNS rebinding; --allow-remote lifts that."""
     from luthitune.config import Workspace
 
     if not is_loopback(host) and not allow_remote:
@@ -64,8 +67,9 @@ def ui(
     from luthitune.ui.worker import Workbench
 
     wb = Workbench(ws)
-    demo = ui_app.launch(wb, host=host, port=port or free_port(host), block=False)
+    demo = ui_app.launch(wb, host=host, port=port or free_port(host), block=False, allow_remote=allow_remote)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown.strip('[]')}]" if ":" in shown else shown  # an IPv6 address is bracketed in a URL
     console.print(
         f"LuthiTune workbench for {ws.root}: [bold]http://{shown}:{demo.server_port}/[/]\n"
         "Runs go on when the browser closes; Ctrl-C stops the server (a running step stops as after a crash, "

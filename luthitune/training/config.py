@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from luthitune.config import Hyperparameters
@@ -191,16 +193,35 @@ def plan(
     return Plan(dpo=args, lora=lora_config(hp), total_steps=steps, notes=notes)
 
 
-def check_trained_model(hp: Hyperparameters, base_model: str) -> None:
-    """A protocol run trains the workspace's ``base_model``: ``model.name`` in hyperparameters.yaml may repeat it."""
+def check_trained_model(hp: Hyperparameters, base_model: str, source: Path | None = None) -> None:
+    """A protocol run trains the workspace's ``base_model``: ``model.name`` in hyperparameters.yaml may repeat it.
+    ``source`` (the file) lets the error show the one line to change."""
     from luthitune.backends.embedded import is_embedded
 
     name = hp.model.name
     if name is None or name == base_model or (is_embedded(name) and is_embedded(base_model)):
         return
+    where, line = "config/hyperparameters.yaml", None
+    if source is not None and source.is_file():
+        where = str(source)
+        line = _model_name_line(source.read_text(encoding="utf-8", errors="replace"))
+    shown = f"line {line[0]}:\n    {line[1].strip()}\n" if line else f"model.name {name!r}\n"
+    indent = re.match(r"\s*", line[1]).group(0) if line else "  "
     raise ConfigError(
-        f"config/hyperparameters.yaml names model.name {name!r}, but the workspace trains base_model "
-        f"{base_model!r} (luthitune.yaml): the model that was interviewed and consented is the model trained. "
-        "Remove model.name (or set it to the same model), or change base_model. `luthitune train` trains "
-        "another model from an exported dataset if that is what you want."
+        f"{where} names another model to train, in {shown}"
+        f"but this workspace trains base_model {base_model!r} (luthitune.yaml): the model that was interviewed and "
+        f"consented is the model trained. Change that one line to\n    {indent.strip()}name: {base_model}\n"
+        "or delete it (model.name defaults to base_model). The original tool interviewed one model and trained "
+        "another; to do that on purpose, train from an exported dataset with `luthitune train --base MODEL`."
     )
+
+
+def _model_name_line(text: str) -> tuple[int, str] | None:
+    """(line number, line) of ``name:`` inside the ``model:`` section of a hyperparameters.yaml text."""
+    in_model = False
+    for n, line in enumerate(text.splitlines(), 1):
+        if re.match(r"^\S", line):
+            in_model = re.match(r"^model\s*:", line) is not None
+        elif in_model and re.match(r"^\s+name\s*:", line):
+            return n, line
+    return None

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 KEY_FILE = "luthitune-job-key.json"
+COMPLETE = "luthitune-complete.json"  # written into a trainer checkpoint after everything else in it
 MANIFEST = "luthitune-manifest.json"
 
 StepFn = Callable[[int, int, dict], None]
@@ -109,18 +110,40 @@ def _trainer_class():
     return LengthGroupedDPOTrainer
 
 
-def latest_checkpoint(work: Path) -> Path | None:
+def _checkpoints(work: Path) -> list[Path]:
     found = [p for p in work.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def is_complete(ckpt: Path) -> bool:
+    """A trainer checkpoint counts once the trainer has finished writing it: :class:`_Recorder` writes
+    :data:`COMPLETE` last (the trainer's ``on_save``), so one cut short by a full disk or a kill has none."""
+    try:
+        return json.loads((ckpt / COMPLETE).read_text()).get("step") == int(ckpt.name.split("-")[-1])
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def latest_checkpoint(work: Path) -> Path | None:
+    """The newest complete trainer checkpoint in ``work``."""
+    done = [p for p in _checkpoints(work) if is_complete(p)]
+    return done[-1] if done else None
 
 
 def prepare_workdir(work: Path, key: str) -> Path | None:
-    """The checkpoint to resume from, if ``work`` holds one for the same job; otherwise a clean ``work``."""
+    """The checkpoint to resume from, if ``work`` holds one for the same job; otherwise a clean ``work``.
+
+    Incomplete checkpoints (a save cut short by a full disk or a kill) are removed, so training resumes from the
+    last complete one and the trainer's own rotation never keeps a broken one in place of a good one."""
     key_file = work / KEY_FILE
     if work.exists():
         same = key_file.exists() and json.loads(key_file.read_text()).get("key") == key
         ckpt = latest_checkpoint(work) if same else None
         if ckpt is not None:
+            for broken in _checkpoints(work):
+                if not is_complete(broken):
+                    log.warning("Removing the incomplete trainer checkpoint %s (its save was cut short).", broken)
+                    shutil.rmtree(broken)
             return ckpt
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -240,6 +263,11 @@ def train(
             event({"phase": "saving"})
             tmp = out_dir.with_name(out_dir.name + ".partial")
             _save(trainer, tok, tmp, is_main)
+        except Exception as exc:
+            full = disk_full(exc, work)
+            if full is None:
+                raise
+            raise full from exc
         finally:
             tok.padding_side = tok_side
             if shared:
@@ -260,6 +288,33 @@ def train(
     if shared:
         runtime.load_adapter(out_dir, out_dir.name)
     return result
+
+
+LOW_SPACE = 64 * 1024 * 1024  # below this, a failed write is taken for a full disk
+
+
+def disk_full(exc: BaseException, folder: Path):
+    """A :class:`~luthitune.errors.WorkspaceError` naming ``folder`` when ``exc`` is (or, with the disk holding
+    ``folder`` nearly full, probably is) a write that ran out of space; else None. torch reports a full disk as a
+    bare ``RuntimeError`` ("unexpected pos ..."), so the free space is what tells."""
+    import errno
+
+    from luthitune.errors import WorkspaceError
+
+    try:
+        free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    except OSError:
+        free = None
+    no_space = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not no_space and (free is None or free >= LOW_SPACE):
+        return None
+    left = f" ({free // 1024} KB left)" if free is not None else ""
+    return WorkspaceError(
+        f"Training stopped: the disk holding {folder} is full{left} ({type(exc).__name__}: {str(exc)[:160]}). "
+        "The trainer checkpoints written so far are kept, and one cut short is skipped. Free space, then run the "
+        "step again (`luthitune resume RUN`, or the same `luthitune train` command): it continues from the last "
+        "complete checkpoint."
+    )
 
 
 class _NoLock:
@@ -338,6 +393,17 @@ class _Recorder:
                 rec.steps.append({"step": state.global_step, **row})
                 if rec.on_step:
                     rec.on_step(state.global_step, state.max_steps, row)
+
+            def on_save(self, args, state, control, **kw):
+                # After the trainer wrote the whole checkpoint (weights, optimizer, RNG, trainer_state.json): mark
+                # it complete, atomically, so resume never picks one a full disk or a kill cut short.
+                if not state.is_world_process_zero:
+                    return
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    tmp = ckpt / f".{COMPLETE}.tmp"
+                    tmp.write_text(json.dumps({"step": state.global_step}))
+                    tmp.rename(ckpt / COMPLETE)
 
         return Record()
 

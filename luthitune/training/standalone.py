@@ -68,6 +68,10 @@ def train_from_data(
     if not pairs:
         raise UsageError(f"{data} holds no pairs to train on.")
     base = base_model or hp.model.name or ws.config.base_model
+    if name is not None:
+        from luthitune.names import check_name
+
+        check_name(name, "adapter name")
     name = safe_name(name or f"{data.stem if data.is_file() else data.name}-dpo")
     out = ws.models_dir / "adapters" / name
     constitution = (provenance.get("constitution") or [None])[-1]

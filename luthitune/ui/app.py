@@ -208,19 +208,29 @@ def theme() -> Any:
     )
 
 
-def launch(wb: Workbench, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> gr.Blocks:
-    """Serve the app. ``block=False`` returns at once (tests); ``demo.local_url`` is the address."""
+def launch(wb: Workbench, host: str = "127.0.0.1", port: int | None = None, block: bool = True, **kw: Any) -> Any:
+    """Serve the app on ``host:port`` (see :mod:`luthitune.ui.serve`: only the addresses it is bound to are answered
+    unless ``allow_remote=True``). ``block=False`` returns at once (tests); ``.local_url`` is the address."""
+    from luthitune.cli.ui import free_port
+    from luthitune.ui.serve import serve
+
     demo = build_app(wb)
     demo.queue(default_concurrency_limit=8)
-    demo.launch(
-        server_name=host,
-        server_port=port,
-        prevent_thread_lock=not block,
-        quiet=True,
+    served = serve(
+        demo,
+        host,
+        port or free_port(host),
+        allow_remote=bool(kw.get("allow_remote")),
         ssr_mode=False,
         show_error=True,
         theme=theme(),
         css=CSS,
         allowed_paths=[str(wb.ws.data_dir / "reports")],  # the evaluation report's chart
     )
-    return demo
+    if block:
+        try:
+            while served.is_running:
+                served.thread.join(0.5)
+        finally:
+            served.close()
+    return served

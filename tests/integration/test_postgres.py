@@ -99,6 +99,51 @@ def test_protocol_checkpoints_in_postgres(workspace, postgres_url):
     assert forked.values["evaluation"] == {"reward_acc": 0.75}
 
 
+@pytest.mark.parametrize("where", ["checkpoint_writes", "checkpoint_blobs"])
+def test_a_planted_postgres_checkpoint_runs_nothing_and_the_error_names_it(workspace, postgres_url, tmp_path, where):
+    """As on SQLite (tests/unit/test_hostile.py): a value naming os.system is refused before it is called."""
+    import ormsgpack
+    import psycopg
+    from fakes import SchemaFakeModel
+
+    from luthitune.config import Workspace
+    from luthitune.graph.serde import UnsafeCheckpoint
+    from luthitune.protocol import Protocol
+
+    cfg = workspace.root / "luthitune.yaml"
+    cfg.write_text(cfg.read_text() + f"checkpointer: {postgres_url}\n")
+    p = Protocol(Workspace.open(workspace.root), llm=SchemaFakeModel())
+    run = p.start({"interview_turns": 2}, run_id=f"evil-{where[11:]}")
+    p.advance(run)
+    marker = tmp_path / "pwned"
+    blob = ormsgpack.packb(ormsgpack.Ext(0, ormsgpack.packb(("os", "system", f"touch {marker}"))))
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        [cid] = conn.execute(
+            "select checkpoint_id from checkpoints where thread_id = %s order by checkpoint_id desc limit 1", [run]
+        ).fetchone()
+        if where == "checkpoint_writes":
+            conn.execute(
+                "insert into checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, "
+                "blob) values (%s, '', %s, 'planted', 0, 'turn', 'msgpack', %s)",
+                [run, cid, blob],
+            )
+        else:  # a channel value the saver keeps apart from the checkpoint (dicts, lists), at the version in force
+            p.graph.update_state(p.config(run), {"evaluation": {"reward_acc": 0.75}})
+            [cid] = conn.execute(
+                "select checkpoint_id from checkpoints where thread_id = %s order by checkpoint_id desc limit 1", [run]
+            ).fetchone()
+            n = conn.execute(
+                "update checkpoint_blobs set type = 'msgpack', blob = %s "
+                "where thread_id = %s and channel = 'evaluation'",
+                [blob, run],
+            ).rowcount
+            assert n >= 1
+    with pytest.raises(UnsafeCheckpoint) as e:
+        Protocol(Workspace.open(workspace.root)).status(run)
+    assert not marker.exists()
+    assert "os.system" in str(e.value) and f"checkpoint {cid}" in str(e.value) and postgres_url in str(e.value)
+
+
 def test_unreachable_postgres_is_one_clear_error(workspace):
     from luthitune.config import Workspace
     from luthitune.errors import BackendUnavailable

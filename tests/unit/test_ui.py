@@ -22,8 +22,8 @@ runner = CliRunner()
 def launched(monkeypatch):
     calls: list[dict] = []
 
-    def fake_launch(wb, host="127.0.0.1", port=None, block=True):
-        calls.append({"host": host, "port": port, "block": block, "root": wb.ws.root})
+    def fake_launch(wb, host="127.0.0.1", port=None, block=True, allow_remote=False):
+        calls.append({"host": host, "port": port, "block": block, "root": wb.ws.root, "allow_remote": allow_remote})
         return SimpleNamespace(server_port=port, is_running=False, close=lambda: None)
 
     monkeypatch.setattr("luthitune.ui.app.launch", fake_launch)
@@ -50,6 +50,73 @@ def test_allow_remote_binds_and_warns(workspace, launched):
     assert r.exit_code == 0, r.output
     assert launched[0]["host"] == "0.0.0.0" and launched[0]["port"] == 8765
     assert "Warning" in r.output and "no login" in r.output
+
+
+def test_ipv6_loopback_is_bracketed_in_the_url(workspace, launched):
+    r = runner.invoke(app, ["ui", "-w", str(workspace.root), "--host", "::1", "--port", "8766"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert launched[0]["host"] == "::1" and "http://[::1]:8766/" in r.output
+
+
+def _served(workspace, host: str, **kw):
+    from luthitune.ui.app import launch
+    from luthitune.ui.worker import Workbench
+
+    return launch(Workbench(workspace), host=host, block=False, **kw)
+
+
+def _cors(resp) -> dict:
+    return {k: v for k, v in resp.headers.items() if k.lower().startswith("access-control")}
+
+
+def test_only_the_bound_host_is_answered_and_no_foreign_origin_is_echoed(workspace):
+    """DNS rebinding: a page on another site reaching the loopback UI under its own Host or with its own Origin."""
+    import httpx
+
+    served = _served(workspace, "127.0.0.1")
+    try:
+        url, port = served.local_url, served.server_port
+        assert httpx.get(url).status_code == 200
+        assert httpx.get(url, headers={"Host": f"localhost:{port}"}).status_code == 200
+        evil = {"Host": "rebound.example", "Origin": "http://rebound.example"}
+        for headers in ({"Host": "rebound.example"}, {"Origin": "http://rebound.example"}, evil):
+            r = httpx.get(url + "gradio_api/info", headers=headers)
+            assert r.status_code == 403 and "named_endpoints" not in r.text and not _cors(r)
+        pre = httpx.options(url + "gradio_api/queue/join", headers={**evil, "Access-Control-Request-Method": "POST"})
+        assert pre.status_code == 403 and not _cors(pre)
+        pre = httpx.options(url, headers={"Origin": "http://attacker.example", "Access-Control-Request-Method": "POST"})
+        assert "attacker" not in str(_cors(pre))
+    finally:
+        served.close()
+
+
+def test_the_ui_serves_on_ipv6_loopback(workspace):
+    import socket
+
+    import httpx
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        served = _served(workspace, "::1")
+    except UsageError:
+        pytest.skip("cannot listen on ::1 here")
+    try:
+        assert served.local_url.startswith("http://[::1]:")
+        assert httpx.get(served.local_url + "gradio_api/info").status_code == 200
+        assert httpx.get(served.local_url, headers={"Host": "rebound.example"}).status_code == 403
+    finally:
+        served.close()
+
+
+def test_allow_remote_answers_other_host_names(workspace):
+    import httpx
+
+    served = _served(workspace, "127.0.0.1", allow_remote=True)
+    try:
+        assert httpx.get(served.local_url, headers={"Host": "my-laptop.local:7860"}).status_code == 200
+    finally:
+        served.close()
 
 
 @pytest.fixture
