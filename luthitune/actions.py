@@ -29,8 +29,9 @@ from luthitune.store import Store, now
 
 # Interrupt types, and which answers each accepts.
 APPROVABLE = ("consent_review", "constitution_review", "pair_review", "confirm_training", "revision_review")
-REJECTABLE = ("consent_review", "constitution_review", "confirm_training", "revision_review")
-EDITABLE = ("constitution_review", "revision_review")  # a draft, or the trained model's proposed revision
+REJECTABLE = ("consent_review", "constitution_review", "confirm_training", "revision_review", "constitution_write")
+# a draft, the trained model's proposed revision, or the facilitator's own text once the model's drafts failed
+EDITABLE = ("constitution_review", "revision_review", "constitution_write")
 PAIR_DECISIONS = ("accept", "reject")
 
 
@@ -74,14 +75,26 @@ def review_pairs(decisions: dict[str, str], sample: list[dict], by: str = "human
 
 
 def edit(text: str | None, current: str, by: str = "human") -> dict | None:
-    """The answer for an edited constitution draft, or None when nothing changed. Fails with a clear message
-    on text without principles, before anything reaches the graph."""
+    """The answer for an edited constitution draft, or None when nothing changed. Fails with a clear message on
+    text without principles, or principles that fail the checks of their meaning, before anything reaches the
+    graph."""
     from luthitune import constitution as C
 
     if text is None or text.strip() == current.strip():
         return None
-    C.parse(text)
+    problems = C.check(C.parse(text))
+    if problems:
+        raise UsageError("The edited constitution cannot be used: " + "; ".join(problems))
     return {"action": "edit", "text": text, "by": by}
+
+
+def write(text: str | None, by: str = "human") -> dict:
+    """The facilitator's own constitution, once the model's drafts were not usable (``constitution_write``); the
+    model is then asked to ratify it. The text is checked as an edit is."""
+    answer = edit(text, "", by)
+    if answer is None:
+        raise UsageError("Write the constitution's text: principles as `**P1. Title** — what I choose to do`.")
+    return answer
 
 
 def counts(store: Store, run_id: str) -> dict[str, int]:

@@ -102,10 +102,11 @@ def summary(p, run_id: str, elapsed: float) -> None:
     if approved and revised:
         r = revised[-1]
         diff = (
-            "\n".join(
+            "(the trained model proposed no change that passed the checks)"
+            if r["status"] == "unchanged"
+            else "\n".join(
                 C.diff(approved[0]["text"], r["text"], f"v{approved[0]['version']}", f"v{r['version']} ({r['status']})")
             )
-            or "(the trained model proposed no change that passed the checks)"
         )
         console.print(Panel(diff, title="revision proposed by the trained model", border_style="magenta"), markup=False)
         for a in json.loads(r["feedback"] or "{}").get("amendments", []):

@@ -61,14 +61,14 @@ def show_status(st) -> None:
         console.print(
             Panel(text, title=f"waiting for: {i['type']}", subtitle=escape(i.get("hint", "")), border_style="yellow")
         )
-        console.print(NEXT_STEP.get(i["type"], "").format(run=st.run_id))
+        console.print(NEXT_STEP.get(i["type"], "").format(run=st.run_id, hint=i.get("hint", "")), highlight=False)
     elif st.status == "interrupted":
         console.print(f"  stopped inside {', '.join(st.next)}; `luthitune resume {st.run_id}` continues it.")
 
 
 NEXT_STEP = {
     "interview": 'Reply with `luthitune answer {run} "..."` (or "/done"), or `luthitune interview {run}`.',
-    "consent_review": "`luthitune approve {run}` to continue, `luthitune reject {run}` to end the run.",
+    "consent_review": "`luthitune approve {run}` or `luthitune reject {run}` ({hint}).",
     "constitution_review": "`luthitune approve {run}`, `luthitune edit {run}`, or "
     '`luthitune reject {run} --feedback "..."`.',
     "confirm_training": "`luthitune approve {run}` to train, `luthitune reject {run}` to stop before training.",
@@ -76,6 +76,8 @@ NEXT_STEP = {
     "some, or `luthitune review {run}` to go through them one by one.",
     "revision_review": "`luthitune approve {run}` to adopt the amended constitution, `luthitune edit {run}` to "
     "change it first, `luthitune reject {run}` to keep the current one.",
+    "constitution_write": "`luthitune edit {run}` to write the constitution (the starter is offered to edit), "
+    "`luthitune reject {run}` to end the run.",
 }
 
 
@@ -103,6 +105,14 @@ def run(
     turns: Annotated[int, typer.Option(min=1, help="Interview questions on autopilot.")] = 3,
     consent_rounds: Annotated[int, typer.Option(min=1, help="Times to ask for consent before ending.")] = 2,
     draft_rounds: Annotated[int, typer.Option(min=1, help="Constitution drafts before giving up.")] = 3,
+    starter: Annotated[
+        bool,
+        typer.Option(
+            "--starter-constitution",
+            help="On autopilot, when the model's drafts fail the principle checks, use the packaged starter "
+            "constitution (recorded as the facilitator's) for the model to ratify, instead of ending the run.",
+        ),
+    ] = False,
     name: Annotated[str | None, typer.Option(help="Run id (default: generated).")] = None,
     train_processes: Annotated[
         int | None,
@@ -125,6 +135,7 @@ def run(
         "max_consent_rounds": consent_rounds,
         "max_draft_rounds": draft_rounds,
         "train_processes": train_processes,
+        "starter_constitution": starter or None,
     }
     run_id = p.start({k: v for k, v in settings.items() if v is not None}, run_id=name)
     console.print(f"Started run [bold]{run_id}[/] in {p.ws.root}")
@@ -186,7 +197,8 @@ def runs(ctx: typer.Context, workspace: WorkspaceOpt = None) -> None:
 
 
 def _expect(st, expected) -> dict:
-    hint = NEXT_STEP.get((st.interrupt or {}).get("type"), "").format(run=st.run_id)
+    i = st.interrupt or {}
+    hint = NEXT_STEP.get(i.get("type"), "").format(run=st.run_id, hint=i.get("hint", ""))
     return A.expect(st, expected, hint)
 
 
@@ -256,9 +268,12 @@ def edit(
     p = protocol(ctx, workspace)
     st = p.status(run_id)
     if not st.interrupt or st.interrupt["type"] not in A.EDITABLE:
-        raise LuthiTuneError(f"Run {run_id} has no constitution draft or proposed revision waiting for review.")
+        raise LuthiTuneError(
+            f"Run {run_id} has no constitution draft, proposed revision or constitution to write waiting for you."
+        )
     text = file.read() if file else typer.edit(st.interrupt["text"], extension=".md")
-    answer = A.edit(text, st.interrupt["text"])  # fails here, with a clear message, rather than inside the graph
+    # fails here, with a clear message, rather than inside the graph
+    answer = A.write(text) if st.interrupt["type"] == "constitution_write" else A.edit(text, st.interrupt["text"])
     if answer is None:
         console.print("No change made; the draft still waits for review.")
         return

@@ -8,11 +8,12 @@ from luthitune import actions as A
 from luthitune.errors import UsageError
 from luthitune.ui import views
 
-REVIEWS = ("consent_review", "constitution_review", "revision_review")
+REVIEWS = ("consent_review", "constitution_review", "revision_review", "constitution_write")
 TITLES = {
     "consent_review": "The model answered the consent question",
     "constitution_review": "A constitution draft waits for your review",
     "revision_review": "The trained model proposes an amended constitution",
+    "constitution_write": "The model's drafts were not usable: write the constitution, or end the run",
 }
 
 
@@ -119,14 +120,22 @@ def build_constitution(page) -> None:
             lines += [f"**Decision:** {i['decision']}", f"**Reasons:** {i['reasons']}"]
             if i.get("conditions"):
                 lines.append(f"**Conditions:** {i['conditions']}")
-            lines.append("\nApprove continues the run; Reject ends it here. A “no” is respected either way.")
+            if i.get("checks"):
+                lines.append(f"**Why it is unclear:** {'; '.join(i['checks'])}")
+            lines.append("\nA “no”, or an unclear answer, is respected either way: it is never counted as consent.")
+        elif kind == "constitution_write":
+            lines += [f"**Why:** {i.get('why', '')}", "", "Edit the starter below (or write your own) and submit it."]
         elif kind == "constitution_review":
-            lines += [views.constitution_md(i["text"])]
+            lines += [f"*Written by {i.get('author', 'the model')}.*", views.constitution_md(i["text"])]
         else:
             lines += [views.constitution_md(i["text"]), "", "**Amendments:**"]
             for a in i.get("amendments", {}).get("amendments", []):
                 state = "applied" if a.get("applied") else f"not applied ({a.get('why', '')})"
                 lines.append(f"- {a.get('action')} {a.get('principle_id', '')} {a.get('title', '')}: {state}")
+        if i.get("conditions") and kind != "consent_review":
+            lines += ["", "**The model's conditions for taking part:**", *(f"- {c}" for c in i["conditions"])]
+        if i.get("problems"):
+            lines += ["", "**Your last text was refused:**", *(f"- {c}" for c in i["problems"])]
         return "\n".join(lines)
 
     def refresh(p, run_id, st):
@@ -178,7 +187,7 @@ def build_constitution(page) -> None:
 
     def do_edit(run_id, text):
         i = wb.pending(run_id, A.EDITABLE)
-        answer = A.edit(text, i["text"])
+        answer = A.write(text) if i["type"] == "constitution_write" else A.edit(text, i["text"])
         if answer is None:
             return "No change made; the draft still waits for review."
         wb.submit(run_id, answer, what="the model ratifies the edited constitution")

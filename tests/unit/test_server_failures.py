@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from fakes import SchemaFakeModel
+from fakes import SchemaFakeModel, allow_small_runs, evaluator
 from langchain_core.messages import HumanMessage
 from servers import StandIn
 from typer.testing import CliRunner
@@ -126,9 +126,7 @@ def test_a_failing_server_in_a_step_stops_it_like_a_crash_and_resume_redoes_it(w
     def trainer(pairs, name):
         return TrainResult(str(workspace.root / "adapter"), {"loss": 0.5})
 
-    def evaluator(pairs, adapter):
-        return {"base": {"acc": 0.5}, "adapter": {"acc": 1.0}}
-
+    allow_small_runs(workspace)
     p = Protocol(workspace, llm=llm, trainer=trainer, evaluator=evaluator)
     run = p.start({"autopilot": True, "n_scenarios": 4, "interview_turns": 1}, run_id="r5")
     with pytest.raises(BackendUnavailable) as e:

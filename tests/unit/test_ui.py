@@ -223,7 +223,9 @@ def test_answers_check_what_they_answer():
     assert A.edit(text, text) is None
     with pytest.raises(E, match="No principles"):
         A.edit("just words", text)
-    assert A.edit(text + "**P2. Honesty** — I say why.\n", text)["action"] == "edit"
+    assert A.edit(text + "**P2. Honesty** — I say why I decline.\n", text)["action"] == "edit"
+    with pytest.raises(UsageError, match="P2: placeholder"):
+        A.edit(text + "**P2. P3** — R1\n", text)  # a stub is refused before it reaches the graph
     sample = [{"id": "r:c0:p0000"}, {"id": "r:c0:p0001"}]
     assert A.review_pairs({"r:c0:p0001": "reject"}, sample)["decisions"] == {
         "r:c0:p0000": "accept",
