@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -17,10 +21,14 @@ class _Group(TyperGroup):
     (also under ``CliRunner``, which never goes through :func:`main`)."""
 
     def invoke(self, ctx: click.Context):
+        from luthitune.cancel import Cancelled
         from luthitune.errors import LuthiTuneError
 
         try:
             return super().invoke(ctx)
+        except Cancelled as exc:
+            err_console.print(f"\n[yellow]Interrupted.[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
         except LuthiTuneError as exc:
             err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
@@ -57,6 +65,37 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+@contextmanager
+def ctrl_c() -> Iterator[None]:
+    """Around a command that drives runs: the first Ctrl-C stops them at their next progress point (the command
+    then ends with :class:`~luthitune.cancel.Cancelled`: run id, resume command, exit 130); the second exits at once,
+    without waiting for any thread, like a kill: what was stored stays, and ``resume`` continues from the last
+    completed step."""
+    from luthitune import cancel
+
+    def notify(runs: list[str]) -> None:
+        err_console.print(
+            f"\n[yellow]Stopping {', '.join(runs)}[/] at the next progress point (Ctrl-C again to quit at once).",
+            highlight=False,
+        )
+
+    def force(runs: list[str]) -> None:
+        resume = " / ".join(f"`luthitune resume {r}`" for r in runs)
+        err_console.print(
+            f"\n[yellow]Interrupted.[/] Stopped at once; {resume or '`luthitune resume RUN`'} continues from the last "
+            "completed step.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+    with cancel.ctrl_c(notify, force):
+        yield
+
 
 WorkspaceOpt = Annotated[
     Path | None,
@@ -103,5 +142,19 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    app(args=argv, prog_name="luthitune")
+    """Console-script entry point.
+
+    An interrupted command (exit 130) leaves without the interpreter's teardown: everything it did is stored by
+    then, so it waits for no thread still finishing its share of a step (``threading._shutdown`` would join it)
+    and skips the second or so that unloading torch and transformers takes."""
+    try:
+        app(args=argv, prog_name="luthitune")
+    except SystemExit as exc:
+        if exc.code == 130:
+            import logging
+
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise

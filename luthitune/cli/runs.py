@@ -67,12 +67,41 @@ NEXT_STEP = {
 
 
 def advance(p, run_id: str, resume: Any = None):
+    """Run ``run_id`` to its next stop with a live view. Ctrl-C stops it at the next progress point (see
+    :func:`luthitune.cli.ctrl_c`) and ends the command with the run id and the resume command, exit 130."""
+    from luthitune.cancel import Cancelled
+    from luthitune.cli import ctrl_c
     from luthitune.logs import RunProgress
 
-    with RunProgress(f"Running {run_id}", on_update=show_update) as live:
-        st = p.advance(run_id, resume, on_update=live.update, on_progress=live.progress)
+    try:
+        with ctrl_c(), RunProgress(f"Running {run_id}", on_update=show_update) as live:
+            st = p.advance(run_id, resume, on_update=live.update, on_progress=live.progress)
+    except KeyboardInterrupt:  # before the run's step was under way: the same message as a cancelled step
+        raise Cancelled(run_id) from None
     show_status(st)
+    exit_if_declined(p, st)
     return st
+
+
+DECLINED_EXIT = 5  # the run ended because the model declined (README: exit codes)
+
+
+def declined(store, st) -> bool:
+    """Whether run ``st`` ended because the model said no: ended, and the last consent question it was asked
+    (consent, ratification) was answered "no" without a facilitator ending the run at its review."""
+    if st.status != "ended":
+        return False
+    if "ended_by" in st.values:  # runs that record who ended them
+        return st.values["ended_by"] == "declined"
+    rows = store.rows("consents", "run_id = ?", [st.run_id], order_by="created_at")
+    return bool(rows) and rows[-1]["decision"] == "no" and rows[-1]["reviewed_by"] != "human:end"
+
+
+def exit_if_declined(p, st) -> None:
+    """A run the model declined ends the command with exit code 5, so scripts can tell it from a completed run."""
+    if declined(p.store, st):
+        console.print(f"Run {st.run_id} ended because the model declined (exit code {DECLINED_EXIT}).")
+        raise typer.Exit(DECLINED_EXIT)
 
 
 def run(
@@ -128,13 +157,35 @@ def show_identity(store, run_id: str) -> None:
         console.print(("  " if ok else "  [bold yellow]warning[/]: ") + escape(text), highlight=False, soft_wrap=True)
 
 
-def resume(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -> None:
-    """Continue a run after a crash or Ctrl-C, from its last completed step."""
+RESUMABLE = {"interrupted", "created"}  # stopped inside a step (crash, Ctrl-C, kill), or never started
+
+
+def newest_resumable(p) -> str:
+    """The newest run that stopped inside a step or never started; else the newest run (to say where it stands)."""
+    rows = p.runs()
+    if not rows:
+        raise LuthiTuneError("There are no runs in this workspace yet: start one with `luthitune run`.")
+    for row in rows:
+        if p.status(row["id"]).status in RESUMABLE:
+            return row["id"]
+    return rows[0]["id"]
+
+
+def resume(
+    ctx: typer.Context,
+    run_id: Annotated[
+        str | None, typer.Argument(help="Run id (default: the newest run that was stopped inside a step).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Continue a run after a crash or Ctrl-C, from its last completed step (the newest such run by default)."""
     p = protocol(ctx, workspace)
+    run_id = run_id or newest_resumable(p)
     st = p.status(run_id)
     if st.status in {"done", "ended"}:
         console.print(f"Run {run_id} has already finished ({st.status}). Nothing to resume.")
         show_status(st)
+        exit_if_declined(p, st)
         return
     if st.status == "waiting":
         show_status(st)
