@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,39 @@ import typer
 from typer.core import TyperGroup
 
 from luthitune.logs import err_console, quiet_libraries, setup_logging
+
+BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0", "y", "n", "t", "f"}
+
+
+def _flags_without_type() -> None:
+    """typer's rich help prints a type (``<bool>``) beside every flag, as if it took a value, which invites
+    ``--autopilot true`` ("unexpected extra argument"). A flag takes none: show no type for it. (typer's plain help
+    already leaves it out: ``TyperOption.get_help_record`` checks ``is_flag``.)"""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "luthitune", False):
+        return
+
+    def display_type_rich(self, ctx) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.luthitune = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_type()
+
+
+def _flag_hint(exc: Exception) -> None:
+    """`--autopilot true` fails with "unexpected extra argument (true)": say that flags take no value."""
+    message = getattr(exc, "message", None)
+    extra = re.search(r"unexpected extra argument(?:s|\(s\))? \((.+)\)", message) if isinstance(message, str) else None
+    if extra and set(extra.group(1).lower().split()) <= BOOL_WORDS:
+        exc.message = (  # type: ignore[attr-defined]
+            f"{message}\nOn/off options are flags and take no value: write `--autopilot` or `--no-autopilot`, "
+            "not `--autopilot true`."
+        )
 
 
 class _Group(TyperGroup):
@@ -40,6 +74,7 @@ class _Group(TyperGroup):
             raise typer.Exit(130) from None
         except Exception as exc:
             if type(exc).__module__.startswith(("click", "typer")):  # usage errors, Exit, Abort: the CLI's own
+                _flag_hint(exc)
                 raise
             # A bug or an unforeseen failure: one clear message; the traceback with --verbose.
             import logging

@@ -12,11 +12,12 @@ from rich.panel import Panel
 from rich.table import Table
 
 from luthitune import actions as A
-from luthitune.cli import WorkspaceOpt, workspace_arg
+from luthitune.cli import WorkspaceOpt, recipe, workspace_arg
 from luthitune.errors import LuthiTuneError
 from luthitune.logs import console
 
 RunArg = Annotated[str, typer.Argument(help="Run id (see `luthitune runs`).")]
+RunRecipe = recipe.option("train", "evaluation")
 
 
 def protocol(ctx: typer.Context, workspace=None):
@@ -128,9 +129,17 @@ def run(
             "kept with the run, so `resume` trains the same way. Default 1: in-process.",
         ),
     ] = None,
+    config: RunRecipe = None,
 ) -> None:
-    """Start a run; it stops at the first approval point unless --autopilot."""
+    """Start a run; it stops at the first approval point unless --autopilot.
+
+    With --config, a recipe YAML gives these options (`scenarios: 8`, `autopilot: true`...) and the run's `train:`
+    (hyperparameters.yaml's sections or short names: `learning_rate`, `epochs`, `beta`...) and `evaluation:`
+    settings; flags on the command line override it."""
     p = protocol(ctx, workspace)
+    extra = recipe.sections(ctx)
+    if extra:
+        check_recipe(p.ws, config, extra)
     settings = {
         "autopilot": autopilot,
         "n_scenarios": scenarios,
@@ -141,10 +150,22 @@ def run(
         "max_draft_rounds": draft_rounds,
         "train_processes": train_processes,
     }
-    run_id = p.start({k: v for k, v in settings.items() if v is not None}, run_id=name)
+    settings = {**extra, **{k: v for k, v in settings.items() if v is not None}}
+    run_id = p.start(settings, run_id=name)
     console.print(f"Started run [bold]{run_id}[/] in {p.ws.root}")
     show_identity(p.store, run_id)
     advance(p, run_id)
+
+
+def check_recipe(ws, path, extra: dict) -> None:
+    """A recipe's ``train:`` and ``evaluation:`` sections, validated now, with errors that name the file."""
+    from luthitune.config import EvaluationConfig, load_model
+    from luthitune.training.config import merge
+
+    if "train" in extra:
+        merge(ws.hyperparameters(), extra["train"], source=f"{path} (train:)")
+    if "evaluation" in extra:
+        load_model(EvaluationConfig, path, {**ws.config.evaluation.model_dump(mode="json"), **extra["evaluation"]})
 
 
 def show_identity(store, run_id: str) -> None:
