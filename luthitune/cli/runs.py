@@ -201,7 +201,9 @@ def resume(
 ) -> None:
     """Continue a run after a crash or Ctrl-C, from its last completed step (the newest such run by default)."""
     p = protocol(ctx, workspace)
-    run_id = run_id or newest_resumable(p)
+    if run_id is None:
+        run_id = newest_resumable(p)
+        console.print(f"Run [bold]{run_id}[/] (the newest run stopped inside a step, else the newest run).")
     st = p.status(run_id)
     if st.status in {"done", "ended"}:
         console.print(f"Run {run_id} has already finished ({st.status}). Nothing to resume.")
