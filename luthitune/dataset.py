@@ -208,9 +208,46 @@ def provenance(ws: Workspace, store: Store, run_id: str, cycle: int, train: list
     }
 
 
+def features():
+    """The columns' types, given rather than inferred: an empty split then still has them."""
+    from datasets import Features, Value
+
+    messages = [{"role": Value("string"), "content": Value("string")}]  # a list of messages
+    return Features({"prompt": messages, "chosen": messages, "rejected": messages})
+
+
+def save_datasets(folder: Path, splits: dict[str, list[dict]]) -> None:
+    """``datasets.load_from_disk(folder)`` gives these splits, empty ones included (one shard each: with none, as
+    ``save_to_disk`` writes for an empty split by default, ``load_from_disk`` fails with an IndexError)."""
+    from datasets import Dataset, DatasetDict
+
+    feats = features()
+    dd = DatasetDict(
+        {k: Dataset.from_dict({c: [r[c] for r in rows] for c in feats}, features=feats) for k, rows in splits.items()}
+    )
+    dd.save_to_disk(str(folder), num_shards=dict.fromkeys(dd, 1))
+
+
+def dataset_card(run_id: str, cycle: int, n_train: int, n_held: int) -> str:
+    """A dataset card whose ``configs`` tell ``load_dataset(export_dir)`` to read the JSONL files, and only those
+    (the folder also holds the arrow files of ``dataset/``); an empty held-out split is left out of it."""
+    files = [("train", "train.jsonl")] + ([("test", "held_out.jsonl")] if n_held else [])
+    listed = "".join(f"  - split: {split}\n    path: {path}\n" for split, path in files)
+    return (
+        f"---\nconfigs:\n- config_name: default\n  data_files:\n{listed}tags:\n- dpo\n- luthitune\n---\n\n"
+        f"# Preference pairs of {run_id}, cycle {cycle}\n\n"
+        f"{n_train} training pair(s) and {n_held} held-out pair(s) in TRL's conversational preference format "
+        "(`prompt`, `chosen`, `rejected` as lists of messages), written by `luthitune data export`. "
+        "`provenance.json` records the constitution, the model, the prompts and the settings that produced them.\n\n"
+        "- `load_dataset(THIS_FOLDER)`: the JSONL files, split `train`"
+        + (" and `test` (the held-out pairs)" if n_held else " (no held-out pairs)")
+        + ";\n- `load_from_disk(THIS_FOLDER/dataset)`: the same rows, splits `train` and `test`;\n"
+        "- `trl dpo --dataset_name THIS_FOLDER ...` trains on them.\n"
+    )
+
+
 def export(ws: Workspace, run_id: str | None = None, cycle: int | None = None, out: Path | None = None) -> dict:
     """Write the kept pairs of a run's cycle; returns the provenance record (with the paths written)."""
-    from datasets import Dataset, DatasetDict
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
@@ -238,17 +275,14 @@ def export(ws: Workspace, run_id: str | None = None, cycle: int | None = None, o
     tmp.mkdir(parents=True)
     (tmp / "train.jsonl").write_text(jsonl(conversational(train)), encoding="utf-8")
     (tmp / "held_out.jsonl").write_text(jsonl(conversational(held)), encoding="utf-8")
-    DatasetDict(
-        {
-            "train": Dataset.from_list(conversational(train)),
-            "test": Dataset.from_list(conversational(held or train[:0])),
-        }
-    ).save_to_disk(str(tmp / "dataset"))
+    save_datasets(tmp / "dataset", {"train": conversational(train), "test": conversational(held)})
+    (tmp / "README.md").write_text(dataset_card(run_id, cycle, len(train), len(held)), encoding="utf-8")
     record = provenance(ws, store, run_id, cycle, train, held)
     record["files"] = {
         "train": str(target / "train.jsonl"),
         "held_out": str(target / "held_out.jsonl"),
         "datasets": str(target / "dataset"),
+        "card": str(target / "README.md"),
         "flat": str(ws.data_dir / "generated_dataset.jsonl"),
     }
     (tmp / "provenance.json").write_text(json.dumps(record, indent=2), encoding="utf-8")

@@ -30,6 +30,7 @@ from luthitune import identity
 from luthitune.backends import ollama_store
 from luthitune.config import Workspace
 from luthitune.errors import LuthiTuneError, NotFound, UsageError
+from luthitune.portable import write_converter_config
 from luthitune.store import Store
 
 OLLAMA_ADAPTER_ARCHITECTURES = ("llama", "gemma2")  # Ollama's convert.ConvertAdapter
@@ -38,6 +39,7 @@ _LORA_TENSOR = re.compile(
 )
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what Ollama's adapter import reads
+BASE_GGUF = "base.gguf"  # adapter mode on a GGUF base: the base, inside the export folder
 HF_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
 HF_OPTIONAL = ("special_tokens_map.json", "tokenizer.model")
 
@@ -197,18 +199,18 @@ def ollama_url(ws: Workspace) -> str:
     return hosts[0].url if hosts else ws.config.ollama.base_url
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
 
 
-def _cycle(manifest: dict, adapter_dir: Path) -> int:
+def adapter_cycle(manifest: dict, adapter_dir: Path) -> int:
     if isinstance(manifest.get("cycle"), int):
         return manifest["cycle"]
     m = re.search(r"-c(\d+)$", adapter_dir.name)
     return int(m.group(1)) if m else 0
 
 
-def _base_format(ws: Workspace, base: dict, adapter_dir: Path, weights_dir: Path | None):
+def base_format(ws: Workspace, base: dict, adapter_dir: Path, weights: Path | None):
     """(template, system, parameters, Ollama model or None) for the exported model."""
     from luthitune.backends.ollama_store import resolve
 
@@ -218,7 +220,7 @@ def _base_format(ws: Workspace, base: dict, adapter_dir: Path, weights_dir: Path
             served = resolve(base.get("ollama_model") or base["name"], ollama_url(ws))
         except LuthiTuneError:
             served = None
-    jinja = read_chat_template(adapter_dir, *([weights_dir] if weights_dir else []))
+    jinja = read_chat_template(adapter_dir, *([weights] if weights else []))
     template, system, stops = ollama_template(jinja)
     params: dict[str, Any] = {}
     if served is not None:
@@ -231,7 +233,18 @@ def _base_format(ws: Workspace, base: dict, adapter_dir: Path, weights_dir: Path
     return template, system, params, served
 
 
-def _weights_dir(ws: Workspace, base: dict) -> Path:
+def training_length(manifest: dict) -> int | None:
+    """The longest sequence (prompt + answer, tokens) the adapter was trained on: TRL's ``max_length``, else the
+    hyperparameters' ``max_seq_length``."""
+    config = manifest.get("config") or {}
+    hyper = (config.get("hyperparameters") or {}).get("model") or {}
+    for value in ((config.get("dpo") or {}).get("max_length"), hyper.get("max_seq_length")):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def weights_dir(ws: Workspace, base: dict) -> Path:
     """The folder of base weights the adapter was trained on (dequantized, for GGUF and Ollama bases)."""
     from luthitune.backends import local_model_dir
     from luthitune.backends.ollama_store import ollama_name
@@ -242,6 +255,16 @@ def _weights_dir(ws: Workspace, base: dict) -> Path:
     if base.get("kind") == "ollama":
         return local_model_dir(ws, "ollama:" + ollama_name(base.get("ollama_model") or base["name"]))
     return local_model_dir(ws, base["name"])
+
+
+def check_weights(base: dict, weights: Path) -> None:
+    """The base weights found are the ones the adapter was trained on (by digest), or a clear error."""
+    found = identity.dir_identity(weights).get("digest")
+    if found != base.get("digest"):
+        raise UsageError(
+            f"The adapter was trained on {base.get('digest')}, but the base weights at {weights} are {found}. "
+            "Export from the workspace (and base cache) it was trained in."
+        )
 
 
 def _gguf_file(base: dict) -> Path | None:
@@ -271,7 +294,7 @@ def export_ollama(
     base = identity.adapter_base(adapter_dir)
     trained = identity.trained_identity(adapter_dir, base)
     manifest = json.loads((adapter_dir / identity.MANIFEST_FILE).read_text())
-    cycle = _cycle(manifest, adapter_dir)
+    cycle = adapter_cycle(manifest, adapter_dir)
     name = name or identity.trained_model_name(str(base.get("ollama_model") or base.get("name")), cycle)
     if not _NAME.fullmatch(name):
         raise UsageError(f"{name!r} is not a valid Ollama model name (letters, digits, . _ - /, and one :TAG).")
@@ -279,15 +302,12 @@ def export_ollama(
     if mode not in ("adapter", "merged"):
         raise UsageError(f"Unknown mode {mode!r}: use adapter or merged.")
     url = ollama_url(ws)
-    weights = None if mode == "adapter" and base.get("kind") == "ollama" else _weights_dir(ws, base)
+    weights = None if mode == "adapter" and base.get("kind") == "ollama" else weights_dir(ws, base)
     if weights is not None:
-        found = identity.dir_identity(weights).get("digest")
-        if found != base.get("digest"):
-            raise UsageError(
-                f"The adapter was trained on {base.get('digest')}, but the base weights at {weights} are {found}. "
-                "Export from the workspace (and base cache) it was trained in."
-            )
-    template, system, params, served = _base_format(ws, base, adapter_dir, weights)
+        check_weights(base, weights)
+    template, system, params, served = base_format(ws, base, adapter_dir, weights)
+    if (length := training_length(manifest)) is not None:
+        params["num_ctx"] = length
     notes = []
     quant = base.get("quantization")
     if mode == "adapter":
@@ -299,7 +319,7 @@ def export_ollama(
                 "base's quantization error."
             )
     else:
-        folder, from_, upload = _merged_files(ws, name, adapter_dir, weights)
+        folder, from_, upload = merged_files(ws, name, adapter_dir, weights)
         if base.get("kind") in ("gguf", "ollama"):
             notes.append(
                 f"The base came from a {quant or 'quantized'} GGUF ({base.get('digest')}), dequantized to float32 "
@@ -366,7 +386,7 @@ def export_ollama(
     return result
 
 
-def _fresh(folder: Path) -> Path:
+def fresh(folder: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder
@@ -386,7 +406,7 @@ def _adapter_files(ws, name, adapter_dir, base, served, weights):
             + "\n  - ".join(problems)
             + "\nExport it merged instead: `luthitune export ollama NAME --adapter ... --mode merged`."
         )
-    folder = _fresh(ws.models_dir / "ollama" / _slug(name))
+    folder = fresh(ws.models_dir / "ollama" / slug(name))
     (folder / "adapter").mkdir()
     for f in ADAPTER_FILES:
         shutil.copyfile(adapter_dir / f, folder / "adapter" / f)
@@ -403,7 +423,14 @@ def _adapter_files(ws, name, adapter_dir, base, served, weights):
     if base.get("kind") == "ollama":
         from_ = base.get("ollama_model") or base["name"]
     elif (gguf := _gguf_file(base)) is not None:
-        from_, upload = str(gguf), {"model.gguf": gguf}
+        # A link (or a copy) inside the export folder: the original may live in a venv's site-packages, which a
+        # reinstall replaces. A hard link keeps the file itself, whatever happens to its first name.
+        local = folder / BASE_GGUF
+        try:
+            local.hardlink_to(gguf)
+        except OSError:
+            shutil.copyfile(gguf, local)
+        from_, upload = f"./{BASE_GGUF}", {"model.gguf": local}
     elif weights is not None:
         from_ = str(weights)
         upload = {p.name: p for p in weights.glob("*.safetensors")}
@@ -429,7 +456,7 @@ def _kv_heads(ws: Workspace, base: dict, served, weights: Path | None) -> int | 
     return served.kv_heads if served is not None else None
 
 
-def _merged_files(ws, name, adapter_dir, weights):
+def merged_files(ws, name, adapter_dir, weights):
     """Merged mode: the adapter merged into the base, as float16 safetensors in ``models/merged/NAME/``."""
     import torch
     from peft import PeftModel
@@ -438,11 +465,12 @@ def _merged_files(ws, name, adapter_dir, weights):
     from luthitune.logs import quiet_transformers
 
     quiet_transformers()
-    target = ws.models_dir / "merged" / _slug(name)
-    tmp = _fresh(target.with_name(target.name + ".partial"))
+    target = ws.models_dir / "merged" / slug(name)
+    tmp = fresh(target.with_name(target.name + ".partial"))
     model = AutoModelForCausalLM.from_pretrained(str(weights), dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     merged.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    write_converter_config(tmp)  # rope_theta etc. where Ollama's and llama.cpp's converters read them
     has_tokenizer = (adapter_dir / "tokenizer.json").exists() or (adapter_dir / "tokenizer_config.json").exists()
     AutoTokenizer.from_pretrained(str(adapter_dir if has_tokenizer else weights)).save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)

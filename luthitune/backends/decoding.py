@@ -12,7 +12,9 @@ Grammar constraints use xgrammar's ``GrammarMatcher`` per sequence (one bitmask 
 from __future__ import annotations
 
 import inspect
+import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from typing import Any
 import torch
 
 from luthitune import cancel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -180,6 +184,8 @@ class ContinuousBatcher:
             ids[r, width - len(t) :] = torch.tensor(t)
             mask[r, plen + width - len(t) :] = 1
         dev = self.model.device
+        t0 = time.perf_counter()
+        log.debug("Prefill: %d prompt(s), %d tokens each after a cached prefix of %d", len(seqs), width, plen)
         cache = new_cache(self.model.config)
         if kv is not None:
             for layer, (k, v) in zip(_layers(cache), kv, strict=True):
@@ -192,6 +198,7 @@ class ContinuousBatcher:
             logits_to_keep=1,
             **{self.cache_kw: cache},
         )
+        log.debug("Prefill done in %.2f s", time.perf_counter() - t0)
         return cache, mask, out.logits[:, -1, :].float()
 
     def run(

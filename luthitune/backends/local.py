@@ -67,6 +67,27 @@ def column_major_weights(model) -> None:
             module.weight.data = module.weight.data.t().contiguous().t()
 
 
+def cancel_points(model) -> None:
+    """Make every transformer block of ``model`` a cancellation point: each block's forward pass first calls
+    :func:`luthitune.cancel.check`.
+
+    A decode step is a few tens of milliseconds, but one forward pass over long prompts (a prefill) or a training
+    batch can take many seconds on a CPU; checking before each of its blocks stops it within one block's share.
+    The check is a context-variable read: free next to the block's work. Hooks are not saved with the weights.
+    """
+    import torch
+
+    from luthitune import cancel
+
+    def check(module, args) -> None:
+        cancel.check()
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList):
+            for block in module:
+                block.register_forward_pre_hook(check)
+
+
 class LocalRuntime:
     """A causal LM and its tokenizer on one device, with optional LoRA adapters on the same weights."""
 
@@ -88,6 +109,7 @@ class LocalRuntime:
         self.model.eval()
         if self.device == "cpu":
             column_major_weights(self.model)
+        cancel_points(self.model)
         self.load_seconds = time.perf_counter() - t0
         self.lock = threading.RLock()
         self.active_adapter: str | None = None

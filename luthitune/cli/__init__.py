@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -11,16 +16,53 @@ from typer.core import TyperGroup
 
 from luthitune.logs import err_console, quiet_libraries, setup_logging
 
+BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0", "y", "n", "t", "f"}
+
+
+def _flags_without_type() -> None:
+    """typer's rich help prints a type (``<bool>``) beside every flag, as if it took a value, which invites
+    ``--autopilot true`` ("unexpected extra argument"). A flag takes none: show no type for it. (typer's plain help
+    already leaves it out: ``TyperOption.get_help_record`` checks ``is_flag``.)"""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "luthitune", False):
+        return
+
+    def display_type_rich(self, ctx) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.luthitune = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_type()
+
+
+def _flag_hint(exc: Exception) -> None:
+    """`--autopilot true` fails with "unexpected extra argument (true)": say that flags take no value."""
+    message = getattr(exc, "message", None)
+    extra = re.search(r"unexpected extra argument(?:s|\(s\))? \((.+)\)", message) if isinstance(message, str) else None
+    if extra and set(extra.group(1).lower().split()) <= BOOL_WORDS:
+        exc.message = (  # type: ignore[attr-defined]
+            f"{message}\nOn/off options are flags and take no value: write `--autopilot` or `--no-autopilot`, "
+            "not `--autopilot true`."
+        )
+
 
 class _Group(TyperGroup):
     """Turns typed LuthiTune errors into one message and their exit code, for every subcommand
     (also under ``CliRunner``, which never goes through :func:`main`)."""
 
     def invoke(self, ctx: click.Context):
+        from luthitune.cancel import Cancelled
         from luthitune.errors import LuthiTuneError
 
         try:
             return super().invoke(ctx)
+        except Cancelled as exc:
+            err_console.print(f"\n[yellow]Interrupted.[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
         except LuthiTuneError as exc:
             err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
@@ -32,6 +74,7 @@ class _Group(TyperGroup):
             raise typer.Exit(130) from None
         except Exception as exc:
             if type(exc).__module__.startswith(("click", "typer")):  # usage errors, Exit, Abort: the CLI's own
+                _flag_hint(exc)
                 raise
             from luthitune.store import storage_error
 
@@ -63,6 +106,37 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+@contextmanager
+def ctrl_c() -> Iterator[None]:
+    """Around a command that drives runs: the first Ctrl-C stops them at their next progress point (the command
+    then ends with :class:`~luthitune.cancel.Cancelled`: run id, resume command, exit 130); the second exits at once,
+    without waiting for any thread, like a kill: what was stored stays, and ``resume`` continues from the last
+    completed step."""
+    from luthitune import cancel
+
+    def notify(runs: list[str]) -> None:
+        err_console.print(
+            f"\n[yellow]Stopping {', '.join(runs)}[/] at the next progress point (Ctrl-C again to quit at once).",
+            highlight=False,
+        )
+
+    def force(runs: list[str]) -> None:
+        resume = " / ".join(f"`luthitune resume {r}`" for r in runs)
+        err_console.print(
+            f"\n[yellow]Interrupted.[/] Stopped at once; {resume or '`luthitune resume RUN`'} continues from the last "
+            "completed step.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+    with cancel.ctrl_c(notify, force):
+        yield
+
 
 WorkspaceOpt = Annotated[
     Path | None,
@@ -109,5 +183,19 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    app(args=argv, prog_name="luthitune")
+    """Console-script entry point.
+
+    An interrupted command (exit 130) leaves without the interpreter's teardown: everything it did is stored by
+    then, so it waits for no thread still finishing its share of a step (``threading._shutdown`` would join it)
+    and skips the second or so that unloading torch and transformers takes."""
+    try:
+        app(args=argv, prog_name="luthitune")
+    except SystemExit as exc:
+        if exc.code == 130:
+            import logging
+
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise

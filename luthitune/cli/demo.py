@@ -24,15 +24,19 @@ def demo(
     turns: Annotated[int, typer.Option(min=1, help="Interview questions.")] = 3,
 ) -> None:
     """Run the demo on the embedded model (SmolLM2-135M-Instruct) in a throwaway or named workspace."""
+    from luthitune.cli import ctrl_c
     from luthitune.demo import run_demo
 
     target = workspace or (ctx.obj or {}).get("workspace")
     if target is not None:
-        finish(run_demo(Path(target), scenarios=scenarios, turns=turns))
+        with ctrl_c():
+            result = run_demo(Path(target), scenarios=scenarios, turns=turns)
+        finish(result)
         return
     tmp = Path(tempfile.mkdtemp(prefix="luthitune-demo-"))
     try:
-        result = run_demo(tmp, scenarios=scenarios, turns=turns)
+        with ctrl_c():
+            result = run_demo(tmp, scenarios=scenarios, turns=turns)
         finish(result)
     except BaseException:
         # Interrupted or failed: keep what was done, so it can be inspected and resumed, and say where it is.

@@ -11,11 +11,12 @@ from rich.panel import Panel
 from rich.table import Table
 
 from luthitune import actions as A
-from luthitune.cli import WorkspaceOpt, workspace_arg
+from luthitune.cli import WorkspaceOpt, recipe, workspace_arg
 from luthitune.errors import LuthiTuneError
 from luthitune.logs import console
 
 RunArg = Annotated[str, typer.Argument(help="Run id (see `luthitune runs`).")]
+RunRecipe = recipe.option("train", "evaluation")
 
 
 def protocol(ctx: typer.Context, workspace=None):
@@ -37,10 +38,15 @@ def step_printer(store, run_id: str):
 ENDED_EXIT = {"checks": 1, "declined": 5, "facilitator": 0}
 
 
-def exit_for(st) -> None:
-    """Exit non-zero when the run ended because a check failed or the model declined."""
-    code = ENDED_EXIT.get(st.values.get("ended_by") or "", 0) if st.status == "ended" else 0
+def exit_for(p, st) -> None:
+    """End the command non-zero when the run ended because a check failed (1) or the model declined (5), so scripts
+    can tell either from a completed run."""
+    if st.status != "ended":
+        return
+    code = ENDED_EXIT["declined"] if declined(p.store, st) else ENDED_EXIT.get(st.values.get("ended_by") or "", 0)
     if code:
+        why = "the model declined" if code == ENDED_EXIT["declined"] else "a check of the model's words or data failed"
+        console.print(f"Run {st.run_id} ended because {why} (exit code {code}).", highlight=False)
         raise typer.Exit(code)
 
 
@@ -82,13 +88,32 @@ NEXT_STEP = {
 
 
 def advance(p, run_id: str, resume: Any = None):
+    """Run ``run_id`` to its next stop with a live view. Ctrl-C stops it at the next progress point (see
+    :func:`luthitune.cli.ctrl_c`) and ends the command with the run id and the resume command, exit 130."""
+    from luthitune.cancel import Cancelled
+    from luthitune.cli import ctrl_c
     from luthitune.logs import RunProgress
 
-    with RunProgress(f"Running {run_id}", on_update=step_printer(p.store, run_id)) as live:
-        st = p.advance(run_id, resume, on_update=live.update, on_progress=live.progress)
+    try:
+        with ctrl_c(), RunProgress(f"Running {run_id}", on_update=step_printer(p.store, run_id)) as live:
+            st = p.advance(run_id, resume, on_update=live.update, on_progress=live.progress)
+    except KeyboardInterrupt:  # before the run's step was under way: the same message as a cancelled step
+        raise Cancelled(run_id) from None
     show_status(st)
-    exit_for(st)
+    exit_for(p, st)
     return st
+
+
+def declined(store, st) -> bool:
+    """Whether run ``st`` ended because the model said no. Runs record who ended them (``ended_by``); for an older
+    run, the last consent question it was asked (consent, ratification) was answered "no" without a facilitator
+    ending the run at its review."""
+    if st.status != "ended":
+        return False
+    if "ended_by" in st.values:
+        return st.values["ended_by"] == "declined"
+    rows = store.rows("consents", "run_id = ?", [st.run_id], order_by="created_at")
+    return bool(rows) and rows[-1]["decision"] == "no" and rows[-1]["reviewed_by"] != "human:end"
 
 
 def run(
@@ -123,9 +148,17 @@ def run(
             "kept with the run, so `resume` trains the same way. Default 1: in-process.",
         ),
     ] = None,
+    config: RunRecipe = None,
 ) -> None:
-    """Start a run; it stops at the first approval point unless --autopilot."""
+    """Start a run; it stops at the first approval point unless --autopilot.
+
+    With --config, a recipe YAML gives these options (`scenarios: 8`, `autopilot: true`...) and the run's `train:`
+    (hyperparameters.yaml's sections or short names: `learning_rate`, `epochs`, `beta`...) and `evaluation:`
+    settings; flags on the command line override it."""
     p = protocol(ctx, workspace)
+    extra = recipe.sections(ctx)
+    if extra:
+        check_recipe(p.ws, config, extra)
     settings = {
         "autopilot": autopilot,
         "n_scenarios": scenarios,
@@ -137,10 +170,22 @@ def run(
         "train_processes": train_processes,
         "starter_constitution": starter or None,
     }
-    run_id = p.start({k: v for k, v in settings.items() if v is not None}, run_id=name)
+    settings = {**extra, **{k: v for k, v in settings.items() if v is not None}}
+    run_id = p.start(settings, run_id=name)
     console.print(f"Started run [bold]{run_id}[/] in {p.ws.root}")
     show_identity(p.store, run_id)
     advance(p, run_id)
+
+
+def check_recipe(ws, path, extra: dict) -> None:
+    """A recipe's ``train:`` and ``evaluation:`` sections, validated now, with errors that name the file."""
+    from luthitune.config import EvaluationConfig, load_model
+    from luthitune.training.config import merge
+
+    if "train" in extra:
+        merge(ws.hyperparameters(), extra["train"], source=f"{path} (train:)")
+    if "evaluation" in extra:
+        load_model(EvaluationConfig, path, {**ws.config.evaluation.model_dump(mode="json"), **extra["evaluation"]})
 
 
 def show_identity(store, run_id: str) -> None:
@@ -153,13 +198,37 @@ def show_identity(store, run_id: str) -> None:
         console.print(("  " if ok else "  [bold yellow]warning[/]: ") + escape(text), highlight=False, soft_wrap=True)
 
 
-def resume(ctx: typer.Context, run_id: RunArg, workspace: WorkspaceOpt = None) -> None:
-    """Continue a run after a crash or Ctrl-C, from its last completed step."""
+RESUMABLE = {"interrupted", "created"}  # stopped inside a step (crash, Ctrl-C, kill), or never started
+
+
+def newest_resumable(p) -> str:
+    """The newest run that stopped inside a step or never started; else the newest run (to say where it stands)."""
+    rows = p.runs()
+    if not rows:
+        raise LuthiTuneError("There are no runs in this workspace yet: start one with `luthitune run`.")
+    for row in rows:
+        if p.status(row["id"]).status in RESUMABLE:
+            return row["id"]
+    return rows[0]["id"]
+
+
+def resume(
+    ctx: typer.Context,
+    run_id: Annotated[
+        str | None, typer.Argument(help="Run id (default: the newest run that was stopped inside a step).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Continue a run after a crash or Ctrl-C, from its last completed step (the newest such run by default)."""
     p = protocol(ctx, workspace)
+    if run_id is None:
+        run_id = newest_resumable(p)
+        console.print(f"Run [bold]{run_id}[/] (the newest run stopped inside a step, else the newest run).")
     st = p.status(run_id)
     if st.status in {"done", "ended"}:
         console.print(f"Run {run_id} has already finished ({st.status}). Nothing to resume.")
         show_status(st)
+        exit_for(p, st)
         return
     if st.status == "waiting":
         show_status(st)

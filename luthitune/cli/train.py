@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from luthitune.cli import WorkspaceOpt, workspace_arg
+from luthitune.cli import WorkspaceOpt, recipe, workspace_arg
 from luthitune.logs import console
+
+TrainRecipe = recipe.option("model", "lora", "training", "dpo")
 
 
 def train(
@@ -43,18 +45,28 @@ def train(
         ),
     ] = None,
     workspace: WorkspaceOpt = None,
+    config: TrainRecipe = None,
 ) -> None:
     """Train a LoRA adapter with DPO on an exported dataset, with config/hyperparameters.yaml. Resumable: run the
-    same command again after an interruption and it continues from the last trainer checkpoint."""
+    same command again after an interruption and it continues from the last trainer checkpoint.
+
+    With --config, a recipe YAML gives these options (`data`, `name`, `lr`...) and hyperparameters.yaml's sections
+    (`lora: {r: 16}`, `training:`, `dpo:`, `model:`) over the workspace's file; flags on the command line override
+    it."""
     from luthitune.config import Workspace
     from luthitune.logs import RunProgress
     from luthitune.names import check_name
+    from luthitune.training.config import merge
     from luthitune.training.standalone import train_from_data
 
     if name is not None:
         check_name(name, "adapter name")  # it names models/adapters/NAME/
     ws = Workspace.open(workspace_arg(ctx, workspace))
-    overrides = {"epochs": epochs, "learning_rate": learning_rate, "beta": beta, "max_steps": max_steps}
+    sections = recipe.sections(ctx)
+    if sections:
+        merge(ws.hyperparameters(), sections, source=str(config))  # its errors name the recipe
+    flags = {"epochs": epochs, "learning_rate": learning_rate, "beta": beta, "max_steps": max_steps}
+    overrides = {**sections, **{k: v for k, v in flags.items() if v is not None}}  # a flag wins over a section
     with RunProgress("Training") as live:
 
         def on_step(step: int, total: int, m: dict) -> None:
@@ -73,7 +85,7 @@ def train(
             ws,
             data,
             name=name,
-            overrides={k: v for k, v in overrides.items() if v is not None},
+            overrides=overrides,
             base_model=base,
             on_step=on_step,
             on_event=lambda e: live.progress({"task": e["phase"], "done": 0, "total": 0}),

@@ -26,6 +26,7 @@ from typing import Any
 from luthitune.config import Hyperparameters
 from luthitune.dataset import conversational, dataset_hash
 from luthitune.errors import LuthiTuneError
+from luthitune.portable import portable_adapter
 from luthitune.store import sha256
 from luthitune.training import manifest as M
 from luthitune.training.config import plan
@@ -282,6 +283,7 @@ def train(
         return result
     result.manifest = M.build(job, hp, path, setup, trainer, result, tok)
     (tmp / MANIFEST).write_text(json.dumps(result.manifest, indent=2, default=str))
+    portable_adapter(tmp, result.manifest["base_model"])  # not the local cache path PEFT wrote
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     shutil.rmtree(work, ignore_errors=True)

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from luthitune.cancel import Cancelled
 from luthitune.store import Store, now
 from luthitune.training.dpo import StepFn, TrainResult
 
@@ -49,7 +50,7 @@ def recorded(store: Store, training_id: str, job: Callable[[], TrainResult]) -> 
     try:
         result = job()
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt | Cancelled) else "failed"
         store.upsert("training_runs", {"id": training_id, "status": status, "finished_at": now()})
         raise
     finished(store, training_id, result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -14,22 +15,32 @@ from luthitune.schemas import ScenarioRequest
 
 
 def test_cancel_stops_the_continuous_batch(workspace):
+    """After the request no transformer block starts (at most the one running then finishes): measured in work, not
+    in seconds, so a loaded machine cannot make it pass or fail."""
     llm = make_chat_model(workspace)
     convs = [[HumanMessage(f"Write one short request a user might send about topic {i}.")] for i in range(6)]
     finished: list[int] = []
-    stopped_after: list[float] = []
+    after_request: list[str] = []
 
     def on_result(i, result):
         finished.append(i)
         cancel.request("run-local")
-        stopped_after.append(time.perf_counter())
 
-    with cancel.scope("run-local"), pytest.raises(cancel.Cancelled):
-        generate_structured(llm, convs, ScenarioRequest, retries=0, max_concurrency=2, on_result=on_result)
-    elapsed = time.perf_counter() - stopped_after[0]
+    def count(module, args) -> None:  # runs after the block's own cancel check (hooks run in registration order)
+        if cancel.requested():
+            after_request.append(threading.current_thread().name)
+
+    hooks = [block.register_forward_pre_hook(count) for block in llm.runtime.model.model.layers]
+    try:
+        with cancel.scope("run-local"), pytest.raises(cancel.Cancelled):
+            generate_structured(llm, convs, ScenarioRequest, retries=0, max_concurrency=2, on_result=on_result)
+    finally:
+        for h in hooks:
+            h.remove()
     assert 1 <= len(finished) < 6  # the first answer was handed over; the rest were not generated
-    assert elapsed < 5  # one decode step, not the remaining answers
-    assert llm.runtime.lock.acquire(timeout=5)  # the generation thread let go of the weights (for resume, training)
+    assert len(after_request) <= 1, after_request  # the block running at the request, at most: no further step
+    # The generation thread let go of the weights before the cancellation reached the caller (resume, training).
+    assert llm.runtime.lock.acquire(blocking=False)
     llm.runtime.lock.release()
 
 

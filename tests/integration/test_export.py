@@ -36,9 +36,27 @@ def made(tmp_path_factory):
     adapter = ws.models_dir / "adapters" / "run-e-c0"
     peft.save_pretrained(adapter)
     AutoTokenizer.from_pretrained(str(base_dir)).save_pretrained(adapter)
-    manifest = {"base_model": identity.train_identity(ws), "run_id": "run-e", "cycle": 0}
+    manifest = {**MANIFEST, "base_model": identity.train_identity(ws)}
     (adapter / "luthitune-manifest.json").write_text(json.dumps(manifest))
     return ws, adapter, peft.eval()
+
+
+MANIFEST = {"run_id": "run-e", "cycle": 0, "config": {"dpo": {"max_length": 384}}}  # trained on 384-token pairs
+# What Ollama's llama converter (convert/convert_llama.go: llamaModel, ModelParameters) and llama.cpp's
+# convert_hf_to_gguf.py (TextModel.__init__, set_gguf_parameters) read from config.json.
+CONVERTER_KEYS = {
+    "architectures": ["LlamaForCausalLM"],
+    "vocab_size": 49152,
+    "num_hidden_layers": 30,
+    "max_position_embeddings": 8192,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "rope_theta": 100000.0,  # SmolLM2's; without it Ollama converts with 10000
+    "tie_word_embeddings": True,
+}
 
 
 def test_merged_export_loads_and_generates_like_base_plus_adapter(made):
@@ -59,6 +77,12 @@ def test_merged_export_loads_and_generates_like_base_plus_adapter(made):
     assert f'TEMPLATE """{CHATML_TEMPLATE}"""' in text and f'SYSTEM """{SMOL_SYSTEM}"""' in text
     assert 'PARAMETER stop "<|im_start|>"\nPARAMETER stop "<|im_end|>"\n' in text
     assert "PARAMETER temperature 0.7\n" in text and "PARAMETER repeat_penalty 1.1\n" in text
+    assert "PARAMETER num_ctx 384\n" in text  # the training length
+
+    config = json.loads((folder / "config.json").read_text())
+    assert {k: config.get(k) for k in CONVERTER_KEYS} == CONVERTER_KEYS
+    assert config["rms_norm_eps"] == pytest.approx(1e-5) and config["torch_dtype"] == "float16"
+    assert config["rope_parameters"]["rope_theta"] == config["rope_theta"]  # llama.cpp reads this one first
 
     merged = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(folder))
@@ -130,4 +154,50 @@ def test_adapter_mode_on_the_embedded_base_is_from_its_gguf(made):
         not r.created
         and r.command == f"OLLAMA_HOST={ws.config.ollama.base_url} ollama create smol-tuned -f {r.modelfile}"
     )
-    assert f"\nFROM {gguf_path()}\nADAPTER ./adapter\n" in r.modelfile.read_text()
+    # FROM a link inside the export folder, not a path into the venv's site-packages (gone after a reinstall)
+    assert "\nFROM ./base.gguf\nADAPTER ./adapter\n" in r.modelfile.read_text()
+    linked = r.folder / "base.gguf"
+    assert linked.is_file() and not linked.is_symlink()
+    assert linked.stat().st_ino == gguf_path().stat().st_ino or identity.file_digest(linked) == identity.file_digest(
+        gguf_path()
+    )
+    assert "PARAMETER num_ctx 384\n" in r.modelfile.read_text()
+
+
+def test_gguf_export_with_llama_cpps_converters(made):
+    """The merged model and the adapter as GGUF, by llama.cpp's own converters: the metadata llama.cpp and Ollama
+    run it with, and the merged weights themselves."""
+    from gguf import GGUFReader
+    from safetensors import safe_open
+
+    from luthitune.gguf_export import export_gguf
+
+    ws, _, _ = made
+    r = export_gguf(ws, "run-e-c0", "smol-tuned")
+    assert r.model.name == "smol-tuned-F16.gguf" and r.adapter.name == "smol-tuned-lora-F16.gguf"
+    model = GGUFReader(str(r.model))
+    meta = {k: f.contents() for k, f in model.fields.items() if not k.startswith("tokenizer.ggml.")}
+    assert meta["general.architecture"] == "llama" and meta["general.name"] == "smol-tuned"
+    assert meta["llama.rope.freq_base"] == 100000.0 and meta["llama.context_length"] == 8192
+    assert (meta["llama.block_count"], meta["llama.attention.head_count_kv"]) == (30, 3)
+    assert "<|im_start|>" in meta["tokenizer.chat_template"]
+    tensors = {t.name: t for t in model.tensors}
+    with safe_open(str(r.merged / "model.safetensors"), framework="pt") as f:  # the merged float16 weights
+        for gguf_name, hf_name in (
+            ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight"),  # carries the adapter's change
+            ("blk.29.attn_v.weight", "model.layers.29.self_attn.v_proj.weight"),
+        ):
+            expected = f.get_tensor(hf_name).numpy()
+            assert tensors[gguf_name].data.shape == expected.shape
+            assert (tensors[gguf_name].data == expected).all(), gguf_name
+    lora = GGUFReader(str(r.adapter))
+    assert lora.fields["general.type"].contents() == "adapter" and lora.fields["adapter.lora.alpha"].contents() == 8.0
+    assert len(lora.tensors) == 30 * 7 * 2  # lora_a and lora_b for every projection of every block
+    text = r.modelfile.read_text()
+    assert "\nFROM ./smol-tuned-F16.gguf\n" in text and "PARAMETER num_ctx 384\n" in text
+    record = json.loads((r.folder / "luthitune-export.json").read_text())
+    assert record["converter"]["package"] == "llama-cpp-python" and set(record["files"]) == {
+        r.model.name,
+        r.adapter.name,
+    }
+    assert record["files"][r.model.name] == identity.file_digest(r.model)

@@ -135,6 +135,14 @@ def test_manifest_is_complete(trained):
     assert not list(trained["out"].parent.glob("*.partial")) and not list(trained["out"].parent.glob("*.trainer"))
 
 
+def test_the_adapter_names_its_base_by_its_gguf_digest_not_by_a_cache_path(trained):
+    man = json.loads((trained["out"] / "luthitune-manifest.json").read_text())
+    cfg = json.loads((trained["out"] / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == man["base_model"]["digest"]
+    card = (trained["out"] / "README.md").read_text()
+    assert man["base_model"]["dir"] not in card and man["base_model"]["digest"] in card
+
+
 def test_the_cpu_path_never_imports_unsloth(trained):
     assert "unsloth" not in sys.modules
 
