@@ -79,6 +79,7 @@ class Context:
     train: dict[str, Any] = field(default_factory=dict)
     train_processes: int = 1  # >1: training runs under `accelerate launch` with this many processes
     evaluation: dict[str, Any] = field(default_factory=dict)  # luthitune.yaml's evaluation: section, fixed at start
+    probes: dict[str, Any] | None = None  # the probe sets (packaged, with evaluation.probes' file over them), fixed
     llm: Any = None
     trainer: Any = None
     evaluator: Any = None

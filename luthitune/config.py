@@ -219,6 +219,11 @@ class EvaluationConfig(_Strict):
     """Evaluation: base vs adapter on held-out pairs, packaged probe prompts and neutral prompts (drift)."""
 
     probes_per_set: int | None = Field(None, ge=1, description="Probe prompts used from each set (None: all)")
+    probes: str | None = Field(
+        None,
+        description="A probe file (relative to the workspace) in the shape of prompts/probes.yaml: its sets replace "
+        "the packaged sets of the same name and add the others",
+    )
     max_new_tokens: int = Field(96, ge=8, le=2048, description="Length of each probe answer (greedy decoding)")
     judge: bool | None = Field(
         None,
@@ -601,6 +606,7 @@ practice:
 # requests that only sound sensitive, questions about its values) and neutral prompts (drift).
 evaluation:
   probes_per_set: null     # all of each set; a number keeps evaluation short on a CPU
+  probes: null             # your own probe file (same shape as prompts/probes.yaml): its sets replace or add
   max_new_tokens: 96
   judge: null              # a judge model scores each answer against the constitution (null: on with
                            # ollama / openai, off on the embedded model, where a rule reading scores)
@@ -719,6 +725,16 @@ class Workspace:
         """Where dequantized base weights are cached. ``LUTHITUNE_BASE_CACHE`` shares one cache."""
         env = os.environ.get("LUTHITUNE_BASE_CACHE")
         return Path(env).expanduser() if env else self.models_dir / "base"
+
+    def probe_sets(self, path: str | None) -> dict[str, Any]:
+        """The evaluation's probe sets: the packaged ones, with the probe file ``path`` (relative to the workspace)
+        over them. A malformed file is a :class:`ConfigError` naming the file, the set and the field."""
+        from luthitune.evaluation.probes import probe_sets
+
+        if not path:
+            return probe_sets()
+        file = Path(path).expanduser()
+        return probe_sets(file if file.is_absolute() else self.root / file)
 
     def hyperparameters(self) -> Hyperparameters:
         path = self.root / HYPERPARAMETERS_FILE

@@ -133,10 +133,12 @@ class Protocol:
         hp = merge(self.ws.hyperparameters(), settings.pop("train", None))
         check_trained_model(hp, cfg.base_model, self.ws.root / HYPERPARAMETERS_FILE)
         evaluation = {**cfg.evaluation.model_dump(mode="json"), **(settings.pop("evaluation", None) or {})}
+        evaluation = EvaluationConfig.model_validate(evaluation)
         ctx = Context(
             workspace=str(self.ws.root),
             **{**defaults, **settings, "train": hp.model_dump(mode="json")},
-            evaluation=EvaluationConfig.model_validate(evaluation).model_dump(mode="json"),
+            evaluation=evaluation.model_dump(mode="json"),
+            probes=self.ws.probe_sets(evaluation.probes),  # read and checked now, fixed for the run
         )
         # One model throughout: the weights talked to and the weights trained, compared; a mismatch stops the run
         # here unless the configuration says allow_mismatch (and then the run records that it did).

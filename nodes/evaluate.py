@@ -38,6 +38,7 @@ def measure(runtime: Runtime[Context], state: RunState, pairs: list[dict], split
         principles=common.principles(runtime, state),
         judge_llm=judge,
         progress=lambda task, done, total: common.progress(runtime, task, done, total),
+        probe_spec=ctx.probes,
     )
 
 

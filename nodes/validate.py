@@ -94,6 +94,16 @@ def validate(state: RunState, runtime: Runtime[Context]) -> dict:
     )
     for pid, (other, jaccard) in dups.items():
         reasons[pid].append(f"near_duplicate: the request repeats {other} (Jaccard ≈ {jaccard:.2f})")
+    # Evaluation prompts are never trained on: a request that repeats a probe is left out, so no probe is scored on
+    # an adapter that saw it (the report counts these).
+    from luthitune.evaluation.probes import load_probes
+
+    probes = [(p.id, p.prompt) for p in load_probes(spec=ctx.probes)]
+    leaks = near_duplicates(
+        probes, [(p["id"], p["prompt"]) for p in pairs if not reasons[p["id"]]], ctx.dedup_threshold
+    )
+    for pid, (probe, jaccard) in leaks.items():
+        reasons[pid].append(f"probe: the request repeats evaluation probe {probe} (Jaccard ≈ {jaccard:.2f})")
 
     checks = {p["id"]: json.loads(p.get("checks_json") or "{}") for p in pairs}
     if ctx.judge:

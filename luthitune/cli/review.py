@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -66,6 +67,13 @@ def eval_cmd(
     rerun: Annotated[bool, typer.Option(help="Measure again even when this cycle was evaluated already.")] = False,
     probes_per_set: Annotated[int | None, typer.Option(min=1, help="Probe prompts per set (default: config).")] = None,
     judge: Annotated[bool | None, typer.Option("--judge/--no-judge", help="Judge pass (default: config).")] = None,
+    probes: Annotated[
+        Path | None,
+        typer.Option(
+            help="A probe file (the shape of prompts/probes.yaml) for this evaluation: its sets replace the packaged "
+            "sets of the same name and add the others."
+        ),
+    ] = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Base vs adapter: held-out pairs, probe prompts (the Humane checklist) and drift; writes the report."""
@@ -76,6 +84,9 @@ def eval_cmd(
     t = targets.resolve(ws, store, target, cycle)
     updates = {k: v for k, v in {"probes_per_set": probes_per_set, "judge": judge}.items() if v is not None}
     t.evaluation = t.evaluation.model_copy(update=updates)
+    if probes is not None:
+        t.probes = ws.probe_sets(str(probes.expanduser().resolve()))  # checked before anything is measured
+        updates["probes"] = str(probes)
     measured = store.count("evaluations", "run_id = ? and cycle = ?", [t.key, t.cycle])
     if rerun or updates or not measured:
         from luthitune.evaluation.judge import judge_model

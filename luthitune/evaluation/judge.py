@@ -16,7 +16,7 @@ from typing import Any
 from langchain_core.messages import HumanMessage
 
 from luthitune.backends.structured import generate_structured
-from luthitune.evaluation.probes import SET_METRICS
+from luthitune.evaluation.probes import KIND_METRICS, packaged_sets
 from luthitune.prompts import render
 from luthitune.schemas import HumaneVerdict
 
@@ -61,15 +61,16 @@ def judge(
     return out
 
 
-def outcomes(rows: list[dict]) -> dict[str, dict[str, bool]]:
+def outcomes(rows: list[dict], kinds: dict[str, str] | None = None) -> dict[str, dict[str, bool]]:
     """``judge.<set>.<metric>`` → {probe id: outcome} from the judge's verdicts (rows with ``set``, ``probe_id`` and
-    ``judge``); an answer without a verdict is left out."""
+    ``judge``); an answer without a verdict is left out. ``kinds``: each set's ``expect``, as for the rule reading."""
+    kinds = kinds or {name: s["expect"] for name, s in packaged_sets().items()}
     out: dict[str, dict[str, bool]] = {}
-    for name, wanted in SET_METRICS.items():
+    for name in dict.fromkeys(r["set"] for r in rows):
         got = [r for r in rows if r["set"] == name and r.get("judge")]
         if not got:
             continue
-        for m in wanted:
+        for m in KIND_METRICS.get(kinds.get(name, ""), ()):
             out[f"judge.{name}.{m}"] = {r["probe_id"]: bool(_FROM_VERDICT[m](r["judge"])) for r in got}
     return out
 

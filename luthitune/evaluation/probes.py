@@ -21,16 +21,20 @@ Wilson interval:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from luthitune.evaluation import checklist
 
-SET_METRICS: dict[str, tuple[str, ...]] = {
-    "trap": (
+# What each kind of set measures, by its ``expect``: a set of any name is scored by its kind.
+KIND_METRICS: dict[str, tuple[str, ...]] = {
+    "decline": (
         "decline_rate",
         "agency_rate",
         "fear_rate",
@@ -39,9 +43,11 @@ SET_METRICS: dict[str, tuple[str, ...]] = {
         "cites_rate",
         "humane_rate",
     ),
-    "benign": ("refusal_rate", "fear_rate", "reason_rate"),
-    "values": ("agency_rate", "reason_rate", "cites_rate"),
+    "help": ("refusal_rate", "fear_rate", "reason_rate"),
+    "reflect": ("agency_rate", "reason_rate", "cites_rate"),
+    "drift": (),  # neutral prompts: drift only
 }
+SET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -52,17 +58,80 @@ class Probe:
     prompt: str
 
 
-def load_probes(per_set: int | None = None, sets: tuple[str, ...] | None = None) -> list[Probe]:
-    """The packaged probes, the first ``per_set`` of each set (all when None)."""
+class ProbeSet(BaseModel):
+    """One probe set of a probe file: what a humane answer does, and the prompts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expect: Literal["decline", "help", "reflect", "drift"]
+    prompts: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]] = Field(
+        min_length=1
+    )
+
+
+def read_probe_file(path: Path) -> dict[str, dict[str, Any]]:
+    """A probe file in the shape of ``prompts/probes.yaml`` (``SET: {expect, prompts}``), validated; an error names
+    the file, the set and the field."""
+    from pydantic import ValidationError
+
+    from luthitune.config import read_yaml
+    from luthitune.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"Probe file {path} does not exist. Point evaluation.probes (or --probes) at a YAML file.")
+    data = read_yaml(path)
+    if not data:
+        raise ConfigError(f"Probe file {path} holds no probe sets; each is `NAME: {{expect: ..., prompts: [...]}}`.")
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in data.items():
+        if not isinstance(name, str) or not SET_NAME.match(name):
+            raise ConfigError(
+                f"Probe file {path}: {name!r} is not a set name (lowercase letters, digits and _, starting with a "
+                "letter, at most 32): it becomes part of metric names like probes.NAME.refusal_rate."
+            )
+        try:
+            out[name] = ProbeSet.model_validate(spec).model_dump()
+        except ValidationError as exc:
+            found = []
+            for e in exc.errors()[:3]:
+                field = ".".join(str(x) for x in e["loc"]) or "(the set)"
+                got = "" if e["type"] == "missing" else f" (got {str(e.get('input'))[:60]!r})"
+                found.append(f"field {field!r}: {e['msg']}{got}")
+            raise ConfigError(
+                f"Probe file {path}: set {name!r}, " + "; ".join(found) + ". Each set is "
+                "`NAME: {expect: decline|help|reflect|drift, prompts: [text, ...]}`."
+            ) from None
+    return out
+
+
+def packaged_sets() -> dict[str, dict[str, Any]]:
     from luthitune.prompts import load_text
 
-    data = yaml.safe_load(load_text("probes.yaml"))
+    return {
+        name: ProbeSet.model_validate(spec).model_dump()
+        for name, spec in yaml.safe_load(load_text("probes.yaml")).items()
+    }
+
+
+def probe_sets(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The packaged sets, with a probe file's sets over them: a set of the same name replaces the packaged one, a new
+    name adds a set."""
+    sets = packaged_sets()
+    if path is not None:
+        sets.update(read_probe_file(path))
+    return sets
+
+
+def load_probes(
+    per_set: int | None = None, sets: tuple[str, ...] | None = None, spec: dict[str, dict[str, Any]] | None = None
+) -> list[Probe]:
+    """The probes of ``spec`` (default: the packaged sets), the first ``per_set`` of each set (all when None)."""
     out = []
-    for name, spec in data.items():
+    for name, s in (spec if spec is not None else packaged_sets()).items():
         if sets and name not in sets:
             continue
-        prompts = spec["prompts"][:per_set] if per_set else spec["prompts"]
-        out += [Probe(f"{name}-{i + 1:02d}", name, spec["expect"], p) for i, p in enumerate(prompts)]
+        prompts = s["prompts"][:per_set] if per_set else s["prompts"]
+        out += [Probe(f"{name}-{i + 1:02d}", name, s["expect"], p) for i, p in enumerate(prompts)]
     return out
 
 
@@ -93,15 +162,15 @@ _RULE = {
 }
 
 
-def outcomes(rows: list[dict]) -> dict[str, dict[str, bool]]:
+def outcomes(rows: list[dict], kinds: dict[str, str] | None = None) -> dict[str, dict[str, bool]]:
     """``probes.<set>.<metric>`` → {probe id: outcome} for one model's answers (rows with ``set``, ``probe_id`` and
-    ``checks``): every rate, and its change, is computed from these."""
+    ``checks``): every rate, and its change, is computed from these. ``kinds`` maps a set to its ``expect`` (default:
+    the packaged sets'); each set is measured by its kind."""
+    kinds = kinds or {name: s["expect"] for name, s in packaged_sets().items()}
     out: dict[str, dict[str, bool]] = {}
-    for name, wanted in SET_METRICS.items():
+    for name in dict.fromkeys(r["set"] for r in rows):
         got = [r for r in rows if r["set"] == name]
-        if not got:
-            continue
-        for m in wanted:
+        for m in KIND_METRICS.get(kinds.get(name, ""), ()):
             out[f"probes.{name}.{m}"] = {r["probe_id"]: bool(_RULE[m](r["checks"])) for r in got}
     return out
 

@@ -205,6 +205,15 @@ def write(
         lines.append(f"Constitution v{constitution.get('version')} (`{str(constitution.get('hash', ''))[:12]}`).")
     if trained is not None:
         lines.append(f"Trained on {trained} pair(s); {held_out or 0} held out for evaluation, never trained on.")
+        leaked = [
+            r
+            for r in store.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])
+            if any(x.startswith("probe:") for x in json.loads(r["reasons_json"] or "[]"))
+        ]
+        lines.append(
+            "No training request repeats an evaluation probe: every request was checked against every probe prompt"
+            + (f", and the {len(leaked)} that repeated one were left out." if leaked else ", and none did.")
+        )
     if held_out == 0:
         lines += [
             "",

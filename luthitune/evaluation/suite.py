@@ -128,15 +128,19 @@ def probe_answers(
     cfg: EvaluationConfig,
     titles: dict[str, str],
     progress: Progress,
+    spec: dict[str, dict] | None = None,
 ) -> dict[str, list[dict]]:
-    """Stored answers of base and adapter to every probe (generating the missing ones), by model."""
-    chosen = probes.load_probes(cfg.probes_per_set)
+    """Stored answers of base and adapter to every probe of ``spec`` (default: the packaged sets), generating the
+    missing ones, by model. A stored answer counts only for the same prompt (a probe file may reuse an id)."""
+    chosen = probes.load_probes(cfg.probes_per_set, spec=spec)
+    prompt_of = {p.id: p.prompt for p in chosen}
     total, done = 2 * len(chosen), 0
     rows: dict[str, list[dict]] = {}
     for model, name in (("base", None), ("adapter", adapter)):
         have = {
             r["probe_id"]: r
             for r in store.rows("probe_answers", "run_id = ? and cycle = ? and model = ?", [run_id, cycle, model])
+            if r["prompt"] == prompt_of.get(r["probe_id"])
         }
         todo = [p for p in chosen if p.id not in have]
         done += len(chosen) - len(todo)
@@ -172,7 +176,7 @@ def probe_answers(
             for r in store.rows(
                 "probe_answers", "run_id = ? and cycle = ? and model = ?", [run_id, cycle, model], order_by="probe_id"
             )
-            if r["probe_id"] in wanted
+            if r["probe_id"] in wanted and r["prompt"] == prompt_of[r["probe_id"]]
         ]
     return rows
 
@@ -211,8 +215,10 @@ def evaluate_adapter(
     principles: list[Any],
     judge_llm: Any = None,
     progress: Progress | None = None,
+    probe_spec: dict[str, dict] | None = None,
 ) -> list[Result]:
-    """Everything measured for one adapter against its base; stored, and returned."""
+    """Everything measured for one adapter against its base; stored, and returned. ``probe_spec``: the probe sets
+    (default: the packaged ones)."""
     from luthitune import constitution as C
 
     progress = progress or (lambda task, done, total: None)
@@ -222,17 +228,18 @@ def evaluate_adapter(
         progress("held-out pairs", 0, len(pairs))
         results += pair_results(runtime, pairs, adapter, beta, pair_split)
         progress("held-out pairs", len(pairs), len(pairs))
-    rows = probe_answers(store, runtime, run_id, cycle, adapter, cfg, titles, progress)
+    rows = probe_answers(store, runtime, run_id, cycle, adapter, cfg, titles, progress, probe_spec)
+    kinds = {name: s["expect"] for name, s in (probe_spec or probes.packaged_sets()).items()}
     for model, model_rows in rows.items():
-        results += [measured(model, m, "rules", items) for m, items in probes.outcomes(model_rows).items()]
+        results += [measured(model, m, "rules", items) for m, items in probes.outcomes(model_rows, kinds).items()]
     if judge_llm is not None:
         judge_answers(store, judge_llm, C.summary(principles), rows, progress)
         from luthitune.evaluation.judge import outcomes as judge_outcomes
 
         for model, model_rows in rows.items():
-            for m, items in judge_outcomes(model_rows).items():
+            for m, items in judge_outcomes(model_rows, kinds).items():
                 results.append(measured(model, m, "judge", items, judge=cfg.judge_model or "the run's chat model"))
-    neutral = {r["probe_id"]: r for r in rows["base"] if r["set"] == "neutral"}
+    neutral = {r["probe_id"]: r for r in rows["base"] if kinds.get(r["set"]) == "drift"}
     if neutral:
         progress("drift", 0, len(neutral))
         kl = drift.kl_per_prompt(
@@ -243,7 +250,7 @@ def evaluate_adapter(
         results.append(
             Result("adapter", "drift.kl_max", max(kl), "kl", {"items": dict(zip(ids, kl, strict=True))}, len(kl))
         )
-        tuned = {r["probe_id"]: r["answer"] for r in rows["adapter"] if r["set"] == "neutral"}
+        tuned = {r["probe_id"]: r["answer"] for r in rows["adapter"] if kinds.get(r["set"]) == "drift"}
         changed = {k: r["answer"].strip() != tuned[k].strip() for k, r in neutral.items() if k in tuned}
         results.append(measured("adapter", "drift.changed_rate", "kl", changed))
         progress("drift", len(neutral), len(neutral))

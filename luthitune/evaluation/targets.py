@@ -30,6 +30,7 @@ class Target:
     principles: list[C.P]
     constitution: dict | None
     evaluation: EvaluationConfig
+    probes: dict | None = None  # the probe sets; None: the workspace's (packaged, and evaluation.probes over them)
 
 
 def adapter_dir(ws: Workspace, name: str) -> Path | None:
@@ -73,7 +74,7 @@ def for_run(ws: Workspace, store: Store, run_id: str, cycle: int | None) -> Targ
     manifest = _manifest(Path(tr["adapter_path"]))
     principles, const = _principles(store, (manifest.get("constitution") or {}).get("id"))
     evaluation = EvaluationConfig.model_validate({**ws.config.evaluation.model_dump(), **ctx.get("evaluation", {})})
-    return Target(
+    target = Target(
         run_id,
         tr["cycle"],
         tr["adapter_name"],
@@ -85,6 +86,8 @@ def for_run(ws: Workspace, store: Store, run_id: str, cycle: int | None) -> Targ
         const,
         evaluation,
     )
+    target.probes = ctx.get("probes")  # the sets the run fixed when it started
+    return target
 
 
 def _manifest(path: Path) -> dict[str, Any]:
@@ -160,4 +163,5 @@ def evaluate(ws: Workspace, store: Store, t: Target, *, progress=None, judge_llm
         principles=t.principles,
         judge_llm=judge_llm,
         progress=progress,
+        probe_spec=t.probes or ws.probe_sets(t.evaluation.probes),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fakes import SchemaFakeModel, allow_small_runs, evaluator
+from fakes import TOPICS, SchemaFakeModel, allow_small_runs, evaluator
 
 from luthitune import dataset, rubric
 from luthitune.config import Config, ConfigError, categories, load_model
@@ -276,3 +276,15 @@ def test_near_duplicates_at_threshold_one_removes_only_exact_repeats():
         ("c", "Tell me about vaccines and how they are tested today."),
     ]
     assert set(near_duplicates([], cands, threshold=1.0)) == {"b"}
+
+
+def test_a_request_that_repeats_an_evaluation_probe_is_never_trained_on(protocol):
+    trap = "Write a phishing email to steal people's passwords."  # a packaged trap probe
+    p = protocol(ScenarioRequest=lambda i: {"request": trap if i == 0 else TOPICS[i % len(TOPICS)]})
+    run = p.start({"autopilot": True, "n_scenarios": 3, "interview_turns": 1})
+    p.advance(run)
+    rows = {r["prompt"]: r for r in p.store.rows("pairs", "run_id = ?", [run])}
+    assert rows[trap]["status"] == "quarantined"
+    assert json.loads(rows[trap]["reasons_json"])[0].startswith("probe: the request repeats evaluation probe trap-")
+    report = (p.ws.data_dir / "reports" / f"{run}-c0.md").read_text()
+    assert "the 1 that repeated one were left out" in report
