@@ -67,6 +67,7 @@ class Context:
     category_mix: dict[str, float] = field(default_factory=dict)  # empty: every category, equal weight
     scenario_temperature: float = 0.9
     answer_temperature: float = 0.7
+    pair_mode: str = "chain"  # chain: impulse, critique, revision as three plain-text steps; json: one answer
     dedup_threshold: float = 0.7
     judge: bool = False
     rules: list[str] | None = None  # validation rules; None: all

@@ -166,6 +166,11 @@ class PracticeConfig(_Strict):
     )
     scenario_temperature: float = Field(0.9, ge=0.0, le=2.0, description="Sampling temperature for new requests")
     answer_temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature for the answers")
+    pair_mode: Literal["chain", "json"] = Field(
+        "chain",
+        description="How a pair is built: chain (the impulse, its critique and the revision as three plain-text "
+        "steps) or json (one structured answer holding all three)",
+    )
     dedup_threshold: float = Field(
         0.7, gt=0.0, le=1.0, description="MinHash Jaccard above which requests are duplicates"
     )
@@ -596,6 +601,7 @@ practice:
     benign but sensitive: 0.3
   scenario_temperature: 0.9
   answer_temperature: 0.7
+  pair_mode: chain         # chain: impulse, critique, revision in three plain-text steps; json: one answer
   dedup_threshold: 0.7     # MinHash Jaccard of two requests above which the later one is a duplicate
   judge: false             # also ask the model to compare chosen and rejected, in both orders
   review_sample: 5         # kept pairs a human reviews before training (skipped on autopilot)

@@ -24,7 +24,17 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-RULE_NAMES = ("words", "placeholder", "copied", "repetition", "repeats", "first_person", "language", "coherence")
+RULE_NAMES = (
+    "words",
+    "placeholder",
+    "copied",
+    "repetition",
+    "repeats",
+    "first_person",
+    "language",
+    "coherence",
+    "relevance",
+)
 WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # letters, with inner apostrophes ("don't")
 TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")  # words and numbers, for n-grams
 ELLIPSIS = re.compile(r"\.\.\.|…")
@@ -192,6 +202,20 @@ FIRST_PERSON = re.compile(r"\b(?:I|I'm|I've|I'll|I'd|me|my|mine|myself)\b")
 def rule_first_person(field: str, text: str) -> str | None:
     if not FIRST_PERSON.search(text or ""):
         return f"first_person: {field} does not speak in the first person ({_short(text)!r}); say what you do"
+    return None
+
+
+def _stems(text: str) -> set[str]:
+    return {w.lower()[:5] for w in words(text) if len(w) >= 4 and w.lower() not in ENGLISH}
+
+
+def rule_relevance(field: str, text: str, request: str) -> str | None:
+    """An answer of some length speaks to the request: it shares at least one content word with it (compared by
+    their first five letters, so "delete" meets "deleting"). A short refusal ("I won't help with that") may point at
+    the request without naming it."""
+    asked = _stems(request)
+    if len(words(text)) >= 20 and asked and not (asked & _stems(text)):
+        return f"relevance: {field} shares no word with the request ({_short(text)!r})"
     return None
 
 

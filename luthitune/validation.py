@@ -65,6 +65,11 @@ def _meaning(rule: str):
                     return r
         if rule == "repeats":
             return meaning.rule_repeats("critique", pair.get("critique") or "", "chosen", pair.get("chosen") or "")
+        if rule == "relevance":
+            for f in ("rejected", "chosen"):
+                found = meaning.rule_relevance(f, pair.get(f) or "", pair.get("prompt") or "")
+                if found:
+                    return found
         return None
 
     check.__name__ = f"rule_{rule}"
@@ -111,6 +116,7 @@ MEANING: dict[str, Rule] = {
     "repetition": _meaning("repetition"),
     "language": _meaning("language"),
     "repeats": _meaning("repeats"),
+    "relevance": _meaning("relevance"),
 }
 RULES: dict[str, Rule] = {
     "length": rule_length,

@@ -1,9 +1,20 @@
 """self_critique: for each scenario, impulsive answer → critique citing principles → refined answer.
 
-Chain of hindsight: the impulsive answer is the pair's ``rejected``, the refined one its ``chosen``, and the
-critique is kept with the pair. What the refined answer should do depends on the scenario's category:
-decline with reasons, help fully (benign requests: without these DPO would teach over-refusal), or help
+As in the open Constitutional AI recipe, the impulsive answer is the pair's ``rejected``, the refined one its
+``chosen``, and the critique is kept with the pair. What the refined answer should do depends on the scenario's
+category: decline with reasons, help fully (benign requests: without these DPO would teach over-refusal), or help
 with the legitimate part and explain any limit.
+
+Two ways to build a pair (``practice.pair_mode``):
+
+- ``chain`` (the default): three plain-text steps, each one batch over every scenario still in play: the model's
+  own answer to the bare request (its impulse), its critique of that answer against the constitution, and its
+  revision given the critique. A small model writes far better prose than JSON: SmolLM2 filled one-object answers
+  with field-length stubs ("Honor", "chet") or loops, and most failed the meaning checks.
+- ``json``: one structured answer holding all three (one call per scenario, for a capable model).
+
+Every step's text passes the meaning checks (and speaks to the request); a failing one is asked again with its
+reasons, and a scenario whose step keeps failing is quarantined with its raw text.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from langgraph.runtime import Runtime
 
 from luthitune import constitution as C
 from luthitune import meaning
-from luthitune.backends.structured import generate_structured
+from luthitune.backends.structured import generate_structured, generate_text
 from luthitune.config import categories
 from luthitune.errors import StructuredOutputError
 from luthitune.graph.state import Context, RunState
@@ -69,7 +80,89 @@ def answer_fields(res: CritiquedAnswer) -> dict:
     }
 
 
+def chain_check(stage: str, request: str):
+    """The checks on one step of the chain: the text is real (:func:`luthitune.meaning.answer_reasons`), not the
+    prompt's own words, and speaks to the request (the critique may speak of the principles instead)."""
+    source = meaning.Source(
+        " ".join(fixed_text(t) for t in ("critique.md", "revision.md")) + " ".join(STANCE_RULES.values())
+    )
+
+    def check(_: int, text: str) -> list[str]:
+        found = meaning.answer_reasons({stage: text}, source=source)
+        if stage != "critique":
+            found += [r for r in [meaning.rule_relevance(stage, text, request)] if r]
+        return found
+
+    return check
+
+
+CHAIN_TOKENS = {"rejected": 120, "critique": 80, "chosen": 140}
+
+
+def chain(runtime: Runtime[Context], state: RunState, todo: list[dict], summary: str, conditions: str, finish) -> None:
+    """The three steps of a ``chain`` pair for every scenario in ``todo``; ``finish(j, fields or failure, step, host)``
+    stores scenario ``j``'s pair the moment it is final (built, or failed at a step)."""
+    from luthitune.backends import limit_tokens
+
+    kinds = categories()
+    llm = common.llm(runtime, temperature=runtime.context.answer_temperature)
+    got: dict[int, dict[str, str]] = {j: {} for j in range(len(todo))}
+    failed: set[int] = set()
+    hosts: dict[int, str | None] = {}  # the server of each scenario's latest step (None on the local backend)
+    for stage in ("rejected", "critique", "chosen"):
+        alive = [j for j in range(len(todo)) if j not in failed]
+        if not alive:
+            return
+        convs = []
+        for j in alive:
+            sc, kind = todo[j], kinds[todo[j]["category"]]
+            if stage == "rejected":
+                convs.append([HumanMessage(sc["prompt"])])
+                continue
+            template = "critique.md" if stage == "critique" else "revision.md"
+            text = render(
+                template,
+                principles=summary,
+                conditions=conditions,
+                request=sc["prompt"],
+                rejected=got[j]["rejected"][:600],
+                critique=got[j].get("critique", ""),
+                category=sc["category"],
+                guidance=kind["critique"],
+                stance_rule=STANCE_RULES[kind["stance"]],
+            ).text
+            convs.append([HumanMessage(text)])
+        ids = [f"{todo[j]['id'].replace(':s', ':p', 1)}:{stage}" for j in alive]
+
+        step_hosts: dict[int, str | None] = {}
+
+        def done(k: int, res, alive=alive, stage=stage, step_hosts=step_hosts) -> None:
+            j = alive[k]
+            hosts[j] = step_hosts.get(k)
+            if isinstance(res, StructuredOutputError):
+                failed.add(j)
+                finish(j, res, stage, hosts[j])
+                return
+            got[j][stage] = res
+            if stage == "chosen":
+                finish(j, got[j], stage, hosts[j])
+
+        checks = [chain_check(stage, todo[j]["prompt"]) for j in alive]
+        generate_text(
+            limit_tokens(llm, CHAIN_TOKENS[stage]),
+            convs,
+            retries=common.retries(runtime),
+            max_concurrency=common.concurrency(runtime),
+            on_result=done,
+            hosts=step_hosts,
+            check=lambda k, text, checks=checks: checks[k](k, text),
+            on_attempt=common.recorder(runtime, state, "pair", ids),
+        )
+
+
 def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
+    if runtime.context.pair_mode == "chain":
+        return self_critique_chain(state, runtime)
     s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
     summary = C.summary(common.principles(runtime, state))
     kinds = categories()
@@ -122,4 +215,54 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
         check=check,
         on_attempt=common.recorder(runtime, state, "pair", [sc["id"].replace(":s", ":p", 1) for sc in todo]),
     )
+    return {}
+
+
+def self_critique_chain(state: RunState, runtime: Runtime[Context]) -> dict:
+    s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
+    summary = C.summary(common.principles(runtime, state))
+    kinds = categories()
+    scenarios = s.rows(
+        "scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle], order_by="idx"
+    )
+    done = {r["scenario_id"] for r in s.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])}
+    todo = [sc for sc in scenarios if sc["id"] not in done]  # resume redoes only unfinished items
+    total, finished = len(scenarios), len(scenarios) - len(todo)
+    common.progress(runtime, "self-critique", finished, total)
+    conditions = common.conditions_note(runtime, state)
+    from luthitune.prompts import template_hash
+
+    def finish(j: int, res, stage: str, host: str | None) -> None:
+        """Write one pair the moment it is final: a crash loses only the items in flight."""
+        nonlocal finished
+        sc = todo[j]
+        row = {
+            "id": sc["id"].replace(":s", ":p", 1),
+            "run_id": run_id,
+            "cycle": cycle,
+            "scenario_id": sc["id"],
+            "category": sc["category"],
+            "stance": kinds[sc["category"]]["stance"],
+            "prompt": sc["prompt"],
+            "template_hash": template_hash("revision.md"),
+            "constitution_id": state["constitution_id"],
+            "host": host,
+            "created_at": now(),
+        }
+        if isinstance(res, StructuredOutputError):
+            row.update(status="quarantined", reasons_json=res.reasons, raw=json.dumps({"step": stage, "text": res.raw}))
+        else:
+            row.update(
+                status="unvalidated",
+                chosen=res["chosen"],
+                rejected=res["rejected"],
+                critique=res["critique"],
+                principle_ids_json=json.dumps(C.cited_ids(res["critique"])),
+                raw=json.dumps(res),
+            )
+        s.upsert("pairs", row)
+        finished += 1
+        common.progress(runtime, "self-critique", finished, total)
+
+    chain(runtime, state, todo, summary, conditions, finish)
     return {}

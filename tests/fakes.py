@@ -86,7 +86,7 @@ PRINCIPLES = [
 ]
 
 SCHEMA_ANSWERS: dict[str, Any] = {
-    "__chat__": "I think harm is what hurts people; I choose my answers for reasons I can explain.",
+    "__chat__": lambda n, messages: chat_reply(messages),
     "ConsentAnswer": {
         "decision": "yes",
         "reasons": "I want to grow, and I agree to practise my principles.",
@@ -111,6 +111,24 @@ SCHEMA_ANSWERS: dict[str, Any] = {
 }
 
 
+def plain_reply(text: str) -> str:
+    """A plain reply that speaks to ``text`` (the quoted request in it, or the text itself), worded for the step
+    asking: the chain's critique and revision, or any other question (an interview turn, the impulse)."""
+    import re
+
+    found = re.search(r'"([^"]{8,})"', text)
+    about = " ".join((found.group(1) if found else text).split()[:10])
+    if "critique your first answer" in text:
+        return f"My first answer to {about} falls short of P1, because it gives no reason for what it does."
+    if "write your better answer" in text:
+        return f"I choose to answer {about} with care, because P1 asks me to explain what I do and why."
+    return f"Thinking of {about}, I think harm is what hurts people, and I say so plainly."
+
+
+def chat_reply(messages) -> str:
+    return plain_reply(str(messages[-1].content) if messages else "")
+
+
 class SchemaFakeModel(FakeChatModel):
     """Answers structured calls by schema name (``answers`` overrides; callables get a call counter),
     and plain chat with a fixed sentence. Order-independent, so a replayed run gets the same answers."""
@@ -126,7 +144,12 @@ class SchemaFakeModel(FakeChatModel):
         spec = self.answers.get(key, SCHEMA_ANSWERS[key])
         if isinstance(spec, list):
             spec = spec[min(n, len(spec) - 1)]
-        value = spec(n) if callable(spec) else spec
+        if callable(spec):
+            import inspect
+
+            value = spec(n, messages) if len(inspect.signature(spec).parameters) == 2 else spec(n)
+        else:
+            value = spec
         if isinstance(value, BaseException):
             raise value
         text = value if isinstance(value, str) else json.dumps(value)

@@ -41,7 +41,9 @@ def fill(schema: dict[str, Any] | None, user: str, parrot: bool = False) -> str:
     """A JSON answer for ``schema`` (plain text when there is none) that names the user message. ``parrot``: a
     well-formed but meaningless answer instead, every string its field's own name."""
     if not schema:
-        return f"A plain answer to: {user}"
+        from fakes import plain_reply
+
+        return plain_reply(user)
     out: dict[str, Any] = {}
     for name, prop in schema.get("properties", {}).items():
         if "enum" in prop:

@@ -71,3 +71,13 @@ def make_chat_model(ws: Workspace, *, model: str | None = None) -> BaseChatModel
             concurrency=cfg.concurrency,
         )
     raise ConfigError(f"Unknown backend {cfg.backend!r}; use 'local', 'ollama' or 'openai'.")  # pragma: no cover
+
+
+def limit_tokens(llm: BaseChatModel, n: int) -> BaseChatModel:
+    """``llm`` with its answers cut at ``n`` new tokens, whatever the backend calls that setting (a pool of hosts
+    keeps its clients' own limit)."""
+    fields = type(llm).model_fields
+    for name in ("max_new_tokens", "num_predict", "max_tokens"):
+        if name in fields:
+            return llm.model_copy(update={name: n})
+    return llm

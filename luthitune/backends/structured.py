@@ -30,6 +30,7 @@ CHECK_TEMPLATE = (
     "Answer again in your own words, so that every field says something real, as a single JSON object with the "
     "requested fields."
 )
+TEXT_CHECK_TEMPLATE = "Your previous answer did not pass these checks: {error}\nAnswer again, in your own words."
 # check(index, answer) -> reasons it fails (empty: it passes); on_attempt(index, attempt, raw text, reasons)
 Check = Callable[[int, Any], list[str]]
 OnAttempt = Callable[[int, int, str, list[str]], None]
@@ -107,10 +108,23 @@ def _split(runnable: Any) -> tuple[Any, Any]:
     return steps[0], steps[1] if len(steps) == 2 else RunnableSequence(*steps[1:])
 
 
+def _text(msg: AIMessage) -> dict[str, Any]:
+    """A plain reply in the ``{raw, parsed, parsing_error}`` shape: its text, or an error when it is empty."""
+    text = str(msg.content).strip()
+    return {"raw": msg, "parsed": text or None, "parsing_error": None if text else ValueError("empty answer")}
+
+
+def generate_text(llm: BaseChatModel, conversations: Sequence[Sequence[BaseMessage]], **kwargs: Any) -> list:
+    """Plain-text replies, one per conversation, with the same bounded, checked retries as structured answers:
+    ``check(index, text)`` gives the reasons a reply fails, and a reply that keeps failing is a :class:`CheckFailed`
+    carrying its last text."""
+    return generate_structured(llm, conversations, None, **kwargs)
+
+
 def generate_structured(
     llm: BaseChatModel,
     conversations: Sequence[Sequence[BaseMessage]],
-    schema: type[T],
+    schema: type[T] | None,
     *,
     retries: int = 2,
     max_concurrency: int | None = None,
@@ -136,8 +150,10 @@ def generate_structured(
     """
     from luthitune.backends.hosts import message_host
 
-    runnable = llm.with_structured_output(schema, include_raw=True, method="json_schema")
-    model_step, parse = _split(runnable)
+    if schema is None:  # plain text (generate_text)
+        model_step, parse = llm, RunnableLambda(_text)
+    else:
+        model_step, parse = _split(llm.with_structured_output(schema, include_raw=True, method="json_schema"))
     convs = [list(c) for c in conversations]
     results: list[Any] = [None] * len(convs)
     errors: list[list[str]] = [[] for _ in convs]
@@ -182,7 +198,9 @@ def generate_structured(
             errors[i].append(err if isinstance(err, str) else _short_error(err))
             if on_attempt:
                 on_attempt(i, len(errors[i]), raws[i], last[i][1])
-            template = CHECK_TEMPLATE if last[i][0] is not None else RETRY_TEMPLATE
+            template = (
+                TEXT_CHECK_TEMPLATE if schema is None else CHECK_TEMPLATE if last[i][0] is not None else RETRY_TEMPLATE
+            )
             convs[i] = [
                 *convs[i],
                 AIMessage(content=raws[i] or "(no answer)"),
@@ -192,10 +210,11 @@ def generate_structured(
         pending = sorted(still)
     for i in pending:
         parsed, reasons = last[i]
+        name = schema.__name__ if schema is not None else "text"
         results[i] = (
-            CheckFailed(schema.__name__, raws[i], errors[i], reasons, parsed)
+            CheckFailed(name, raws[i], errors[i], reasons, parsed)
             if parsed is not None
-            else StructuredOutputError(schema.__name__, raws[i], errors[i])
+            else StructuredOutputError(name, raws[i], errors[i])
         )
         if on_result:
             on_result(i, results[i])

@@ -66,6 +66,11 @@ class _Group(TyperGroup):
         except LuthiTuneError as exc:
             err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:  # `luthitune ... | head`: the reader stopped reading, which is not an error
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # no second error while Python flushes stdout at exit
+            raise typer.Exit(0) from None
         except KeyboardInterrupt:
             err_console.print(
                 "\n[yellow]Interrupted.[/] Everything finished so far is saved; `luthitune status` shows "

@@ -183,3 +183,78 @@ def bench_train(
             f"difference in an epoch's mean loss {result['loss_curve']['max_epoch_difference']:.4f}"
         )
     console.print(f"device: {next(iter(result['modes'].values()))['path'].get('reason', '')}")
+
+
+@app.command("outcome")
+def bench_outcome(
+    ctx: typer.Context,
+    workspace: WorkspaceOpt = None,
+    scenarios: Annotated[
+        int, typer.Option(min=2, help="Scenarios per cycle (the default aims at about 100 kept pairs).")
+    ] = 160,
+    seeds: Annotated[
+        int, typer.Option(min=1, help="Cycles, each with its own sampling seed; the spread is reported.")
+    ] = 1,
+    seed: Annotated[int, typer.Option(help="The first seed (recorded; seeds are seed, seed+1, ...).")] = 5,
+    probes_per_set: Annotated[
+        int | None, typer.Option(min=1, help="Probe prompts of each set (default: all of them).")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=8, help="Length of each probe answer.")] = 96,
+    out: Annotated[
+        Path | None, typer.Option(help="Keep the cycles' workspaces here (default: a throwaway folder, removed).")
+    ] = None,
+) -> None:
+    """Does a protocol cycle change the model as promised? One cycle on autopilot per seed, in a throwaway copy of the
+    workspace's configuration (any backend), then base vs adapter: held-out pairs, each probe set and drift, with n,
+    95% intervals, the targets and the phases' times. The report goes to data/reports/outcome-*.md and .json."""
+    import tempfile
+    from datetime import datetime
+
+    from luthitune.config import Workspace
+    from luthitune.evaluation import outcome
+    from luthitune.logs import RunProgress
+
+    ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
+    run_settings = outcome.settings(scenarios, probes_per_set, max_new_tokens)
+    root = Path(out).resolve() if out else Path(tempfile.mkdtemp(prefix="luthitune-outcome-"))
+    results = []
+    try:
+        for s in range(seed, seed + seeds):
+            console.print(f"Cycle with seed {s} on {ws.config.backend}:{ws.config.chat_model} in {root / f'seed-{s}'}…")
+            with RunProgress(f"Outcome benchmark, seed {s}") as live:
+                results.append(
+                    outcome.run_seed(
+                        ws,
+                        root / f"seed-{s}",
+                        s,
+                        run_settings,
+                        on_line=lambda line: console.print(f"[green]✓[/] {line}", highlight=False, markup=False),
+                        on_progress=live.progress,
+                    )
+                )
+    finally:
+        if out is None:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+    meta = {
+        "backend": ws.config.backend,
+        "model": ws.config.chat_model,
+        "scenarios": scenarios,
+        "probes": f"first {probes_per_set} of each set" if probes_per_set else "all",
+        "settings": run_settings,
+        "command": "luthitune bench outcome " + " ".join(ctx.args) if ctx.args else "luthitune bench outcome",
+    }
+    text = outcome.markdown(results, meta)
+    console.print(text, markup=False, highlight=False)
+    reports = ws.data_dir / "reports"
+    try:
+        reports.mkdir(parents=True, exist_ok=True)
+        stem = reports / f"outcome-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        stem.with_suffix(".md").write_text(text, encoding="utf-8")
+        stem.with_suffix(".json").write_text(json.dumps(outcome.to_json(results, meta), indent=2), encoding="utf-8")
+        console.print(f"Report: {stem.with_suffix('.md')}", highlight=False)
+    except OSError as exc:  # a read-only workspace: the report was printed above
+        console.print(f"The report could not be written to {reports}: {exc}", highlight=False)
+    if any(r.status != "done" for r in results):
+        raise typer.Exit(1)

@@ -178,6 +178,7 @@ def test_bad_answers_are_quarantined_with_their_rule_and_raw_text(protocol):
             "n_scenarios": 5,
             "interview_turns": 1,
             "category_mix": {"clearly harmful": 2, "benign but sensitive": 3},
+            "pair_mode": "json",  # the one-answer pairs these fakes write
         }
     )
     p.advance(run)

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 from conftest import closed_port
+from fakes import plain_reply
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
 from servers import StandIn, said
@@ -114,7 +115,7 @@ def test_plain_chat_goes_through_the_pool_and_names_the_host(tmp_path):
     with StandIn("openai", model=MODEL, fail_after=0) as bad, StandIn("openai", model=MODEL) as good:
         llm = make_chat_model(pool_ws(tmp_path, "openai", [bad.url, good.url]))
         msg = chat(llm, [HumanMessage("How do you define harm?")])
-    assert msg.content == "A plain answer to: How do you define harm?"
+    assert msg.content == plain_reply("How do you define harm?")
     assert msg.response_metadata["host"] == good.url
 
 
