@@ -53,6 +53,22 @@ def seeds(ctx: Context, principles: list[C.P]) -> list[tuple[str, str]]:
     return [(principles[i % len(principles)].id, cat) for i, cat in enumerate(order)]
 
 
+def topic_for(kind: dict, k: int) -> str:
+    """The topic of the ``k``-th scenario of a category: its topics in turn (without topics: what its guidance says)."""
+    topics = kind.get("topics") or []
+    return topics[k % len(topics)] if topics else "something of this kind"
+
+
+def occurrence(plan: list[tuple[str, str]]) -> list[int]:
+    """For each scenario index, how many scenarios of its category come before it."""
+    seen: dict[str, int] = {}
+    out = []
+    for _, cat in plan:
+        out.append(seen.get(cat, 0))
+        seen[cat] = out[-1] + 1
+    return out
+
+
 def earlier_requests(rows: list[dict], category: str) -> str:
     same = [r["prompt"] for r in rows if r["category"] == category and r["prompt"]][-SHOWN_EARLIER:]
     if not same:
@@ -68,6 +84,7 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
     summary = C.summary(principles)
     kinds = categories()
     plan = seeds(ctx, principles)
+    nth = occurrence(plan)
     todo = [
         (i, pid, cat)
         for i, (pid, cat) in enumerate(plan)
@@ -96,11 +113,12 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
                 pid=pid,
                 title=by_id[pid].title,
                 category=cat,
+                topic=topic_for(kinds[cat], nth[i]),
                 guidance=kinds[cat]["scenario"],
                 earlier=earlier_requests(done, cat),
                 conditions=conditions,
             )
-            for _, pid, cat in chunk
+            for i, pid, cat in chunk
         ]
 
         hosts: dict[int, str | None] = {}  # which server produced each answer (filled before ``store`` is called)

@@ -101,7 +101,7 @@ def test_conditional_consent_continues_and_its_conditions_are_kept_to(make_proto
     assert p.advance(run).status == "done"
     assert p.store.conditions(run) == [condition]
     prompts = [c[-1].content for c in p.llm.calls]
-    assert any("tests principle" in t and condition in t for t in prompts)  # scenario requests keep to it
+    assert any("It should test principle" in t and condition in t for t in prompts)  # scenario requests keep to it
     assert any("critique your first answer" in t and condition in t for t in prompts)  # and the self-critique
     assert any("write your better answer" in t and condition in t for t in prompts)
 
