@@ -187,7 +187,7 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
             "model_json": json.dumps(proposing_model(state)),
         },
     )
-    if rt.context.llm is None:
+    if rt.context.seams.llm is None:
         from luthitune import identity
 
         ident = json.loads(s.get("constitution_versions", row["id"])["model_json"])

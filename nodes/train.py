@@ -39,8 +39,8 @@ def job_for(rt: Runtime[Context], state: RunState, train: list[dict], held: int,
 
 def run_training(rt: Runtime[Context], state: RunState, train: list[dict], held: int, name: str, training_id: str):
     ws, s = common.workspace(rt), common.store(rt)
-    if rt.context.trainer is not None:  # unit tests: a fake trainer
-        return records.recorded(s, training_id, lambda: rt.context.trainer(train, name))
+    if rt.context.seams.trainer is not None:  # unit tests: a fake trainer
+        return records.recorded(s, training_id, lambda: rt.context.seams.trainer(train, name))
     from luthitune.backends import local_runtime
     from luthitune.training.worker import run
 

@@ -56,7 +56,7 @@ def show_status(st) -> None:
         console.print(f"  ended: {escape(str(st.values['ended']))}")
     if st.interrupt:
         i = st.interrupt
-        body = {k: v for k, v in i.items() if k not in {"type", "hint", "asked_at", "pairs"}}
+        body = {k: v for k, v in i.items() if k not in {"type", "hint", "asked_at", "pairs", "answers"}}
         text = "\n".join(f"[bold]{k}[/]: {escape(str(v))}" for k, v in body.items())
         for pair in i.get("pairs", []):
             text += (
@@ -70,6 +70,10 @@ def show_status(st) -> None:
         console.print(NEXT_STEP.get(i["type"], "").format(run=st.run_id, hint=i.get("hint", "")), highlight=False)
     elif st.status == "interrupted":
         console.print(f"  stopped inside {', '.join(st.next)}; `luthitune resume {st.run_id}` continues it.")
+    elif st.status == "server":
+        from luthitune.runs import server_note
+
+        console.print(f"  {escape(server_note(st))}", highlight=False, soft_wrap=True)
 
 
 NEXT_STEP = {
@@ -230,7 +234,7 @@ def resume(
         show_status(st)
         exit_for(p, st)
         return
-    if st.status == "waiting":
+    if st.status in {"waiting", "server"}:  # an answer is due, here or in LangGraph's server
         show_status(st)
         return
     advance(p, run_id)

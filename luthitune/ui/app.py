@@ -120,6 +120,10 @@ def status_line(wb: Workbench, run_id: str | None) -> str:
         line += f"**stopped inside {', '.join(st.next)}** · Resume (Runs or Practice tab) continues it"
     elif st.status == "ended":
         line += f"**ended** · {st.values.get('ended')}"
+    elif st.status == "server":
+        from luthitune.runs import server_note
+
+        line += f"**in LangGraph's server** · {server_note(st)}"
     else:
         line += f"**{st.status}**"
     if job is not None and not job.active:
