@@ -283,7 +283,8 @@ class Protocol:
         src_row = self.run_row(run_id)
         saver = self.graph.checkpointer
         chain = []
-        cfg: dict | None = {"configurable": {"thread_id": run_id, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}}
+        thread = runs.thread_of(src_row)  # a run LangGraph's server started keeps its checkpoints under its thread
+        cfg: dict | None = {"configurable": {"thread_id": thread, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}}
         while cfg is not None:
             tup = saver.get_tuple(cfg)
             if tup is None:
@@ -309,6 +310,7 @@ class Protocol:
         cutoff = max(datetime.fromisoformat(t) for t in [chain[0].checkpoint["ts"], *asked])
 
         settings = json.loads(src_row["config_json"])
+        settings.pop("thread_id", None)  # the fork's checkpoints are its own, under its own name
         settings["forked_from"] = {"run": run_id, "checkpoint": checkpoint_id}
         fields = {k: src_row[k] for k in ("backend", "chat_model", "base_model", *IDENTITY_FIELDS)}
         self.store.upsert_run(new_id, **fields, status="created", config_json=json.dumps(settings))

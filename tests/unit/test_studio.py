@@ -147,6 +147,11 @@ def test_a_shared_checkpointer_makes_a_server_run_answerable_from_the_cli(worksp
     assert st.status == "waiting" and st.interrupt["turn"] == 1
     st = p.advance("shared", "What would you refuse?")
     assert st.status == "waiting" and st.interrupt["turn"] == 2
+    # history and fork read the run's thread; a fork is a run of its own, under its own name
+    earlier = p.history("shared")[1]  # the first question, before the CLI's answer
+    fork = p.fork("shared", earlier["checkpoint_id"], "shared-fork")
+    assert p.config(fork)["configurable"]["thread_id"] == "shared-fork"
+    assert p.status(fork).interrupt["turn"] == 1 and p.status("shared").interrupt["turn"] == 2
 
 
 def test_a_thread_id_that_is_not_a_safe_name_is_refused(workspace, seams):
