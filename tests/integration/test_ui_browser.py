@@ -75,6 +75,7 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     shots.mkdir()
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(30_000)
+    expect.set_options(timeout=15_000)  # a loaded 2-core machine: a table or a chart may take a few seconds
 
     def shot(name: str) -> None:
         time.sleep(1.5)  # let plots (drawn when their tab shows) and tables settle
@@ -196,7 +197,7 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     assert p.store.count("training_steps", "training_id = ?", [train["id"]]) == 2
     assert {e["model"] for e in p.store.rows("evaluations", "run_id = ?", ["ui-run"])} >= {"base", "adapter"}
     assert (Path(train["adapter_path"]) / "luthitune-manifest.json").exists()
-    modelfile = next((wb.ws.root / "models" / "ollama").rglob("Modelfile"))
+    modelfile = next((wb.ws.root / "models").rglob("Modelfile"))  # models/merged/NAME/ in merged mode
     assert "FROM" in modelfile.read_text()
 
     # The chat tab on the real embedded model: base and the adapter just trained, side by side (a second server on
