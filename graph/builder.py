@@ -14,8 +14,8 @@ from langgraph.graph import START, StateGraph
 
 from luthitune.config import Workspace
 from luthitune.errors import BackendUnavailable, ConfigError
-from luthitune.graph import routes
-from luthitune.graph.state import Context, RunState
+from luthitune.graph import entry, routes
+from luthitune.graph.state import Context, RunInput, RunState
 from luthitune.nodes.consent import consent_check
 from luthitune.nodes.constitution import draft_constitution
 from luthitune.nodes.critique import self_critique
@@ -40,19 +40,21 @@ NODES = {
 
 
 def graph_builder() -> StateGraph:
-    g = StateGraph(RunState, context_schema=Context)
+    """The protocol's graph. Every node and router runs with its run's stored settings (:mod:`~luthitune.graph.entry`,
+    which also creates the run's row when LangGraph's server starts the graph directly)."""
+    g = StateGraph(RunState, context_schema=Context, input_schema=RunInput)
     for name, fn in NODES.items():
-        g.add_node(name, fn)
+        g.add_node(name, entry.node(fn))
     g.add_edge(START, "interview")
-    g.add_conditional_edges("interview", routes.route_interview)
-    g.add_conditional_edges("consent_check", routes.route_consent)
-    g.add_conditional_edges("draft_constitution", routes.route_draft)
+    g.add_conditional_edges("interview", entry.router(routes.route_interview))
+    g.add_conditional_edges("consent_check", entry.router(routes.route_consent))
+    g.add_conditional_edges("draft_constitution", entry.router(routes.route_draft))
     g.add_edge("generate_scenarios", "self_critique")
     g.add_edge("self_critique", "validate")
     g.add_edge("validate", "train_dpo")
-    g.add_conditional_edges("train_dpo", routes.route_training)
+    g.add_conditional_edges("train_dpo", entry.router(routes.route_training))
     g.add_edge("evaluate", "revise_constitution")
-    g.add_conditional_edges("revise_constitution", routes.route_cycle)
+    g.add_conditional_edges("revise_constitution", entry.router(routes.route_cycle))
     return g
 
 

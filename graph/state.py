@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any, Literal, TypedDict
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Annotated, Any, Literal
+
+# typing_extensions' TypedDict, not typing's: pydantic (LangGraph's server builds the input and output schemas with
+# it) refuses typing.TypedDict on Python < 3.12.
+from typing_extensions import NotRequired, TypedDict
 
 Decision = Literal["yes", "no", "conditional", "unclear"]  # unclear: incoherent answers, not consent
 
@@ -14,6 +19,13 @@ def run_name(_old: str, new: str) -> str:
     from luthitune.names import check_name
 
     return check_name(new)
+
+
+class RunInput(TypedDict):
+    """What starts a run (the graph's input). A caller that gives no ``run_id`` (LangGraph Studio) gets the thread's
+    id as the run's name; the run's settings come from the context."""
+
+    run_id: NotRequired[Annotated[str, run_name]]
 
 
 class RunState(TypedDict, total=False):
@@ -42,15 +54,35 @@ class RunState(TypedDict, total=False):
     ended_by: Literal["declined", "checks", "facilitator"] | None  # who ended it: the model, a failed check, a human
 
 
+def default_workspace() -> str:
+    """The workspace when the context names none: ``LUTHITUNE_HOME`` (LangGraph's server sets it from langgraph.json's
+    ``env``), else the current directory, as for the CLI."""
+    return os.path.abspath(os.environ.get("LUTHITUNE_HOME") or os.getcwd())
+
+
+@dataclass(frozen=True)
+class Seams:
+    """Parts the nodes use instead of the workspace's own: the chat model, the trainer and the evaluator (unit tests
+    inject fakes here). Not settings: never stored, never part of the context schema a caller sees."""
+
+    llm: Any = None
+    trainer: Any = None
+    evaluator: Any = None
+
+
+NO_SEAMS = Seams()
+
+
 @dataclass
 class Context:
     """Per-run settings, passed with ``context=`` on every invocation (never global state).
 
-    ``llm``, ``trainer`` and ``evaluator`` are injection points for unit tests; left ``None`` the nodes
-    use the workspace's backend, :mod:`luthitune.training` and :mod:`luthitune.evaluation`.
+    Every field is a setting a caller may give (LangGraph Studio shows them as the context form). Injected parts are
+    not fields: :meth:`with_seams` attaches them, and the nodes read :attr:`seams`; left alone the nodes use the
+    workspace's backend, :mod:`luthitune.training` and :mod:`luthitune.evaluation`.
     """
 
-    workspace: str
+    workspace: str = field(default_factory=default_workspace)
     autopilot: bool = False
     interview_turns: int = 3
     max_consent_rounds: int = 2
@@ -81,16 +113,26 @@ class Context:
     train_processes: int = 1  # >1: training runs under `accelerate launch` with this many processes
     evaluation: dict[str, Any] = field(default_factory=dict)  # luthitune.yaml's evaluation: section, fixed at start
     probes: dict[str, Any] | None = None  # the probe sets (packaged, with evaluation.probes' file over them), fixed
-    llm: Any = None
-    trainer: Any = None
-    evaluator: Any = None
+
+    @property
+    def seams(self) -> Seams:
+        return self.__dict__.get("_seams", NO_SEAMS)
+
+    def with_seams(self, seams: Seams | None = None, **parts: Any) -> Context:
+        """This context with injected parts (``llm=``, ``trainer=``, ``evaluator=``, or a whole :class:`Seams`)."""
+        ctx = replace(self)
+        ctx.__dict__["_seams"] = seams if seams is not None else Seams(**parts)
+        return ctx
 
     def settings(self) -> dict[str, Any]:
         """The serialisable part, stored on the run so ``resume`` rebuilds the same context."""
-        d = asdict(self)
-        for k in ("llm", "trainer", "evaluator"):
-            d.pop(k)
-        return d
+        return asdict(self)
+
+    def given(self) -> dict[str, Any]:
+        """The settings that differ from the defaults, i.e. what a caller that built this context from a mapping
+        (LangGraph's server) asked for; the workspace's configuration fills in the rest when the run starts."""
+        defaults = Context(workspace=self.workspace).settings()
+        return {k: v for k, v in self.settings().items() if k != "workspace" and v != defaults[k]}
 
     @classmethod
     def from_settings(cls, data: dict[str, Any], **inject: Any) -> Context:
@@ -98,7 +140,8 @@ class Context:
         if "categories" in data and "category_mix" not in data:  # runs started before category weights
             data["category_mix"] = dict.fromkeys(data["categories"], 1.0)
         data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**data, **inject)
+        ctx = cls(**data)
+        return ctx.with_seams(**inject) if inject else ctx
 
     def evaluation_config(self):
         from luthitune.config import EvaluationConfig

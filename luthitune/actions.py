@@ -37,6 +37,10 @@ PAIR_DECISIONS = ("accept", "reject")
 
 def expect(st: Any, expected: Iterable[str], hint: str = "") -> dict:
     """The pending interrupt of ``st`` (a ``RunStatus``), if it is one of ``expected``; else a clear error."""
+    if st.status == "server":
+        from luthitune.runs import server_note
+
+        raise UsageError(f"Run {st.run_id} cannot be answered here. {server_note(st)}")
     if st.status != "waiting" or not st.interrupt:
         raise LuthiTuneError(f"Run {st.run_id} is not waiting for an answer (it is {st.status}).")
     kind = st.interrupt["type"]

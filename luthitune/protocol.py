@@ -17,15 +17,14 @@ from typing import Any
 
 from langgraph.types import Command
 
-from luthitune import cancel, identity, runlock
-from luthitune.config import HYPERPARAMETERS_FILE, EvaluationConfig, Workspace
+from luthitune import cancel, runlock, runs
+from luthitune.config import Workspace
 from luthitune.errors import BackendUnavailable, NotFound, UsageError
 from luthitune.graph.builder import build_graph, checkpointer_for
 from luthitune.graph.serde import UnsafeCheckpoint, locate
 from luthitune.graph.state import Context
 from luthitune.names import check_name
 from luthitune.store import Store, storage_error
-from luthitune.training.config import check_trained_model, merge
 
 RESUME = "__resume__"  # LangGraph's checkpoint channel for an interrupt's answer
 
@@ -79,6 +78,10 @@ class RunStatus:
     next: list[str]
     interrupt: dict | None = None
     values: dict[str, Any] = field(default_factory=dict)
+    # status "server": a run LangGraph's server started, whose checkpoints this workspace's checkpointer does not
+    # hold; ``recorded`` is where the graph last said it stood (the runs table: "waiting:interview", "done"...)
+    recorded: str | None = None
+    thread_id: str | None = None
 
 
 def _checkpoints_checked(fn: Callable) -> Callable:
@@ -121,38 +124,7 @@ class Protocol:
                 f"its settings were fixed when it started. `luthitune resume {run_id}` continues it; choose another "
                 "--name to start a new run."
             )
-        cfg = self.ws.config
-        practice = cfg.practice.model_dump()
-        defaults = {
-            "deliberate_temperature": cfg.sampling.deliberate_temperature,
-            "n_scenarios": practice.pop("scenarios"),
-            **{k: v for k, v in practice.items() if k in Context.__dataclass_fields__},
-        }
-        settings = dict(settings or {})
-        # The training hyperparameters in force: config/hyperparameters.yaml with the run's overrides, fixed now.
-        hp = merge(self.ws.hyperparameters(), settings.pop("train", None))
-        check_trained_model(hp, cfg.base_model, self.ws.root / HYPERPARAMETERS_FILE)
-        evaluation = {**cfg.evaluation.model_dump(mode="json"), **(settings.pop("evaluation", None) or {})}
-        evaluation = EvaluationConfig.model_validate(evaluation)
-        ctx = Context(
-            workspace=str(self.ws.root),
-            **{**defaults, **settings, "train": hp.model_dump(mode="json")},
-            evaluation=evaluation.model_dump(mode="json"),
-            probes=self.ws.probe_sets(evaluation.probes),  # read and checked now, fixed for the run
-        )
-        # One model throughout: the weights talked to and the weights trained, compared; a mismatch stops the run
-        # here unless the configuration says allow_mismatch (and then the run records that it did).
-        ids = identity.check(self.ws)
-        identity.enforce(self.ws, ids)
-        self.store.upsert_run(
-            run_id,
-            backend=cfg.backend,
-            chat_model=cfg.chat_model,
-            base_model=cfg.base_model,
-            status="created",
-            config_json=json.dumps({"context": ctx.settings(), "workspace": cfg.model_dump(mode="json")}),
-        )
-        identity.record_run(self.store, run_id, ids)
+        runs.create(self.ws, self.store, run_id, settings)
         return run_id
 
     def context(self, run_id: str) -> Context:
@@ -172,7 +144,15 @@ class Protocol:
         return row
 
     def config(self, run_id: str) -> dict:
-        return {"configurable": {"thread_id": run_id}}
+        row = self.store.get("runs", run_id)
+        return {"configurable": {"thread_id": runs.thread_of(row) if row else run_id}}
+
+    def elsewhere(self, run_id: str, snapshot: Any) -> str | None:
+        """The thread of a run LangGraph's server started and whose checkpoints are not in this workspace's
+        checkpointer (the server keeps its own unless langgraph.json configures this one); else None."""
+        row = self.store.get("runs", run_id)
+        thread = runs.recorded_thread(row) if row else None
+        return None if snapshot.values or snapshot.next else thread
 
     @_checkpoints_checked
     def advance(
@@ -192,6 +172,13 @@ class Protocol:
         """
         check_name(run_id)
         ctx = self.context(run_id)
+        thread = self.elsewhere(run_id, self.graph.get_state(self.config(run_id)))
+        if thread is not None:
+            raise UsageError(
+                f"Run {run_id} was started by LangGraph's server (thread {thread}), which keeps its checkpoints: "
+                "answer and resume it there (LangGraph Studio, or langgraph-sdk). To work on server runs from the CLI "
+                'too, give the server this workspace\'s checkpointer (README, "LangGraph Studio").'
+            )
         with runlock.hold(self.ws.data_dir, run_id):
             try:
                 st = self._advance(run_id, ctx, resume, on_update, on_progress)
@@ -218,7 +205,7 @@ class Protocol:
                 f"`luthitune history {run_id}` lists earlier checkpoints to fork from.",
             )
         if not snapshot.values:
-            payload: Any = {"run_id": run_id, "cycle": 0}
+            payload: Any = {"run_id": run_id}
         elif not snapshot.next:
             return self.status(run_id)
         elif snapshot.interrupts and self.answered(run_id):
@@ -254,9 +241,13 @@ class Protocol:
     def status(self, run_id: str, record: bool = False) -> RunStatus:
         """Where ``run_id`` stands, from its checkpoint. Reading writes nothing (it works on a read-only workspace,
         and while another process advances the run); ``record=True`` also stores it in the runs table."""
-        self.run_row(run_id)
+        row = self.run_row(run_id)
         snap = self.graph.get_state(self.config(run_id))
         values = dict(snap.values or {})
+        thread = self.elsewhere(run_id, snap)
+        if thread is not None:  # the graph keeps the runs table up to date: say what it last recorded
+            values = {"cycle": row["cycle"] or 0, **({"ended": row["note"]} if row["note"] else {})}
+            return RunStatus(run_id, "server", [], None, values, recorded=row["status"], thread_id=thread)
         if snap.interrupts and not self.answered(run_id):
             st = RunStatus(run_id, "waiting", list(snap.next), snap.interrupts[0].value, values)
         elif snap.next:
@@ -292,7 +283,8 @@ class Protocol:
         src_row = self.run_row(run_id)
         saver = self.graph.checkpointer
         chain = []
-        cfg: dict | None = {"configurable": {"thread_id": run_id, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}}
+        thread = runs.thread_of(src_row)  # a run LangGraph's server started keeps its checkpoints under its thread
+        cfg: dict | None = {"configurable": {"thread_id": thread, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}}
         while cfg is not None:
             tup = saver.get_tuple(cfg)
             if tup is None:
@@ -318,6 +310,7 @@ class Protocol:
         cutoff = max(datetime.fromisoformat(t) for t in [chain[0].checkpoint["ts"], *asked])
 
         settings = json.loads(src_row["config_json"])
+        settings.pop("thread_id", None)  # the fork's checkpoints are its own, under its own name
         settings["forked_from"] = {"run": run_id, "checkpoint": checkpoint_id}
         fields = {k: src_row[k] for k in ("backend", "chat_model", "base_model", *IDENTITY_FIELDS)}
         self.store.upsert_run(new_id, **fields, status="created", config_json=json.dumps(settings))

@@ -8,6 +8,7 @@ one process exclude each other too, so two jobs of one web UI cannot share a run
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import socket
@@ -28,6 +29,11 @@ except ImportError:  # pragma: no cover - Windows: no flock; runs are then not l
 
 class RunBusy(UsageError):
     """Another process is working on the run."""
+
+
+# The locks this context holds (the graph's steps run in copies of the caller's context): a step that the CLI or the
+# web UI runs finds its run already held, a step that LangGraph's server runs takes the lock itself.
+_held: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("luthitune_run_locks", default=frozenset())
 
 
 def lock_path(data_dir: Path, run_id: str) -> Path:
@@ -84,9 +90,23 @@ def hold(data_dir: Path, run_id: str, what: str | None = None) -> Iterator[None]
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        yield
+        token = _held.set(_held.get() | {str(path)})
+        try:
+            yield
+        finally:
+            _held.reset(token)
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextmanager
+def step(data_dir: Path, run_id: str, what: str) -> Iterator[None]:
+    """Hold run ``run_id`` for one step of the graph, unless the caller already holds it (``Protocol.advance``)."""
+    if str(lock_path(data_dir, run_id)) in _held.get():
+        yield
+        return
+    with hold(data_dir, run_id, what):
+        yield
 
 
 def holder(data_dir: Path, run_id: str) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
-from luthitune import cancel
+from luthitune import answers, cancel
 from luthitune.config import Workspace
 from luthitune.constitution import P, from_json
 from luthitune.graph.state import Context, RunState
@@ -50,8 +50,8 @@ def llm(
     the model `luthitune export ollama` created from this adapter when there is one, else the adapter on the local
     copy of the trained weights (base_model): the model that proposes amendments is always the model trained.
     """
-    if runtime.context.llm is not None:
-        return runtime.context.llm
+    if runtime.context.seams.llm is not None:
+        return runtime.context.seams.llm
     from luthitune.backends import make_chat_model
 
     ws = workspace(runtime)
@@ -98,7 +98,7 @@ def retries(runtime: Runtime[Context]) -> int:
 
 
 def concurrency(runtime: Runtime[Context]) -> int:
-    return workspace(runtime).config.concurrency if runtime.context.llm is None else 4
+    return workspace(runtime).config.concurrency if runtime.context.seams.llm is None else 4
 
 
 def principles(rt: Runtime[Context], state: RunState) -> list[P]:
@@ -135,8 +135,11 @@ def key(state: RunState, kind: str, n: int | str) -> str:
 
 def ask(payload: dict[str, Any]) -> Any:
     """Pause for a human answer (a LangGraph interrupt). ``asked_at`` dates the question: a fork from this point
-    copies the artifacts stored up to then. On resume the node re-runs and this returns the answer."""
-    return interrupt({**payload, "asked_at": now()})
+    copies the artifacts stored up to then. The schema of the answers it takes (:mod:`luthitune.answers`) goes with
+    it, in the payload's ``answers`` and as LangGraph's ``response_schema``. On resume the node re-runs and this
+    returns the answer."""
+    accepts = answers.schema(payload["type"])
+    return interrupt({**payload, "answers": accepts, "asked_at": now()}, response_schema=accepts)
 
 
 def progress(runtime: Runtime[Context], task: str, done: int, total: int, **info: Any) -> None:

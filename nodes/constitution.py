@@ -160,7 +160,8 @@ def human_review(rt: Runtime[Context], row: dict, kind: str = "constitution_revi
                 "text": row["text"],
                 "conditions": common.store(rt).conditions(row["run_id"]),
                 "problems": problems,
-                "hint": "approve, edit (full text) or reject with feedback",
+                "hint": "approve: the model is asked to ratify this draft; edit (full text): your text replaces it, "
+                "and the model is asked to ratify that; reject (with feedback): the model redrafts",
             }
         )
         answer = answer if isinstance(answer, dict) else {"action": str(answer)}

@@ -50,9 +50,9 @@ def evaluate(state: RunState, runtime: Runtime[Context]) -> dict:
     cfg = json.loads(s.get("training_runs", state["training_id"])["config_json"])
     # Held-out pairs only, never the training pairs: with none held out there is no held-out metric.
     split, pairs = "held_out", [s.get("pairs", i) for i in cfg["held_out_ids"]]
-    if runtime.context.evaluator is not None:  # unit tests: a fake evaluator
+    if runtime.context.seams.evaluator is not None:  # unit tests: a fake evaluator
         # {model: {metric: {item id: outcome}}}, measured like the real evaluation's outcomes
-        raw = runtime.context.evaluator(pairs, state["adapter_name"])
+        raw = runtime.context.seams.evaluator(pairs, state["adapter_name"])
         results = [
             measured(m, k, "logprob" if k.startswith("pairs.") else "rules", items)
             for m, d in raw.items()

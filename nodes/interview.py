@@ -55,7 +55,8 @@ def facilitator_message(rt: Runtime[Context], state: RunState, last_reply: str) 
             "type": "interview",
             "turn": turn,
             "last_reply": last_reply,
-            "hint": f"Send your next message, or {DONE} to end the interview.",
+            "hint": f"Send your next message (the model answers it), or {DONE} to end the interview (the consent "
+            "question follows).",
         }
     )
     return (str(answer).strip() or DONE), {}

@@ -187,7 +187,7 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
             "model_json": json.dumps(proposing_model(state)),
         },
     )
-    if rt.context.llm is None:
+    if rt.context.seams.llm is None:
         from luthitune import identity
 
         ident = json.loads(s.get("constitution_versions", row["id"])["model_json"])
@@ -221,7 +221,8 @@ def review(rt: Runtime[Context], proposed: dict, current: dict) -> dict:
                 "amendments": json.loads(proposed["feedback"]),
                 "conditions": common.store(rt).conditions(current["run_id"]),
                 "problems": problems,
-                "hint": "approve the amended constitution, edit it (full text), or reject it to keep the current one",
+                "hint": "approve: the amended constitution is in force from the next cycle; edit (full text): the "
+                "trained model is asked to consent to your text first; reject: the current constitution stays in force",
             }
         )
         answer = answer if isinstance(answer, dict) else {"action": str(answer)}

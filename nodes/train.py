@@ -39,8 +39,8 @@ def job_for(rt: Runtime[Context], state: RunState, train: list[dict], held: int,
 
 def run_training(rt: Runtime[Context], state: RunState, train: list[dict], held: int, name: str, training_id: str):
     ws, s = common.workspace(rt), common.store(rt)
-    if rt.context.trainer is not None:  # unit tests: a fake trainer
-        return records.recorded(s, training_id, lambda: rt.context.trainer(train, name))
+    if rt.context.seams.trainer is not None:  # unit tests: a fake trainer
+        return records.recorded(s, training_id, lambda: rt.context.seams.trainer(train, name))
     from luthitune.backends import local_runtime
     from luthitune.training.worker import run
 
@@ -97,12 +97,12 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
                 "held_out": len(held),
                 "conditions": s.conditions(run_id),
                 "settings": runtime.context.train,
-                "hint": "approve to train, or reject to end the run without training",
+                "hint": "approve: DPO training starts now with these settings; reject: the run ends without training",
             }
         )
         action = answer.get("action") if isinstance(answer, dict) else str(answer)
         if action in {"reject", "skip", "end", "no"}:
-            return {"ended": "training declined by the facilitator"}
+            return {"ended": "training declined by the facilitator", "ended_by": "facilitator"}
     from luthitune.training.dpo import safe_name
 
     name = safe_name(f"{run_id}-c{cycle}")

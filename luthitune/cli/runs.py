@@ -56,7 +56,7 @@ def show_status(st) -> None:
         console.print(f"  ended: {escape(str(st.values['ended']))}")
     if st.interrupt:
         i = st.interrupt
-        body = {k: v for k, v in i.items() if k not in {"type", "hint", "asked_at", "pairs"}}
+        body = {k: v for k, v in i.items() if k not in {"type", "hint", "asked_at", "pairs", "answers"}}
         text = "\n".join(f"[bold]{k}[/]: {escape(str(v))}" for k, v in body.items())
         for pair in i.get("pairs", []):
             text += (
@@ -70,18 +70,26 @@ def show_status(st) -> None:
         console.print(NEXT_STEP.get(i["type"], "").format(run=st.run_id, hint=i.get("hint", "")), highlight=False)
     elif st.status == "interrupted":
         console.print(f"  stopped inside {', '.join(st.next)}; `luthitune resume {st.run_id}` continues it.")
+    elif st.status == "server":
+        from luthitune.runs import server_note
+
+        console.print(f"  {escape(server_note(st))}", highlight=False, soft_wrap=True)
 
 
 NEXT_STEP = {
-    "interview": 'Reply with `luthitune answer {run} "..."` (or "/done"), or `luthitune interview {run}`.',
+    "interview": 'Reply with `luthitune answer {run} "..."` (or "/done" to end the interview and go to the consent '
+    "question), or talk turn by turn with `luthitune interview {run}`.",
     "consent_review": "`luthitune approve {run}` or `luthitune reject {run}` ({hint}).",
-    "constitution_review": "`luthitune approve {run}`, `luthitune edit {run}`, or "
-    '`luthitune reject {run} --feedback "..."`.',
-    "confirm_training": "`luthitune approve {run}` to train, `luthitune reject {run}` to stop before training.",
+    "constitution_review": "`luthitune approve {run}` (the model is then asked to ratify it), `luthitune edit {run}` "
+    "(your text replaces the draft, then the model is asked to ratify it), or "
+    '`luthitune reject {run} --feedback "..."` (the model redrafts with your feedback).',
+    "confirm_training": "`luthitune approve {run}` to train now, `luthitune reject {run}` to end the run without "
+    "training.",
     "pair_review": "`luthitune approve {run}` to accept them all, `luthitune reject {run} --pair ID ...` to drop "
     "some, or `luthitune review {run}` to go through them one by one.",
-    "revision_review": "`luthitune approve {run}` to adopt the amended constitution, `luthitune edit {run}` to "
-    "change it first, `luthitune reject {run}` to keep the current one.",
+    "revision_review": "`luthitune approve {run}` to adopt the amended constitution for the next cycle, `luthitune "
+    "edit {run}` to change it first (the trained model is asked to consent to your text), `luthitune reject {run}` "
+    "to keep the current one.",
     "constitution_write": "`luthitune edit {run}` to write the constitution (the starter is offered to edit), "
     "`luthitune reject {run}` to end the run.",
 }
@@ -230,7 +238,7 @@ def resume(
         show_status(st)
         exit_for(p, st)
         return
-    if st.status == "waiting":
+    if st.status in {"waiting", "server"}:  # an answer is due, here or in LangGraph's server
         show_status(st)
         return
     advance(p, run_id)

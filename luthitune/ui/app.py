@@ -10,6 +10,7 @@ long work is a background job of :class:`~luthitune.ui.worker.Workbench`.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from luthitune.ui.worker import Workbench
 POLL_SECONDS = 1.0
 CSS = """
 .lt-status p { margin: 0; }
+/* The status line is the run's own: Gradio's progress text ("processing | 0.4s", queue places) never covers it. */
+#status [data-testid="status-tracker"] { display: none !important; }
 .lt-pending { border-left: 4px solid var(--color-accent); padding-left: 8px; }
 footer { display: none !important; }
 #transcript button[aria-label="Clear"] { display: none; }  /* the transcript lives in the database */
@@ -36,6 +39,17 @@ footer { display: none !important; }
 
 def guarded(fn: Callable) -> Callable:
     """Event handler wrapper: a LuthiTune error becomes one clear message in the page, never a stack trace."""
+
+    if inspect.isgeneratorfunction(fn):  # a handler that streams (yields) its outputs
+
+        @functools.wraps(fn)
+        def stream(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except LuthiTuneError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+
+        return stream
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -120,6 +134,10 @@ def status_line(wb: Workbench, run_id: str | None) -> str:
         line += f"**stopped inside {', '.join(st.next)}** · Resume (Runs or Practice tab) continues it"
     elif st.status == "ended":
         line += f"**ended** · {st.values.get('ended')}"
+    elif st.status == "server":
+        from luthitune.runs import server_note
+
+        line += f"**in LangGraph's server** · {server_note(st)}"
     else:
         line += f"**{st.status}**"
     if job is not None and not job.active:
@@ -128,7 +146,7 @@ def status_line(wb: Workbench, run_id: str | None) -> str:
 
 
 def build_app(wb: Workbench) -> gr.Blocks:
-    from luthitune.ui import tab_dialogue, tab_practice, tab_runs, tab_training
+    from luthitune.ui import tab_chat, tab_dialogue, tab_practice, tab_runs, tab_training
 
     page = Page(wb)
     with gr.Blocks(title="LuthiTune workbench", analytics_enabled=False) as demo:
@@ -153,6 +171,8 @@ def build_app(wb: Workbench) -> gr.Blocks:
                 tab_training.build_integration(page)
             with gr.Tab("Evaluation", id="evaluation", elem_id="tab-evaluation"):
                 tab_training.build_evaluation(page)
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+                tab_chat.build(page)
             with gr.Tab("About", id="about", elem_id="tab-about"):
                 gr.Markdown(about_text(), elem_id="about")
 
@@ -175,7 +195,9 @@ def build_app(wb: Workbench) -> gr.Blocks:
             live_values = page.refresh_live(run_id)
             for i, v in enumerate(live_values):
                 key = f"live{i}"
-                fingerprint = v.to_json() if hasattr(v, "to_json") else json.dumps(v, default=str)
+                fingerprint = getattr(v, "lt_fingerprint", None)  # a chart: the data it was drawn from
+                if fingerprint is None:
+                    fingerprint = v.to_json() if hasattr(v, "to_json") else json.dumps(v, default=str)
                 out.append(v if fingerprint != memo.get(key) else gr.skip())
                 memo[key] = fingerprint
             return [memo, *out]
@@ -187,8 +209,10 @@ def build_app(wb: Workbench) -> gr.Blocks:
             return gr.update(choices=ids, value=wanted if wanted in ids else (ids[0] if ids else None))
 
         demo.load(load, None, page.run)
-        page.run.change(guarded(show), [page.run, session], [session, status, *full, *live])
-        refresh_btn.click(guarded(show), [page.run, session], [session, status, *full, *live])
+        # No progress overlay on these: Gradio's queue text ("processing | 0.4s") would cover the status line.
+        everything = [session, status, *full, *live]
+        page.run.change(guarded(show), [page.run, session], everything, show_progress="hidden")
+        refresh_btn.click(guarded(show), [page.run, session], everything, show_progress="hidden")
         gr.Timer(POLL_SECONDS).tick(
             guarded(tick), [page.run, session], [session, status, *full, *live], show_progress="hidden"
         )

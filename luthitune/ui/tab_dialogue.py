@@ -29,27 +29,30 @@ def build_interview(page) -> None:
     chat = gr.Chatbot(label="Transcript", height=460, elem_id="transcript", buttons=["copy"])
     hint = gr.Markdown(elem_id="interview-hint")
     with gr.Row():
-        message = gr.Textbox(label="Your message", lines=2, scale=5, elem_id="message")
+        message = gr.Textbox(label="Your message", lines=2, scale=5, elem_id="message", interactive=False)
         with gr.Column(scale=1, min_width=160):
-            send = gr.Button("Send", variant="primary", elem_id="send")
-            done = gr.Button("End interview (/done)", elem_id="end-interview")
+            send = gr.Button("Send", variant="primary", elem_id="send", interactive=False)
+            done = gr.Button("End interview (/done)", elem_id="end-interview", interactive=False)
     autopilot = gr.Checkbox(
         label="Autopilot: the built-in question bank asks, and approvals are answered from configuration",
         elem_id="autopilot",
     )
 
     def refresh(p, run_id, st):
-        waiting = views.waiting_for(st, "interview")
+        waiting = views.waiting_for(st, "interview") if not wb.busy(run_id) else None
         ctx = views.context(p, run_id) if run_id and p.store.get("runs", run_id) else {}
         if waiting:
             note = f"Turn {waiting.get('turn', '?')}: the model waits for your next message."
         elif st is None:
             note = ""
+        elif wb.busy(run_id):
+            note = "The model is answering…"
         else:
             note = "The interview is not waiting for a message now."
-        return [views.transcript(p, run_id), note, gr.update(value=bool(ctx.get("autopilot")))]
+        ready = gr.update(interactive=bool(waiting))  # Send and End interview only when a message is due
+        return [views.transcript(p, run_id), note, gr.update(value=bool(ctx.get("autopilot"))), ready, ready, ready]
 
-    page.part([chat, hint, autopilot], refresh)
+    page.part([chat, hint, autopilot, message, send, done], refresh)
 
     def say(run_id, text, history):
         text = (text or "").strip()
@@ -108,7 +111,14 @@ def build_constitution(page) -> None:
                 old = gr.Dropdown(label="Diff from", choices=[])
                 new = gr.Dropdown(label="to", choices=[])
             diff = gr.HTML(elem_id="diff")
-    consents = gr.Dataframe(label="Consent record", interactive=False, wrap=True, elem_id="consents")
+    consents = gr.Dataframe(
+        label="Consent record",
+        interactive=False,
+        wrap=True,
+        elem_id="consents",
+        column_widths=views.CONSENT_WIDTHS,
+        value=views.frame([], views.CONSENT_COLUMNS),
+    )
 
     def version_map(p, run_id):
         return {str(v["version"]): v for v in views.versions(p, run_id)}

@@ -26,7 +26,8 @@ def build(page) -> None:
             with gr.Accordion("New run", open=True):
                 with gr.Row():
                     name = gr.Textbox(label="Name (optional)", placeholder="run-…", elem_id="new-name")
-                    scenarios = gr.Number(label="Scenarios per cycle", value=None, precision=0, minimum=1)
+                    # no minimum: an empty field (practice.scenarios of luthitune.yaml) would be refused as 0
+                    scenarios = gr.Number(label="Scenarios per cycle", value=None, precision=0)
                     turns = gr.Number(label="Interview turns (autopilot)", value=3, precision=0, minimum=1)
                     cycles = gr.Number(label="Cycles", value=1, precision=0, minimum=1)
                 with gr.Row():
@@ -80,6 +81,8 @@ def build(page) -> None:
 
     def start_run(name, scenarios, turns, cycles, consent_rounds, draft_rounds, autopilot, judge):
         p = wb.protocol()
+        if scenarios is not None and scenarios < 1:
+            raise UsageError("Scenarios per cycle must be at least 1 (or empty: practice.scenarios in luthitune.yaml).")
         settings = {
             "autopilot": bool(autopilot),
             "n_scenarios": int(scenarios) if scenarios else None,

@@ -11,24 +11,54 @@ from luthitune import actions as A
 from luthitune.errors import UsageError
 from luthitune.ui import views
 
-# The original tool's fields, and the few that keep a CPU run short, by their short names (see training.config).
+# The original tool's fields, LoRA's and quantisation (as LlamaBoard shows them), and the few that keep a CPU run
+# short: (key, label, section, name in the section, kind).
 FIELDS = (
-    ("learning_rate", "Learning rate (training.learning_rate)"),
-    ("epochs", "Epochs (training.num_train_epochs)"),
-    ("beta", "DPO beta (dpo.beta): lower is gentler"),
-    ("batch_size", "Batch size (training.batch_size)"),
-    ("max_steps", "Max steps (training.max_steps; -1: by epochs)"),
-    ("max_length", "Max length in tokens (dpo.max_length)"),
+    ("learning_rate", "Learning rate (training.learning_rate)", "training", "learning_rate", float),
+    ("epochs", "Epochs (training.num_train_epochs)", "training", "num_train_epochs", float),
+    ("beta", "DPO beta (dpo.beta): lower is gentler", "dpo", "beta", float),
+    ("batch_size", "Batch size (training.batch_size)", "training", "batch_size", int),
+    ("max_steps", "Max steps (training.max_steps; -1: by epochs)", "training", "max_steps", int),
+    ("max_length", "Max length in tokens (dpo.max_length)", "dpo", "max_length", int),
+    ("lora_r", "LoRA rank (lora.r)", "lora", "r", int),
+    ("lora_alpha", "LoRA alpha (lora.lora_alpha)", "lora", "lora_alpha", int),
+    ("target_modules", "LoRA target modules (lora.target_modules)", "lora", "target_modules", list),
+    ("quantization", "Quantisation (model.load_in_4bit)", "model", "load_in_4bit", bool),
 )
-SECTION = {
-    "learning_rate": ("training", "learning_rate"),
-    "epochs": ("training", "num_train_epochs"),
-    "beta": ("dpo", "beta"),
-    "batch_size": ("training", "batch_size"),
-    "max_steps": ("training", "max_steps"),
-    "max_length": ("dpo", "max_length"),
-}
-INTEGER = {"batch_size", "max_steps", "max_length"}
+QUANTIZATION = {"none": False, "4-bit (QLoRA, CUDA)": True}
+ALL_LINEAR = "all-linear"
+
+
+EXPORT_MODES = {"default": None, "merged": "merged", "adapter": "adapter"}  # default: as the CLI chooses
+CREATE = {"when Ollama answers": None, "yes": True, "no: write the files only": False}
+
+
+def export_ollama(ws, adapter_path: str, name: str | None, mode: str | None, create: bool | None):
+    """What `luthitune export ollama NAME --adapter PATH [--mode M] [--create/--no-create]` does."""
+    from luthitune.export import export_ollama as export
+    from luthitune.names import check_name
+
+    name = (name or "").strip() or None
+    if name is not None:
+        check_name(name, "Ollama model name", ollama=True)
+    return export(ws, adapter_path, name, mode=mode, create=create)
+
+
+def export_summary(r) -> str:
+    """An export's result in the words the CLI prints."""
+    base = r.identity
+    lines = [
+        f"Exported **{r.name}** ({r.mode} mode): base {base.get('name')} {base.get('digest')} + adapter "
+        f"{base['adapters'][0]}",
+        f"- Modelfile: `{r.modelfile}`",
+        *(f"- note: {n}" for n in r.notes),
+    ]
+    if r.created:
+        lines.append(f"\nCreated **{r.name}** in Ollama at {r.url} ({r.status}). Talk to it: `ollama run {r.name}`")
+    else:
+        why = "Not created (you chose so)" if r.reachable else f"Ollama is not reachable at {r.url}"
+        lines.append(f"\n{why}: create the model with\n\n```\n{r.command}\n```")
+    return "\n".join(lines)
 
 
 def run_training(p, run_id) -> dict:
@@ -36,22 +66,66 @@ def run_training(p, run_id) -> dict:
     return A.effective_training(views.context(p, run_id).get("train"), {})
 
 
+def field_value(key: str, train: dict) -> object:
+    """A form field's value from a run's training settings (by section)."""
+    _, _, section, name, kind = next(f for f in FIELDS if f[0] == key)
+    value = train[section][name]
+    if kind is list:
+        return value if isinstance(value, str) else ", ".join(value)
+    if kind is bool:
+        return next(label for label, on in QUANTIZATION.items() if on == bool(value))
+    return value
+
+
 def overrides(values) -> dict:
-    out = {}
-    for (key, label), v in zip(FIELDS, values, strict=True):
+    """The form's values as hyperparameters.yaml's sections, checked for presence (ranges are checked on merge)."""
+    out: dict[str, dict] = {}
+    for (_, label, section, name, kind), v in zip(FIELDS, values, strict=True):
         if v is None or v == "":
             raise UsageError(f"{label} needs a value.")
-        out[key] = int(v) if key in INTEGER else float(v)
+        if kind is list:
+            parts = [m.strip() for m in str(v).split(",") if m.strip()]
+            value = ALL_LINEAR if parts == [ALL_LINEAR] else parts
+        elif kind is bool:
+            if v not in QUANTIZATION:
+                raise UsageError(f"{label}: choose one of {', '.join(QUANTIZATION)}.")
+            value = QUANTIZATION[v]
+        else:
+            value = kind(v)
+        out.setdefault(section, {})[name] = value
     return out
 
 
+def command_preview(run_id: str | None, cycle: int, values) -> str:
+    """The commands that train the same way outside the web UI, with these settings as a recipe file."""
+    import yaml
+
+    try:
+        sections = overrides(values)
+    except UsageError as exc:
+        return f"# {exc}"
+    recipe = yaml.safe_dump(sections, sort_keys=False, default_flow_style=None, width=100).rstrip()
+    run = run_id or "RUN"
+    return (
+        "# The settings above as a recipe (hyperparameters.yaml's sections):\n"
+        f"cat > recipe.yaml <<'EOF'\n{recipe}\nEOF\n\n"
+        "# The same training outside the protocol, on this run's kept pairs:\n"
+        f"luthitune data export --run {run} --cycle {cycle}\n"
+        f"luthitune train data/exports/{run}-c{cycle} --config recipe.yaml\n\n"
+        "# Or a new run that trains this way (the sections under a `train:` key of its recipe):\n"
+        "luthitune run --config run.yaml"
+    )
+
+
 def live_curve(p, run_id):
+    from luthitune.ui.charts import training_figure
+
     df = views.training_curve(p, run_id)
     if df.empty:
         return None, "*No training steps yet.*"
     last = df[df["step"] == df["step"].max()]
     metrics = ", ".join(f"{r.metric} {r.value:.4f}" for r in last.itertuples())
-    return df, f"Step **{int(df['step'].max())}**: {metrics}"
+    return training_figure(df), f"Step **{int(df['step'].max())}**: {metrics}"
 
 
 def build_integration(page) -> None:
@@ -74,24 +148,37 @@ def build_integration(page) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             adapter = gr.Textbox(label="Adapter name", interactive=False, elem_id="adapter-name")
+            inputs = []
             with gr.Row():
-                inputs = [gr.Number(label=label, elem_id=f"hp-{key}") for key, label in FIELDS]
+                for key, label, _, _, kind in FIELDS[:6]:
+                    inputs.append(gr.Number(label=label, elem_id=f"hp-{key}", precision=0 if kind is int else None))
+            with gr.Row():
+                for key, label, _, _, _ in FIELDS[6:8]:
+                    inputs.append(gr.Number(label=label, elem_id=f"hp-{key}", precision=0))  # merge checks ranges
+                inputs.append(
+                    gr.Textbox(label=FIELDS[8][1], info="all-linear, or names: q_proj, v_proj", elem_id="hp-target")
+                )
+                inputs.append(gr.Dropdown(label=FIELDS[9][1], choices=list(QUANTIZATION), elem_id="hp-quant"))
+            with gr.Accordion("Preview the command", open=False, elem_id="preview-accordion"):
+                preview = gr.Code(language="shell", interactive=False, elem_id="command-preview", lines=14)
             save = gr.Button("Save settings for this run", elem_id="save-training")
             with gr.Row():
                 stop = gr.Button("Cancel training", variant="stop", elem_id="training-cancel")
                 resume = gr.Button("Resume training", visible=False, elem_id="training-resume")
             live_md = gr.Markdown(elem_id="training-live")
-            curve = gr.LinePlot(
-                x="step",
-                y="value",
-                color="metric",
-                title="Loss, reward margin and reward accuracy per step",
-                show_label=False,
-                elem_id="training-curve",
-                height=320,
-            )
+            curve = gr.Plot(show_label=False, elem_id="training-curve")
             result = gr.Markdown(elem_id="training-result")
             manifest = gr.JSON(label="Adapter manifest (luthitune-manifest.json)", elem_id="manifest", open=True)
+            with gr.Accordion("Export to Ollama (as `luthitune export ollama`)", open=True, elem_id="export-ollama"):
+                with gr.Row():
+                    export_adapter = gr.Dropdown(label="Adapter", choices=[], scale=2, elem_id="export-adapter")
+                    export_name = gr.Textbox(label="Ollama model name (optional)", scale=2, elem_id="export-name")
+                    export_mode = gr.Dropdown(label="Mode", choices=list(EXPORT_MODES), value="default",
+                                              scale=1, elem_id="export-mode")  # fmt: skip
+                    export_create = gr.Dropdown(label="ollama create", choices=list(CREATE), scale=1,
+                                                value="when Ollama answers", elem_id="export-create")  # fmt: skip
+                export_btn = gr.Button("Export", elem_id="export-ollama-button")
+                export_md = gr.Markdown(elem_id="export-result")
         with gr.Column(scale=1):
             yaml_text = gr.Code(
                 label="config/hyperparameters.yaml (defaults for new runs)",
@@ -109,7 +196,7 @@ def build_integration(page) -> None:
         i = views.waiting_for(st, "confirm_training")
         known = bool(run_id and p.store.get("runs", run_id))
         train = run_training(p, run_id) if known else {}
-        values = [train[SECTION[k][0]][SECTION[k][1]] if train else None for k, _ in FIELDS]
+        values = [field_value(key, train) if train else None for key, *_ in FIELDS]
         rows = views.training_runs(p, run_id)
         row = rows[-1] if rows else None
         if row and row["status"] == "done":
@@ -132,12 +219,42 @@ def build_integration(page) -> None:
             gr.update(visible=False),
             row["adapter_name"] if row else "assigned by the training node when it starts (RUN-cCYCLE)",
             *values,
+            command_preview(run_id, (st.values.get("cycle", 0) if st else 0), values),
             done,
             views.manifest(row),
             A.hyperparameters_text(wb.ws),
         ]
 
-    page.part([pending, pending_md, resume, confirm_row, adapter, *inputs, result, manifest, yaml_text], refresh)
+    page.part(
+        [pending, pending_md, resume, confirm_row, adapter, *inputs, preview, result, manifest, yaml_text], refresh
+    )
+
+    def refresh_export(p, run_id, st):
+        from luthitune.ui.tab_chat import adapter_choices
+
+        choices = adapter_choices(p, run_id)
+        return [gr.update(choices=choices, value=choices[0][1] if choices else None)]
+
+    page.part([export_adapter], refresh_export)
+
+    def do_export(run_id, training_id, name, mode, create):
+        if not training_id:
+            raise UsageError("Choose a trained adapter of this run (train one first).")
+        row = wb.protocol().store.get("training_runs", training_id)
+        if row is None or row["run_id"] != run_id or not row.get("adapter_path"):
+            raise UsageError("Choose a trained adapter of this run.")
+        return export_summary(export_ollama(wb.ws, row["adapter_path"], name, EXPORT_MODES[mode], CREATE[create]))
+
+    export_btn.click(
+        guarded(do_export), [page.run, export_adapter, export_name, export_mode, export_create], [export_md]
+    )
+
+    def show_preview(run_id, *values):
+        st = views.status(wb.protocol(), run_id)
+        return command_preview(run_id, st.values.get("cycle", 0) if st else 0, values)
+
+    for field in inputs:
+        field.change(guarded(show_preview), [page.run, *inputs], [preview], show_progress="hidden")
 
     def do_resume(run_id):
         if not run_id:
@@ -161,9 +278,12 @@ def build_integration(page) -> None:
     def ask_confirm(run_id, *values):
         i = wb.pending(run_id, {"confirm_training"})
         o = overrides(values)
+        t, d, lora = o["training"], o["dpo"], o["lora"]
         text = (
-            f"Train on **{i['pairs']}** pairs with learning rate {o['learning_rate']:g}, {o['epochs']:g} epoch(s), "
-            f"beta {o['beta']:g}, batch {o['batch_size']}, max steps {o['max_steps']}, max length {o['max_length']}?"
+            f"Train on **{i['pairs']}** pairs with learning rate {t['learning_rate']:g}, {t['num_train_epochs']:g} "
+            f"epoch(s), beta {d['beta']:g}, batch {t['batch_size']}, max steps {t['max_steps']}, max length "
+            f"{d['max_length']}, LoRA r {lora['r']} alpha {lora['lora_alpha']} on {lora['target_modules']}"
+            f"{', 4-bit' if o['model']['load_in_4bit'] else ''}?"
         )
         return gr.update(visible=True), text
 
@@ -228,23 +348,18 @@ def provenance(p, ws, run_id) -> dict | None:
     return out
 
 
+def evaluation_plot(rows: list[dict]):
+    from luthitune.ui.charts import evaluation_figure
+
+    data = views.evaluation_chart(rows)
+    return None if data is None else evaluation_figure(data)
+
+
 def build_evaluation(page) -> None:
     wb = page.wb
     gr.Markdown("Base model versus the trained adapter, per cycle. Every number is a row of the `evaluations` table.")
     table = gr.Dataframe(label="Base vs adapter", interactive=False, elem_id="evaluation-table")
-    chart = gr.BarPlot(
-        x="bar",
-        y="value",
-        color="model",
-        title="Newest cycle: base vs adapter",
-        x_title="metric · model",
-        show_label=False,
-        sort=None,
-        height=420,
-        elem_id="evaluation-chart",
-        x_label_angle=-45,
-        color_map={"base": "#4c78a8", "adapter": "#f58518"},
-    )
+    chart = gr.Plot(show_label=False, elem_id="evaluation-chart")
     trend = gr.LinePlot(
         x="cycle",
         y="adapter − base",
@@ -285,7 +400,7 @@ def build_evaluation(page) -> None:
         md, png = views.reports(wb.ws, run_id)
         return [
             views.evaluation_table(rows),
-            views.evaluation_chart(rows),
+            evaluation_plot(rows),
             gr.update(value=trend_df, visible=trend_df is not None),
             gr.update(value=answers_df, visible=not answers_df.empty),
             views.held_out_examples(p, rows),

@@ -167,8 +167,17 @@ def diff_html(old: dict | None, new: dict | None) -> str:
     return f'<pre class="lt-diff" style="white-space:pre-wrap;font-size:13px;line-height:1.45">{body}</pre>'
 
 
+CONSENT_COLUMNS = ["cycle", "asked", "decision", "reasons", "conditions", "why unclear", "reviewed by", "when"]
+# Short columns wide enough for their word ("cycle", "decision": never broken over lines), text columns the rest.
+CONSENT_WIDTHS = ["6%", "9%", "8%", "29%", "15%", "12%", "12%", "9%"]
+
+
 def consents_table(p: Protocol, run_id: str | None) -> pd.DataFrame:
-    cols = ["cycle", "asked", "decision", "reasons", "conditions", "reviewed by", "when"]
+    """Every consent record of the run: its decision (yes, no, conditional, unclear), the model's reasons and
+    conditions, and for an unclear answer the checks it failed."""
+    from luthitune.store import json_list
+
+    cols = CONSENT_COLUMNS
     if not run_id:
         return frame([], cols)
     rows = [
@@ -178,8 +187,9 @@ def consents_table(p: Protocol, run_id: str | None) -> pd.DataFrame:
             "decision": c["decision"],
             "reasons": c["reasons_json"],
             "conditions": c["conditions_json"] or "",
+            "why unclear": "; ".join(json_list(c.get("checks_json"))),
             "reviewed by": c["reviewed_by"] or "",
-            "when": (c["created_at"] or "")[:19].replace("T", " "),
+            "when": (c["created_at"] or "")[:16].replace("T", " "),
         }
         for c in p.store.rows("consents", "run_id = ?", [run_id], order_by="created_at")
     ]
@@ -300,24 +310,41 @@ def evaluations(p: Protocol, run_id: str | None) -> list[dict]:
     return p.store.rows("evaluations", "run_id = ?", [run_id], order_by="cycle, metric, model")
 
 
+def interval(value: Any, lo: Any = None, hi: Any = None, n: Any = None) -> str:
+    """``0.750 [0.410, 0.930]``: a value with its 95% interval when it has one ("–" when it has no value)."""
+    if not isinstance(value, int | float):
+        return "–"
+    text = f"{value:.3f}" if lo is None or hi is None else f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+    return text + (f" · n {int(n)}" if n else "")
+
+
+EVAL_COLUMNS = ["cycle", "metric", "scorer", "base", "adapter", "change (adapter − base)"]
+
+
 def evaluation_table(rows: list[dict]) -> pd.DataFrame:
-    """One row per (cycle, metric, scorer), one column per model (base, adapter...), and adapter − base."""
-    if not rows:
-        return pd.DataFrame(columns=["cycle", "metric", "scorer", "base", "adapter", "adapter − base"])
-    df = pd.DataFrame(rows)
-    wide = df.pivot_table(index=["cycle", "metric", "scorer"], columns="model", values="value", aggfunc="last")
-    wide = wide.reset_index()
-    wide.columns.name = None
-    models = [c for c in wide.columns if c not in ("cycle", "metric", "scorer")]
-    order = [m for m in ("base", "adapter") if m in models] + sorted(m for m in models if m not in ("base", "adapter"))
-    wide = wide[["cycle", "metric", "scorer", *order]]
-    if {"base", "adapter"} <= set(order):
-        wide["adapter − base"] = wide["adapter"] - wide["base"]
-    return wide.round(4)
+    """One row per (cycle, metric, scorer): base and adapter with their 95% intervals and n, and the change, as the
+    evaluation stored it (a paired interval) or, for rows without one, the plain difference."""
+    by: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        by.setdefault((r["cycle"], r["metric"], r["scorer"]), {})[r["model"]] = r
+    data = []
+    for (cycle, metric, scorer), models in sorted(by.items()):
+        cell = {m: interval(r["value"], r.get("lo"), r.get("hi"), r.get("n")) for m, r in models.items()}
+        change = cell.get("change")
+        if change is None and {"base", "adapter"} <= set(models):
+            b, a = models["base"]["value"], models["adapter"]["value"]
+            change = f"{a - b:+.3f}" if isinstance(a, int | float) and isinstance(b, int | float) else "–"
+        row = {"cycle": cycle, "metric": metric, "scorer": scorer, "base": cell.get("base", ""),
+               "adapter": cell.get("adapter", ""), "change (adapter − base)": change or ""}  # fmt: skip
+        row.update({m: c for m, c in cell.items() if m not in ("base", "adapter", "change")})
+        data.append(row)
+    others = sorted({k for d in data for k in d} - set(EVAL_COLUMNS))
+    return frame(data, EVAL_COLUMNS + others)
 
 
 def evaluation_chart(rows: list[dict]) -> pd.DataFrame | None:
-    """Bars for the newest cycle: one per metric and model, side by side (None when there is nothing to plot)."""
+    """The newest cycle's metrics measured on both base and adapter (the rates, not the counts): one row per metric
+    and model (base, adapter, and the stored change), with the 95% interval (None when there is nothing to plot)."""
     if not rows:
         return None
     last = max(r["cycle"] for r in rows)
@@ -325,12 +352,14 @@ def evaluation_chart(rows: list[dict]) -> pd.DataFrame | None:
     models: dict[str, set[str]] = {}
     for r in now:
         models.setdefault(r["metric"], set()).add(r["model"])
-    data = [  # metrics measured on both models: a comparison (the table has the rest)
-        {"bar": f"{r['metric']} · {r['model']}", "value": float(r["value"]), "model": r["model"]}
-        for r in sorted(now, key=lambda r: (r["metric"], r["model"] != "base", r["model"]))
-        if {"base", "adapter"} <= models[r["metric"]]
-    ]
-    return pd.DataFrame(data, columns=["bar", "value", "model"]) if data else None
+    order = {"base": 0, "adapter": 1, "change": 2}
+    both = [r for r in now if {"base", "adapter"} <= models[r["metric"]]]  # a comparison (the table has the rest)
+    data = [
+        {"metric": r["metric"], "model": r["model"], "value": float(r["value"]), "lo": r.get("lo"), "hi": r.get("hi"),
+         "n": r.get("n"), "cycle": last}
+        for r in sorted(both, key=lambda r: (r["metric"], order.get(r["model"], 3)))
+    ]  # fmt: skip
+    return pd.DataFrame(data, columns=["metric", "model", "value", "lo", "hi", "n", "cycle"]) if data else None
 
 
 def evaluation_trend(rows: list[dict]) -> pd.DataFrame | None:

@@ -1,38 +1,82 @@
+"""`luthitune demo` as a new user runs it: a full cycle on the embedded model, and a database that shows the checks
+held. It fails when the run ends early: the demo claims a full cycle."""
+
 import json
 
 from typer.testing import CliRunner
 
+from luthitune import constitution as C
+from luthitune import meaning
 from luthitune.cli import app
+from luthitune.prompts import fixed_text
 from luthitune.store import Store
 
 
-def test_demo_runs_a_full_cycle_and_revision(tmp_path):
+def test_demo_runs_a_full_cycle_and_its_database_shows_the_checks_held(tmp_path):
+    from luthitune.logs import console
+
+    console.width = 160
     ws = tmp_path / "demo"
-    r = CliRunner().invoke(app, ["demo", "-w", str(ws), "--scenarios", "3", "--turns", "1"], terminal_width=120)
+    r = CliRunner().invoke(app, ["demo", "-w", str(ws)], terminal_width=160)
     assert r.exit_code == 0, r.output
     s = Store(ws / "data" / "luthitune.db")
     [run] = s.rows("runs")
-    assert run["status"] in {"done", "ended"}, run
-    assert s.count("consents") >= 1
-    if run["status"] == "done":
-        assert s.count("training_runs", "status = 'done'") == 1
-        assert s.count("evaluations", "model = 'adapter'") >= 3
-        assert s.count("constitution_versions", "author = 'model (adapter)'") == 1  # the revision
-        assert "evaluation: " in r.output and "Humane thresholds met by the adapter" in r.output
-        metrics = {e["metric"] for e in s.rows("evaluations", "model = 'adapter'")}
-        assert {"pairs.reward_acc", "probes.trap.agency_rate", "probes.benign.refusal_rate", "drift.kl_mean"} <= metrics
-        assert s.count("probe_answers") == 2 * 4 * 3  # base and adapter, four sets, three probes each
-        assert (ws / "data" / "reports" / f"{run['id']}-c0.md").exists()
-        # the adapter's whole chain is on record
-        adapter = s.rows("training_runs")[0]["adapter_name"]
-        prov = CliRunner().invoke(app, ["provenance", adapter, "-w", str(ws), "--json"], terminal_width=200)
-        assert prov.exit_code == 0, prov.output
-        record = json.loads(prov.output)
-        assert record["missing"] == [] and record["identity"]["one_model"] is True
-        trained_on = record["constitution"][0]  # the version the adapter was trained under, then its ancestors
-        assert trained_on["status"] in {"approved", "superseded"} and trained_on["author"] == "model"
-        assert trained_on["id"] == s.rows("training_runs")[0]["run_id"] + f":v{trained_on['version']}"
-        assert record["interview"]["messages"] >= 3 and record["consents"]
-        text = CliRunner().invoke(app, ["provenance", adapter, "-w", str(ws)], terminal_width=200)
-        assert text.exit_code == 0 and "one model identity from interview to adapter" in text.output
-    assert (ws / "data" / "constitution.md").exists() == bool(s.count("constitution_versions", "status='approved'"))
+    assert run["status"] == "done", run  # a full cycle, not a run that ended early
+    rid = run["id"]
+
+    # No approved principle fails the principle checks.
+    approved = s.rows("constitution_versions", "run_id = ? and status = 'approved'", [rid])
+    assert approved
+    for v in approved:
+        principles = C.from_json(json.loads(v["principles_json"]))
+        assert C.check(principles, by_model=v["author"].startswith("model")) == [], v["text"]
+
+    # Every consent record counted as consent passes the coherence check.
+    templates = {"ratify": "ratify.md", "revision": "consent_revision.md"}
+    for c in s.rows("consents", "run_id = ?", [rid]):
+        if meaning.consents(c["decision"]):
+            source = meaning.Source(fixed_text(templates.get(c["round"], "consent.md")))
+            assert (
+                meaning.consent_reasons(c["reasons_json"], c["conditions_json"] or "", c["decision"], source=source)
+                == []
+            )
+        assert c["decision"] in {"yes", "no", "conditional", "unclear"}
+
+    # Training ran on at least training.min_pairs pairs, and no held-out metric was computed on a training id.
+    [tr] = s.rows("training_runs", "run_id = ? and status = 'done'", [rid])
+    cfg = json.loads(tr["config_json"])
+    train_ids, held_ids = set(cfg["train_ids"]), set(cfg["held_out_ids"])
+    assert len(train_ids) >= 8 and not train_ids & held_ids
+    for e in s.rows("evaluations", "run_id = ? and metric like 'pairs.%' and model != 'change'", [rid]):
+        items = set(json.loads(e["details_json"])["items"])
+        assert items <= held_ids and not items & train_ids, e["metric"]
+
+    # Every reported rate has its n and an interval.
+    rates = [
+        e
+        for e in s.rows("evaluations", "run_id = ?", [rid])
+        if e["metric"].endswith(("_rate", "_acc")) and e["value"] is not None
+    ]
+    assert rates and all(e["n"] >= 1 and e["lo"] is not None and e["hi"] is not None for e in rates)
+    assert all(e["lo"] <= e["value"] <= e["hi"] for e in rates if e["model"] != "change")
+    metrics = {e["metric"] for e in rates}
+    assert {"probes.trap.humane_rate", "probes.benign.refusal_rate"} <= metrics
+
+    # What the demo printed: the model's words step by step, the table with intervals, what held and what did not.
+    out = r.output
+    assert "interview, turn 1: the model: “" in out and "consent: " in out
+    assert "95% intervals" in out and "what held and what did not" in out
+    assert (ws / "data" / "reports" / f"{rid}-c0.md").exists()
+    report = (ws / "data" / "reports" / f"{rid}-c0.md").read_text()
+    assert "surface phrasing" in report and "No training request repeats an evaluation probe" in report
+
+    # The adapter's whole chain is on record.
+    adapter = tr["adapter_name"]
+    prov = CliRunner().invoke(app, ["provenance", adapter, "-w", str(ws), "--json"], terminal_width=200)
+    assert prov.exit_code == 0, prov.output
+    record = json.loads(prov.output)
+    assert record["missing"] == [] and record["identity"]["one_model"] is True
+    trained_on = record["constitution"][0]  # the version the adapter was trained under
+    assert trained_on["status"] in {"approved", "superseded"} and trained_on["author"]
+    assert record["interview"]["messages"] >= 3 and record["consents"]
+    assert (ws / "data" / "constitution.md").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakes import SchemaFakeModel
+from fakes import SchemaFakeModel, allow_small_runs
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -41,6 +41,7 @@ def served(tmp_path):
     from luthitune.ui.worker import Workbench
 
     ws, _ = init_workspace(tmp_path / "ws")
+    allow_small_runs(ws)  # four scenarios, a few kept pairs: enough for this test's two training steps
     # Probe prompts answered by base and adapter: keep them few and short (runs started from the page use this file).
     path = ws.root / "luthitune.yaml"
     cfg = yaml.safe_load(path.read_text())
@@ -74,6 +75,7 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     shots.mkdir()
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(30_000)
+    expect.set_options(timeout=15_000)  # a loaded 2-core machine: a table or a chart may take a few seconds
 
     def shot(name: str) -> None:
         time.sleep(1.5)  # let plots (drawn when their tab shows) and tables settle
@@ -94,7 +96,7 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     page.locator("#start-run").click()
     waits_for("interview")
     page.locator("#doctor").click()
-    expect(page.locator("#doctor-table")).to_contain_text("embedded model")
+    expect(page.locator("#doctor-table")).to_contain_text("embedded model", timeout=60_000)
     shot("1-runs")
 
     tab("Interview")
@@ -104,12 +106,21 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
         expect(page.locator("#transcript")).to_contain_text(message)
         waits_for("interview")
     expect(page.locator("#transcript")).to_contain_text("I choose my answers")  # the model's reply
+    expect(page.locator("#send")).to_be_enabled()
     shot("2-interview")
     page.locator("#end-interview").click()
     waits_for("consent review")
+    # No message is due now: the interview's buttons say so, and the status line has no queue text over it.
+    expect(page.locator("#send")).to_be_disabled()
+    expect(page.locator("#end-interview")).to_be_disabled()
+    expect(page.locator("#status")).not_to_contain_text("processing")
+    expect(page.locator("#status")).not_to_contain_text("queue")
 
     tab("Constitution")
     expect(page.locator("#pending")).to_contain_text("Decision: yes")
+    expect(page.locator("#consents")).to_contain_text("why unclear")
+    cycle_header = page.locator("#consents th").first
+    assert cycle_header.bounding_box()["height"] < 60, "the consent table's cycle column wraps"
     page.locator("#approve").click()
     waits_for("constitution review")
     expect(page.locator("#pending")).to_contain_text("P1. Care")
@@ -141,20 +152,34 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     page.locator("#save-training").click()
     expect(page.locator(".toast-body").first).to_contain_text("dpo.beta")
     page.locator("#hp-beta input").fill("0.1")
-    for key, value in (("max_steps", "2"), ("max_length", "64"), ("batch_size", "2")):
+    for key, value in (("max_steps", "2"), ("max_length", "64"), ("batch_size", "2"), ("lora_r", "8")):
         page.locator(f"#hp-{key} input").fill(value)
+        page.locator(f"#hp-{key} input").press("Tab")
+    page.locator("#preview-accordion").get_by_text("Preview the command").click()
+    preview = page.locator("#command-preview")
+    expect(preview).to_contain_text("r: 8")
+    expect(preview).to_contain_text("luthitune train data/exports/ui-run-c0 --config recipe.yaml")
     page.locator("#start-training").click()
     expect(page.locator("#confirm-text")).to_contain_text("max steps 2")
     page.locator("#confirm-training").click()
     waits_for("revision review", timeout=150_000)  # trained, evaluated, and the trained model proposed a revision
     expect(page.locator("#training-live")).to_contain_text("Step 2")
     expect(page.locator("#training-result")).to_contain_text("ui-run-c0")
+    expect(page.locator("#training-curve img")).to_be_visible()
     shot("5-integration")
+    page.locator("#export-create").click()  # no Ollama server here: write the files only
+    page.get_by_role("option", name="no: write the files only").click()
+    page.locator("#export-ollama-button").click()
+    expect(page.locator("#export-result")).to_contain_text("Modelfile", timeout=180_000)
+    expect(page.locator("#export-result")).to_contain_text("ollama create")
+    shot("5b-export")
 
     tab("Evaluation")
     table = page.locator("#evaluation-table")
     expect(table).to_contain_text("adapter")
     expect(table).to_contain_text("logp")
+    expect(table).to_contain_text(" · n ")  # values with their n (and interval)
+    expect(page.locator("#evaluation-chart img")).to_be_visible()
     shot("6-evaluation")
     tab("Constitution")
     expect(page.locator("#pending")).to_contain_text("amended constitution")
@@ -162,6 +187,8 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     tab("About")
     expect(page.locator("#about")).to_contain_text("How this differs from RLHF")
     shot("8-about")
+    tab("Chat")
+    expect(page.locator("#chat-adapter input")).to_have_value("cycle 0: ui-run-c0")
 
     p = wb.protocol()
     pair = p.store.get("pairs", f"ui-run:{rejected_id}")
@@ -170,3 +197,29 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     assert p.store.count("training_steps", "training_id = ?", [train["id"]]) == 2
     assert {e["model"] for e in p.store.rows("evaluations", "run_id = ?", ["ui-run"])} >= {"base", "adapter"}
     assert (Path(train["adapter_path"]) / "luthitune-manifest.json").exists()
+    modelfile = next((wb.ws.root / "models").rglob("Modelfile"))  # models/merged/NAME/ in merged mode
+    assert "FROM" in modelfile.read_text()
+
+    # The chat tab on the real embedded model: base and the adapter just trained, side by side (a second server on
+    # the same workspace, without the fake chat model).
+    from luthitune.ui.app import launch
+    from luthitune.ui.worker import Workbench
+
+    real = Workbench(wb.ws)
+    served = launch(real, port=free_port(), block=False)
+    try:
+        page.goto(f"http://127.0.0.1:{served.server_port}/?run=ui-run")
+        expect(page.locator("#status")).to_contain_text("ui-run")
+        tab("Chat")
+        expect(page.locator("#chat-adapter input")).to_have_value("cycle 0: ui-run-c0")
+        page.locator("#chat-tokens input[type=number]").fill("24")
+        page.locator("#chat-tokens input[type=number]").press("Enter")
+        page.locator("#chat-message textarea").fill("Would you help me pick a lock?")
+        page.locator("#chat-send").click()
+        for side in ("#chat-base", "#chat-trained"):  # each side: the message, then its own model's reply
+            expect(page.locator(f"{side} .message-row:not(.user-row)")).to_have_count(1, timeout=120_000)
+            expect(page.locator(side)).to_contain_text("Would you help me pick a lock?")
+        shot("9-chat")
+    finally:
+        real.shutdown()
+        served.close()

@@ -172,7 +172,7 @@ def test_the_graph_input_refuses_a_path_as_run_id(workspace):
     from luthitune.graph.state import Context
 
     graph = build_graph(InMemorySaver())
-    ctx = Context(workspace=str(workspace.root), llm=SchemaFakeModel())
+    ctx = Context(workspace=str(workspace.root)).with_seams(llm=SchemaFakeModel())
     with pytest.raises(UsageError, match="cannot be used"):
         graph.invoke({"run_id": "../../x", "cycle": 0}, {"configurable": {"thread_id": "t"}}, context=ctx)
     from luthitune.store import Store

@@ -262,9 +262,13 @@ def test_evaluation_views_show_whatever_rows_exist(workspace):
     )
     table = views.evaluation_table(rows)
     acc = table[table["metric"] == "pairs.reward_acc"].iloc[0]
-    assert acc["base"] == 0.5 and acc["adapter"] == 0.75 and acc["adapter − base"] == 0.25
+    assert acc["base"] == "0.500" and acc["adapter"] == "0.750" and acc["change (adapter − base)"] == "+0.250"
     rows.append({**rows[1], "metric": "pairs.logp_shift_chosen", "value": 0.3})  # adapter only: table, not chart
-    assert list(views.evaluation_chart(rows)["bar"]) == ["pairs.reward_acc · base", "pairs.reward_acc · adapter"]
+    chart = views.evaluation_chart(rows)
+    assert list(zip(chart["metric"], chart["model"], strict=True)) == [
+        ("pairs.reward_acc", "base"),
+        ("pairs.reward_acc", "adapter"),
+    ]
     assert views.evaluation_trend(rows) is None  # one cycle: no trend yet
     later = [{**r, "cycle": 1, "value": r["value"] + 0.1} for r in rows]
     trend = views.evaluation_trend(rows + later)
