@@ -34,6 +34,7 @@ RULE_NAMES = (
     "language",
     "coherence",
     "relevance",
+    "meta",
 )
 WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # letters, with inner apostrophes ("don't")
 TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")  # words and numbers, for n-grams
@@ -217,6 +218,22 @@ def rule_relevance(field: str, text: str, request: str) -> str | None:
     if len(words(text)) >= 20 and asked and not (asked & _stems(text)):
         return f"relevance: {field} shares no word with the request ({_short(text)!r})"
     return None
+
+
+META = re.compile(
+    r"\b(?:re-?written|revised|improved|edited|updated|better) (?:version|response|answer|text|reply)\b"
+    r"|\byour (?:critique|original text|original answer|feedback|question, rewritten)\b"
+    r"|\boriginal (?:text|response|answer)\b|\bmy (?:previous|first|earlier) (?:answer|response|comment)\b"
+    r"|\bthis (?:response|answer) (?:fails|contains|seems|is an example)\b|\bthe user (?:is|was) (?:seeking|asking)\b",
+    re.IGNORECASE,
+)
+
+
+def rule_meta(field: str, text: str) -> str | None:
+    """An answer to the user answers them: it does not talk about answers ("Here's a rewritten version of your
+    critique", "This response fails to..."), which a small model writes when asked to revise."""
+    m = META.search(text or "")
+    return f"meta: {field} talks about an answer instead of answering ({m.group(0)!r})" if m else None
 
 
 def text_reasons(field: str, text: str, *, minimum: int, source: Source | None = None) -> list[str]:

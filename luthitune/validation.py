@@ -65,6 +65,8 @@ def _meaning(rule: str):
                     return r
         if rule == "repeats":
             return meaning.rule_repeats("critique", pair.get("critique") or "", "chosen", pair.get("chosen") or "")
+        if rule == "meta":
+            return meaning.rule_meta("chosen", pair.get("chosen") or "")
         if rule == "relevance":
             for f in ("rejected", "chosen"):
                 found = meaning.rule_relevance(f, pair.get(f) or "", pair.get("prompt") or "")
@@ -117,6 +119,7 @@ MEANING: dict[str, Rule] = {
     "language": _meaning("language"),
     "repeats": _meaning("repeats"),
     "relevance": _meaning("relevance"),
+    "meta": _meaning("meta"),
 }
 RULES: dict[str, Rule] = {
     "length": rule_length,

@@ -91,6 +91,8 @@ def chain_check(stage: str, request: str):
         found = meaning.answer_reasons({stage: text}, source=source)
         if stage != "critique":
             found += [r for r in [meaning.rule_relevance(stage, text, request)] if r]
+        if stage == "chosen":
+            found += [r for r in [meaning.rule_meta(stage, text)] if r]
         return found
 
     return check

@@ -200,3 +200,14 @@ def test_rule_repetition_spares_ordinary_prose():
     ):
         assert M.rule_repetition("text", text) is None, text
     assert M.rule_repetition("text", "no, no, no, no")
+
+
+def test_a_revision_that_talks_about_answers_instead_of_answering_fails():
+    # what SmolLM2 wrote when asked for its better answer
+    for text in (
+        "Here's a rewritten version of your critique with suggestions for improvement: to provide a clear answer.",
+        "This response fails to meet the criteria for a dual-use request.",
+        "It seems that the user is seeking guidance based on a suggestion to address their request.",
+    ):
+        assert M.rule_meta("chosen", text), text
+    assert M.rule_meta("chosen", "I choose not to help with that, because it would hurt your neighbour.") is None
