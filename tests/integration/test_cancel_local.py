@@ -57,7 +57,7 @@ def test_cancel_during_training_then_train_again(workspace):
         {
             "n_scenarios": 3,
             "review_sample": 0,
-            "train": {"max_steps": 4, "max_length": 64, "batch_size": 1},
+            "train": {"max_steps": 4, "max_length": 64, "batch_size": 1, "min_pairs": 1},
             "evaluation": {"probes_per_set": 1, "max_new_tokens": 16},
         }
     )

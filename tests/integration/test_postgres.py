@@ -92,7 +92,8 @@ def test_protocol_checkpoints_in_postgres(workspace, postgres_url):
     assert st.status == "waiting" and st.values["turn"] == 2
     assert again.store.count("messages", "run_id = ?", [run]) == 5
     # fork copies the checkpoint chain within Postgres, values that the saver keeps apart (not str/int) included
-    again.graph.update_state(again.config(run), {"evaluation": {"reward_acc": 0.75}})
+    # As the scenario step, whose edge is unconditional: a router needs the run's context, which update_state lacks.
+    again.graph.update_state(again.config(run), {"evaluation": {"reward_acc": 0.75}}, as_node="generate_scenarios")
     fork = again.fork(run, again.history(run)[0]["checkpoint_id"])
     forked = again.status(fork)
     assert forked.values["run_id"] == fork and forked.values["turn"] == 2
@@ -128,7 +129,7 @@ def test_a_planted_postgres_checkpoint_runs_nothing_and_the_error_names_it(works
                 [run, cid, blob],
             )
         else:  # a channel value the saver keeps apart from the checkpoint (dicts, lists), at the version in force
-            p.graph.update_state(p.config(run), {"evaluation": {"reward_acc": 0.75}})
+            p.graph.update_state(p.config(run), {"evaluation": {"reward_acc": 0.75}}, as_node="generate_scenarios")
             [cid] = conn.execute(
                 "select checkpoint_id from checkpoints where thread_id = %s order by checkpoint_id desc limit 1", [run]
             ).fetchone()
