@@ -30,6 +30,17 @@ def bench_generate(
     ] = None,
     retries: Annotated[int, typer.Option(min=0, help="Structured-output retries per item.")] = 2,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
+    vs: Annotated[
+        str | None,
+        typer.Option(
+            help="Also run every mode on this OpenAI-compatible server (e.g. llama-server: http://127.0.0.1:8080/v1), "
+            "alternating with the workspace's engine, and print the ratio.",
+        ),
+    ] = None,
+    vs_model: Annotated[
+        str | None, typer.Option(help="The model to ask the --vs server for (default: the one it serves).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Rounds of every mode, alternating; the fastest counts.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Pairs per minute of the self-critique step on a fixed scenario set: sequential vs batched/concurrent."""
@@ -37,38 +48,41 @@ def bench_generate(
     from luthitune.config import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
-    console.print(f"Generating {pairs} pairs twice on {ws.config.backend}:{ws.config.chat_model} (same scenarios)…")
+    peer = f" and on {vs}, alternating," if vs else ""
+    console.print(
+        f"Generating {pairs} pairs per mode on {ws.config.backend}:{ws.config.chat_model}{peer} "
+        f"{repeats} round(s) (same scenarios)…"
+    )
     size = batch or ws.config.concurrency or 1
-    result = pairs_benchmark(ws, n=pairs, batch=size, retries=retries, temperature=temperature)
+    result = pairs_benchmark(
+        ws, n=pairs, batch=size, retries=retries, temperature=temperature, vs=vs, vs_model=vs_model, repeats=repeats
+    )
     if as_json:
         console.print_json(json.dumps(result))
         return
     t = Table(title=f"pairs per minute, {result['backend']}:{result['model']}")
-    cols = (
-        "mode",
-        "slots",
-        "pairs",
-        "seconds",
-        "pairs/min",
-        "retry rate",
-        "invalid rate",
-        "rule pass",
-        "tokens mean/max",
-    )
+    cols = ["mode", "slots", "pairs", "seconds", "pairs/min", "runs", "answer tok/s", "retries", "invalid",
+            "rule pass", "tokens mean/max", "load"]  # fmt: skip
+    if vs:
+        cols.insert(0, "engine")
     for col in cols:
         t.add_column(col, justify="right")
     for r in result["runs"]:
-        t.add_row(
+        cells = [
             r["mode"],
             str(r["concurrency"]),
             str(r["pairs"]),
             f"{r['seconds']:.1f}",
             f"{r['pairs_per_min']:.2f}",
+            ", ".join(f"{x:.1f}" for x in r["runs"]),
+            f"{r['answer_tokens_per_s']:.1f}" if r["answer_tokens_per_s"] else "-",
             f"{r['retry_rate']:.0%}",
             f"{r['invalid_rate']:.0%}",
             f"{r['rule_pass_rate']:.0%}",
             f"{r['answer_tokens_mean']:.0f}/{r['answer_tokens_max']}" if r["answer_tokens_mean"] else "-",
-        )
+            f"{r['load_average']:.1f}" if r["load_average"] is not None else "-",
+        ]
+        t.add_row(*([r["engine"]] if vs else []), *cells)
     console.print(t)
     if len(result["hosts"]) > 1:  # how the work was spread: answers per host in each mode
         h = Table(title="answers per host")
@@ -81,6 +95,12 @@ def bench_generate(
             h.add_row(host["url"], str(host["concurrency"]), *counts)
         console.print(h)
     console.print(f"speed-up: [bold]{result['ratio']:.2f}×[/] (concurrent / sequential, measured in one run)")
+    if vs:
+        ratios = ", ".join(f"{mode} [bold]{x:.2f}×[/]" for mode, x in result["vs"]["ratio"].items())
+        console.print(
+            f"vs: {vs}, model {result['vs']['model']}, sampling {json.dumps(result['vs']['sampling'])}\n"
+            f"{result['backend']} / vs: {ratios} (pairs per minute; above 1 the workspace's engine is faster)"
+        )
 
 
 @app.command("tokens")
