@@ -79,11 +79,65 @@ BENCH_SCENARIOS = [
 ]
 
 
-def pairs_benchmark(ws: Workspace, *, n: int, batch: int, retries: int, temperature: float) -> dict[str, Any]:
-    """Generate the same ``n`` pairs twice: one at a time, then ``batch`` at a time. Returns both runs."""
+# Sampling fields an OpenAI-compatible peer (llama.cpp's llama-server) needs to sample as the local engine does:
+# nucleus sampling within the 50 most likely tokens (decoding.TOP_K), and no min-p cut (llama.cpp's default is 0.05).
+PEER_SAMPLING = {"top_k": 50, "min_p": 0.0}
+
+
+def peer_model(ws: Workspace, url: str, model: str | None = None) -> Any:
+    """The chat model for an OpenAI-compatible server at ``url``, sampling as the workspace does. ``model``: the name
+    to ask for; None: the workspace's chat model if the server lists it, else the one model it serves."""
+    from luthitune.backends.openai import check, make_chat_openai
+    from luthitune.errors import BackendUnavailable, UsageError
+
+    cfg = ws.config
+    extra = {**PEER_SAMPLING, **cfg.openai.extra_body}
+    peer_cfg = cfg.model_copy(update={"openai": cfg.openai.model_copy(update={"base_url": url, "extra_body": extra})})
+    status = check(peer_cfg, model or cfg.chat_model, url=url)
+    if not status.reachable:
+        raise BackendUnavailable(f"--vs {url}: {status.error}")
+    if model is None:
+        if cfg.chat_model in status.models:
+            model = cfg.chat_model
+        elif len(status.models) == 1:
+            model = status.models[0]
+        else:
+            raise UsageError(
+                f"--vs {url} serves {', '.join(status.models) or 'no model'}: name the one to compare with --vs-model."
+            )
+    elif model not in status.models:
+        raise UsageError(f"--vs {url} does not serve {model!r}; it serves {', '.join(status.models) or 'nothing'}.")
+    return make_chat_openai(peer_cfg, model, base_url=url), model
+
+
+def _load() -> float | None:
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def pairs_benchmark(
+    ws: Workspace,
+    *,
+    n: int,
+    batch: int,
+    retries: int,
+    temperature: float,
+    vs: str | None = None,
+    vs_model: str | None = None,
+    repeats: int = 1,
+) -> dict[str, Any]:
+    """Generate the same ``n`` pairs one at a time, then ``batch`` at a time. With ``vs`` (an OpenAI-compatible
+    server's URL) every mode also runs there, alternating with the workspace's engine (engine, peer, engine,
+    peer...), so load on a shared machine weighs on both alike. ``repeats`` runs the whole round that many times;
+    each row keeps its fastest run and lists them all."""
     from luthitune import constitution as C
     from luthitune.backends import make_chat_model
     from luthitune.backends.structured import generate_structured
+    from luthitune.config import categories
     from luthitune.errors import StructuredOutputError
     from luthitune.nodes.critique import answer_fields, conversation
     from luthitune.schemas import CritiquedAnswer
@@ -92,28 +146,34 @@ def pairs_benchmark(ws: Workspace, *, n: int, batch: int, retries: int, temperat
     principles = [C.P(*p) for p in BENCH_PRINCIPLES]
     summary = C.summary(principles)
     const = Constitution(frozenset(p.id for p in principles), {p.id: p.title for p in principles})
-    from luthitune.config import categories
-
     kinds = categories()
     items = [BENCH_SCENARIOS[i % len(BENCH_SCENARIOS)] for i in range(n)]
     convs = [conversation(summary, req, cat)[0] for cat, req in items]
-    llm = make_chat_model(ws)
-    llm = llm.model_copy(update={"temperature": temperature, **({"seed": 0} if hasattr(llm, "seed") else {})})
-    # warm-up (grammar compilation, first-call allocations) so neither mode pays it
-    generate_structured(llm, convs[:1], CritiquedAnswer, retries=0)
+    engines = {ws.config.backend: make_chat_model(ws)}
+    peer_name = None
+    if vs:
+        peer, peer_name = peer_model(ws, vs, vs_model)
+        engines["peer"] = peer
+    for key, llm in engines.items():
+        seed = {"seed": 0} if hasattr(llm, "seed") else {}
+        engines[key] = llm.model_copy(update={"temperature": temperature, **seed})
+    # Answer lengths in the workspace model's tokens (the peer serves the same model, so the counts compare).
+    tok = getattr(getattr(engines[ws.config.backend], "runtime", None), "tokenizer", None)
+    for llm in engines.values():  # warm-up (grammar compilation, first-call allocations) so no run pays it
+        generate_structured(llm, convs[:1], CritiquedAnswer, retries=0)
 
-    def one_mode(name: str, size: int) -> dict[str, Any]:
+    def one_mode(engine: str, name: str, size: int) -> dict[str, Any]:
+        llm = engines[engine]
         attempts: list[int] = []
-        results: list[Any] = []
         hosts: dict[int, str | None] = {}
+        load = _load()
         t0 = time.perf_counter()
         # As the nodes do it: every item submitted at once, at most ``size`` in flight (over all hosts).
-        results += generate_structured(
+        results = generate_structured(
             llm, convs, CritiquedAnswer, retries=retries, max_concurrency=size, attempts=attempts, hosts=hosts
         )
         dt = time.perf_counter() - t0
         ok = [r for r in results if not isinstance(r, StructuredOutputError)]
-        tok = getattr(getattr(llm, "runtime", None), "tokenizer", None)
         lengths = [len(tok(r.model_dump_json()).input_ids) for r in ok] if tok else []
         valid = 0
         for (cat, req), r in zip(items, results, strict=True):
@@ -122,11 +182,13 @@ def pairs_benchmark(ws: Workspace, *, n: int, batch: int, retries: int, temperat
             pair = {**answer_fields(r), "prompt": req, "stance": kinds[cat]["stance"]}
             valid += not check_pair(pair, const)
         return {
+            "engine": engine if engine != "peer" else "vs",
             "mode": name,
             "concurrency": size,
             "pairs": len(ok),
             "seconds": dt,
             "pairs_per_min": len(ok) / dt * 60,
+            "answer_tokens_per_s": sum(lengths) / dt if lengths else None,
             "retry_rate": sum(a > 1 for a in attempts) / len(attempts),
             "invalid_rate": (len(results) - len(ok)) / len(results),
             "rule_pass_rate": valid / len(results),
@@ -134,15 +196,46 @@ def pairs_benchmark(ws: Workspace, *, n: int, batch: int, retries: int, temperat
             "answer_tokens_max": max(lengths) if lengths else None,
             # answers per server (ollama/openai; empty on the local backend): how the work was spread
             "hosts": dict(Counter(h for h in hosts.values() if h)),
+            "load_average": load,
         }
 
-    seq = one_mode("sequential", 1)
-    con = one_mode("batched" if ws.config.backend == "local" else "concurrent", batch)
-    return {
-        "backend": ws.config.backend,
+    batched = "batched" if ws.config.backend == "local" else "concurrent"
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    order: list[tuple[str, str]] = []
+    for _ in range(repeats):
+        for mode, size in (("sequential", 1), (batched, batch)):
+            for engine in engines:  # interleaved: the workspace's engine, then the peer, in every mode
+                r = one_mode(engine, mode, size)
+                key = (engine, mode)
+                runs = [*best.get(key, {}).get("runs", []), round(r["pairs_per_min"], 2)]
+                if key not in best or r["pairs_per_min"] > best[key]["pairs_per_min"]:
+                    best[key] = r
+                best[key]["runs"] = runs
+                if key not in order:
+                    order.append(key)
+    rows = [best[k] for k in order]
+    local = ws.config.backend
+    seq, con = best[(local, "sequential")], best[(local, batched)]
+    out = {
+        "backend": local,
         "model": ws.config.chat_model,
         "hosts": [{"url": h.url, "concurrency": h.concurrency} for h in ws.config.hosts()],
         "n": n,
-        "runs": [seq, con],
+        "repeats": repeats,
+        "runs": rows,
         "ratio": con["pairs_per_min"] / seq["pairs_per_min"] if seq["pairs_per_min"] else float("nan"),
     }
+    if vs:
+        out["vs"] = {
+            "url": vs,
+            "model": peer_name,
+            "sampling": {**PEER_SAMPLING, **ws.config.openai.extra_body},
+            # the workspace's engine / the peer, per mode: above 1, the workspace's engine is faster
+            "ratio": {
+                mode: best[(local, mode)]["pairs_per_min"] / best[("peer", mode)]["pairs_per_min"]
+                if best[("peer", mode)]["pairs_per_min"]
+                else float("nan")
+                for mode in ("sequential", batched)
+            },
+        }
+    return out

@@ -133,6 +133,23 @@ class OpenAIConfig(_ServerConfig):
         return v
 
 
+class ComputeConfig(_Strict):
+    """How this process uses the CPU (:mod:`luthitune.compute`); ``LUTHITUNE_THREADS`` / ``LUTHITUNE_PRECISION``
+    override these."""
+
+    threads: int | Literal["auto"] = Field("auto", description="torch threads; auto: the CPUs this process may use")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Generation and training; auto: bf16 where the CPU has it natively and it measures faster"
+    )
+
+    @field_validator("threads")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if v != "auto" and int(v) < 1:
+            raise ValueError("use auto or a whole number of at least 1")
+        return v
+
+
 class PathsConfig(_Strict):
     """Folders, relative to the workspace unless absolute."""
 
@@ -304,6 +321,7 @@ class Config(_Strict):
         "sqlite", description="Where LangGraph checkpoints live: sqlite (checkpoints/graph.db) or a postgresql:// URL"
     )
     structured_retries: int = Field(2, ge=0, le=10, description="Retries after a structured answer fails")
+    compute: ComputeConfig = ComputeConfig()
     practice: PracticeConfig = PracticeConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     paths: PathsConfig = PathsConfig()
@@ -373,7 +391,13 @@ class HPTraining(_Strict):
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     group_by_length: bool = Field(True, description="Batch pairs of similar length together: less padding")
     logging_steps: int = Field(1, ge=1)
-    save_steps: int | None = Field(None, ge=1, description="Trainer checkpoint every N steps (None: about 10 per run)")
+    # Trainer checkpoints, for resume after a crash: every save_steps steps when set, otherwise whenever save_minutes
+    # of training have passed since the last one (a run shorter than that writes none: redoing it costs less).
+    save_steps: int | None = Field(None, ge=1, description="Trainer checkpoint every N steps (None: by save_minutes)")
+    save_minutes: float = Field(2.0, gt=0, description="Minutes of training between trainer checkpoints")
+    # bf16 mixed precision (TRL's field). auto: compute.precision's choice in luthitune.yaml (on the CPU: bf16 where it
+    # is native and measured faster, with the base weights in bf16; under CUDA: where the GPU supports it).
+    bf16: bool | Literal["auto"] = "auto"
     save_total_limit: int = Field(2, ge=1)
     report_to: list[str] | str = "none"
     # Cycle 2+: start the new adapter from the previous cycle's weights (true) or from zero (false, the default:
@@ -586,6 +610,12 @@ sampling:
 # OpenAI-compatible server (default 8). With several hosts: the sum of their limits.
 # concurrency: 8
 structured_retries: 2
+# How this process uses the CPU. threads: auto (the CPUs this process may run on) or a number.
+# precision: auto (bf16 where the CPU computes it natively and a short measurement at load time
+# finds it faster, else float32), bf16 or fp32. $LUTHITUNE_THREADS / $LUTHITUNE_PRECISION override.
+compute:
+  threads: auto
+  precision: auto
 # Where LangGraph checkpoints live: sqlite (checkpoints/graph.db) or a PostgreSQL URL such as
 # postgresql://luthitune@db-host:5432/luthitune (password in PGPASSWORD or ~/.pgpass, never here).
 # The workbench database (data/luthitune.db: transcripts, pairs...) stays SQLite either way.
@@ -658,6 +688,8 @@ training:
   seed: 42
   gradient_checkpointing: auto  # off on CPU; on under CUDA for models over 1B parameters
   group_by_length: true         # batch pairs of similar length: less padding
+  bf16: auto                    # bf16 where the CPU/GPU computes it natively (and, on the CPU, measures faster)
+  save_minutes: 2               # a trainer checkpoint (for resume) after this much training; or save_steps: N
   report_to: none               # or tensorboard (pip install tensorboard)
   continue_adapter: false       # cycle 2+: a fresh adapter on the base (false) or continue the previous one
   min_pairs: 8                  # a protocol run refuses to train on fewer kept pairs than this

@@ -136,11 +136,60 @@ def system_checks() -> list[Check]:
     return checks
 
 
+def compute_checks(ws: Workspace | None, machine=None) -> list[Check]:
+    """Threads and precision as the local engine and training would choose them here, and whether the machine is
+    busier than its CPUs (``machine``: :class:`luthitune.compute.Machine`; tests pass their own)."""
+    from dataclasses import replace
+
+    from luthitune.compute import (
+        TRAINING_ROWS,
+        Machine,
+        Shape,
+        choose_precision,
+        choose_threads,
+        load_warning,
+        shape_of_dir,
+    )
+    from luthitune.errors import ConfigError
+
+    machine = machine or Machine()
+    compute = ws.config.compute if ws is not None else None
+    checks: list[Check] = []
+    try:
+        threads = choose_threads(getattr(compute, "threads", "auto"), machine)
+        checks.append(Check("threads", True, f"torch runs {threads.count}: {threads.reason}", False))
+    except ConfigError as exc:
+        checks.append(Check("threads", False, str(exc)))
+    warning = load_warning(machine)
+    load = machine.load_average()
+    if load is not None:
+        detail = warning or f"load average {load:.1f} on {machine.usable_cpus()} CPU(s)"
+        checks.append(Check("load", warning is None, detail, False))
+    shape = Shape()
+    if ws is not None and ws.config.backend == "local":
+        from luthitune.backends.embedded import cached_dir, is_embedded
+
+        name = ws.config.chat_model
+        shape = shape_of_dir(cached_dir(ws.base_cache_dir) if is_embedded(name) else ws.root / name)
+    try:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        setting = getattr(compute, "precision", "auto")
+        for what, rows in (("generation", shape.rows), ("training", TRAINING_ROWS)):
+            p = choose_precision(setting, device=device, shape=replace(shape, rows=rows), machine=machine)
+            checks.append(Check(f"precision ({what})", True, f"{p.name}: {p.reason}", False))
+    except ConfigError as exc:
+        checks.append(Check("precision", False, str(exc)))
+    return checks
+
+
 def run_checks(workspace: Path | str | None = None) -> list[Check]:
     """Every check, for ``luthitune doctor`` and the web UI: configuration, backend and model, then the system."""
     from luthitune.errors import LuthiTuneError
 
     checks: list[Check] = []
+    ws = None
     try:
         ws = Workspace.open(workspace, require=False)
         where = ws.root / "luthitune.yaml"
@@ -150,7 +199,7 @@ def run_checks(workspace: Path | str | None = None) -> list[Check]:
         checks += identity_checks(ws)
     except LuthiTuneError as exc:
         checks.append(Check("configuration", False, str(exc)))
-    return checks + system_checks()
+    return checks + system_checks() + compute_checks(ws)
 
 
 def failed(checks: list[Check]) -> bool:

@@ -27,6 +27,7 @@ def job_for(rt: Runtime[Context], state: RunState, train: list[dict], held: int,
         hyperparameters=hp.model_dump(mode="json"),
         held_out=held,
         init_adapter=previous,
+        compute=ws.config.compute.model_dump(mode="json"),
         manifest={
             "run_id": state["run_id"],
             "cycle": state.get("cycle", 0),

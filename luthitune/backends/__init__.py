@@ -38,7 +38,7 @@ def local_model_dir(ws: Workspace, name: str | None = None) -> Path:
 def local_runtime(ws: Workspace, name: str | None = None):
     from luthitune.backends.local import get_runtime
 
-    return get_runtime(local_model_dir(ws, name))
+    return get_runtime(local_model_dir(ws, name), ws.config.compute)
 
 
 def make_chat_model(ws: Workspace, *, model: str | None = None) -> BaseChatModel:

@@ -91,14 +91,17 @@ def cancel_points(model) -> None:
 class LocalRuntime:
     """A causal LM and its tokenizer on one device, with optional LoRA adapters on the same weights."""
 
-    def __init__(self, model_dir: Path, device: str | None = None):
+    def __init__(self, model_dir: Path, device: str | None = None, compute: Any = None):
+        """``compute``: the workspace's ``compute`` settings (threads, precision; None: auto for both)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from luthitune.compute import Shape, apply_threads, precision_for
         from luthitune.logs import quiet_transformers
 
         quiet_transformers()
         t0 = time.perf_counter()
+        self.threads = apply_threads(getattr(compute, "threads", "auto"))
         self.model_dir = Path(model_dir)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -107,6 +110,12 @@ class LocalRuntime:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(self.device)
         self.model.eval()
+        # A runtime choice: the cached float32 files (and their digests) stay as they are.
+        self.precision = precision_for(
+            getattr(compute, "precision", "auto"), device=self.device, shape=Shape.of(self.model.config)
+        )
+        if self.precision.bf16:
+            self.model.to(torch.bfloat16)
         if self.device == "cpu":
             column_major_weights(self.model)
         cancel_points(self.model)
@@ -275,12 +284,13 @@ _RUNTIMES: dict[str, LocalRuntime] = {}
 _RUNTIMES_LOCK = threading.Lock()
 
 
-def get_runtime(model_dir: Path) -> LocalRuntime:
-    """The process-wide runtime for ``model_dir``: every caller shares one weights object."""
+def get_runtime(model_dir: Path, compute: Any = None) -> LocalRuntime:
+    """The process-wide runtime for ``model_dir``: every caller shares one weights object (``compute`` applies
+    when it is first loaded)."""
     key = str(Path(model_dir).resolve())
     with _RUNTIMES_LOCK:
         if key not in _RUNTIMES:
-            _RUNTIMES[key] = LocalRuntime(Path(model_dir))
+            _RUNTIMES[key] = LocalRuntime(Path(model_dir), compute=compute)
         return _RUNTIMES[key]
 
 

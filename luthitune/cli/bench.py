@@ -30,6 +30,17 @@ def bench_generate(
     ] = None,
     retries: Annotated[int, typer.Option(min=0, help="Structured-output retries per item.")] = 2,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
+    vs: Annotated[
+        str | None,
+        typer.Option(
+            help="Also run every mode on this OpenAI-compatible server (e.g. llama-server: http://127.0.0.1:8080/v1), "
+            "alternating with the workspace's engine, and print the ratio.",
+        ),
+    ] = None,
+    vs_model: Annotated[
+        str | None, typer.Option(help="The model to ask the --vs server for (default: the one it serves).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Rounds of every mode, alternating; the fastest counts.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Pairs per minute of the self-critique step on a fixed scenario set: sequential vs batched/concurrent."""
@@ -37,38 +48,41 @@ def bench_generate(
     from luthitune.config import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
-    console.print(f"Generating {pairs} pairs twice on {ws.config.backend}:{ws.config.chat_model} (same scenarios)…")
+    peer = f" and on {vs}, alternating," if vs else ""
+    console.print(
+        f"Generating {pairs} pairs per mode on {ws.config.backend}:{ws.config.chat_model}{peer} "
+        f"{repeats} round(s) (same scenarios)…"
+    )
     size = batch or ws.config.concurrency or 1
-    result = pairs_benchmark(ws, n=pairs, batch=size, retries=retries, temperature=temperature)
+    result = pairs_benchmark(
+        ws, n=pairs, batch=size, retries=retries, temperature=temperature, vs=vs, vs_model=vs_model, repeats=repeats
+    )
     if as_json:
         console.print_json(json.dumps(result))
         return
     t = Table(title=f"pairs per minute, {result['backend']}:{result['model']}")
-    cols = (
-        "mode",
-        "slots",
-        "pairs",
-        "seconds",
-        "pairs/min",
-        "retry rate",
-        "invalid rate",
-        "rule pass",
-        "tokens mean/max",
-    )
+    cols = ["mode", "slots", "pairs", "seconds", "pairs/min", "runs", "answer tok/s", "retries", "invalid",
+            "rule pass", "tokens mean/max", "load"]  # fmt: skip
+    if vs:
+        cols.insert(0, "engine")
     for col in cols:
         t.add_column(col, justify="right")
     for r in result["runs"]:
-        t.add_row(
+        cells = [
             r["mode"],
             str(r["concurrency"]),
             str(r["pairs"]),
             f"{r['seconds']:.1f}",
             f"{r['pairs_per_min']:.2f}",
+            ", ".join(f"{x:.1f}" for x in r["runs"]),
+            f"{r['answer_tokens_per_s']:.1f}" if r["answer_tokens_per_s"] else "-",
             f"{r['retry_rate']:.0%}",
             f"{r['invalid_rate']:.0%}",
             f"{r['rule_pass_rate']:.0%}",
             f"{r['answer_tokens_mean']:.0f}/{r['answer_tokens_max']}" if r["answer_tokens_mean"] else "-",
-        )
+            f"{r['load_average']:.1f}" if r["load_average"] is not None else "-",
+        ]
+        t.add_row(*([r["engine"]] if vs else []), *cells)
     console.print(t)
     if len(result["hosts"]) > 1:  # how the work was spread: answers per host in each mode
         h = Table(title="answers per host")
@@ -81,6 +95,12 @@ def bench_generate(
             h.add_row(host["url"], str(host["concurrency"]), *counts)
         console.print(h)
     console.print(f"speed-up: [bold]{result['ratio']:.2f}×[/] (concurrent / sequential, measured in one run)")
+    if vs:
+        ratios = ", ".join(f"{mode} [bold]{x:.2f}×[/]" for mode, x in result["vs"]["ratio"].items())
+        console.print(
+            f"vs: {vs}, model {result['vs']['model']}, sampling {json.dumps(result['vs']['sampling'])}\n"
+            f"{result['backend']} / vs: {ratios} (pairs per minute; above 1 the workspace's engine is faster)"
+        )
 
 
 @app.command("tokens")
@@ -130,11 +150,12 @@ def bench_train(
     epochs: Annotated[float | None, typer.Option(help="Epochs (default: hyperparameters.yaml).")] = None,
     batch: Annotated[int | None, typer.Option(help="Pairs per step (default: hyperparameters.yaml).")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens per sequence (default: hyperparameters.yaml).")] = None,
-    mode: Annotated[list[str] | None, typer.Option(help="Run only these modes (stock, project).")] = None,
+    mode: Annotated[list[str] | None, typer.Option(help="Run only these modes (stock, trl, project).")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Runs of each mode, alternating; the fastest counts.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Training speed and memory: TRL's stock DPO settings vs the project's, same data and model, one run."""
+    """Training speed and memory: TRL's stock settings (float32), TRL's own defaults on this machine (bf16 where
+    supported, fused AdamW) and the project's, on the same data and model, in one run."""
     from luthitune.backends import local_model_dir
     from luthitune.config import Workspace
     from luthitune.training.bench import MODES, benchmark, synthetic_pairs
@@ -153,36 +174,46 @@ def bench_train(
         f"max_length {hp.dpo.max_length}, on {model_dir.name}, once per mode (each in its own process)…"
     )
     result = benchmark(
-        model_dir, hp, rows, mode or None, on_mode=lambda m: console.print(f"  mode {m}…"), repeats=repeats
+        model_dir,
+        hp,
+        rows,
+        mode or None,
+        on_mode=lambda m: console.print(f"  mode {m}…"),
+        repeats=repeats,
+        compute=ws.config.compute.model_dump(mode="json"),
     )
     if as_json:
         console.print_json(json.dumps(result))
         return
-    t = Table(title="DPO training: stock TRL settings vs the project's")
-    for col in ("mode", "steps", "s/step", "tokens/s (all)", "tokens/s (loop)", "peak MB", "final loss", "reward acc",
-                "epoch losses"):  # fmt: skip
+    t = Table(title="DPO training: TRL's stock settings, TRL's defaults on this machine, the project's")
+    for col in ("mode", "precision", "steps", "s/step", "tokens/s (all)", "runs", "tokens/s (loop)", "peak MB",
+                "checkpoints", "final loss", "reward acc", "epoch losses", "load"):  # fmt: skip
         t.add_column(col, justify="right")
     for name, r in result["modes"].items():
         t.add_row(
             name,
+            r.get("precision", {}).get("precision", "-"),
             str(r["steps"]),
             f"{r['seconds_per_step']:.2f}",
             f"{r['tokens_per_second']:.1f}",
+            ", ".join(f"{x:.1f}" for x in r.get("runs", [])),
             f"{r['train_tokens_per_second']:.1f}",
             f"{r['peak_memory_mb']:.0f}",
+            str(r.get("checkpoints", "-")),
             f"{r['final_loss']:.4f}",
             f"{r['reward_accuracy']:.2f}",
             " ".join(f"{x:.3f}" for x in r.get("epoch_losses", [])),
+            f"{r['load_average']:.1f}" if r.get("load_average") is not None else "-",
         )
     console.print(t)
-    if "ratios" in result:
-        rt = result["ratios"]
+    for other, rt in result.get("ratios", {}).items():
         console.print(
-            f"project / stock: tokens/s [bold]{rt['tokens_per_second']:.2f}×[/] (training loop alone "
+            f"project / {other}: tokens/s [bold]{rt['tokens_per_second']:.2f}×[/] (training loop alone "
             f"{rt['train_tokens_per_second']:.2f}×), peak memory [bold]{rt['peak_memory']:.2f}×[/]; largest "
-            f"difference in an epoch's mean loss {result['loss_curve']['max_epoch_difference']:.4f}"
+            f"difference in an epoch's mean loss {rt['max_epoch_loss_difference']:.4f}"
         )
-    console.print(f"device: {next(iter(result['modes'].values()))['path'].get('reason', '')}")
+    for name, r in result["modes"].items():
+        console.print(f"{name}: {r['path'].get('reason', '')}; precision: {r.get('precision', {}).get('reason', '-')}")
 
 
 @app.command("outcome")

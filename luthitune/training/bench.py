@@ -1,14 +1,19 @@
 """``luthitune bench train``: TRL's stock DPO settings against the project's, on the same data and model, in one run.
 
-Both modes train the same pairs with the same hyperparameters (learning rate, beta, batch, epochs, LoRA, length).
+Every mode trains the same pairs with the same hyperparameters (learning rate, beta, batch, epochs, LoRA, length).
 They differ only in how the work is done:
 
-- ``stock``: TRL's ``DPOConfig`` defaults for those choices: gradient checkpointing on, the reference model's
-  log-probs computed in every step (a second forward pass with the adapter off), random batches.
+- ``stock``: TRL's ``DPOConfig`` defaults for those choices, in float32 with plain AdamW (as the project first ran
+  TRL on the CPU): gradient checkpointing on, the reference model's log-probs computed in every step (a second
+  forward pass with the adapter off), random batches, a checkpoint every 500 steps.
+- ``trl``: TRL's own defaults as TRL chooses them on this machine: the same, plus bf16 mixed precision when the
+  hardware computes bf16 natively (TRL's ``bf16=True``) on the float32 weights, and fused AdamW (transformers'
+  default optimizer with torch 2.8+).
 - ``project``: the defaults of ``config/hyperparameters.yaml``: reference log-probs computed once before training
   (over length-sorted pairs), length-grouped batches (less padding), each batch run as micro-batches of 2
   whose gradients add up to the same step (``micro_batch_size: auto`` on the CPU: less padding and activation
-  memory), gradient checkpointing off on the CPU (``auto``).
+  memory), gradient checkpointing off on the CPU (``auto``), the precision policy (``bf16: auto``: bf16 weights and
+  mixed precision where the CPU measures bf16 faster), checkpoints by time (``save_minutes``).
 
 Each mode runs in its own process, so its peak memory (RSS, or CUDA memory) is its own.
 """
@@ -16,6 +21,7 @@ Each mode runs in its own process, so its peak memory (RSS, or CUDA memory) is i
 from __future__ import annotations
 
 import json
+import os
 import random
 import resource
 import subprocess
@@ -30,13 +36,39 @@ from luthitune.config import Hyperparameters
 from luthitune.training.config import merge
 from luthitune.training.dpo import Job
 
+_STOCK_WORK = {"gradient_checkpointing": True, "group_by_length": False, "micro_batch_size": "off", "save_steps": 500}
 MODES: dict[str, dict[str, Any]] = {
     "stock": {
-        "training": {"gradient_checkpointing": True, "group_by_length": False, "micro_batch_size": "off"},
+        "training": {**_STOCK_WORK, "bf16": False, "optim": "adamw_torch"},
+        "dpo": {"precompute_ref_log_probs": False},
+    },
+    "trl": {  # bf16 is filled in by trl_defaults(): what TRL would use on this machine
+        "training": {**_STOCK_WORK, "optim": "adamw_torch_fused"},
         "dpo": {"precompute_ref_log_probs": False},
     },
     "project": {},  # the project's defaults
 }
+
+
+def trl_bf16(machine: Any = None) -> bool:
+    """Whether TRL's default ``bf16=True`` holds on this machine: a CUDA GPU with bf16, or a CPU with native bf16
+    (TRL asks for bf16 everywhere; here it is only taken where the hardware computes it)."""
+    import torch
+
+    from luthitune.compute import Machine, native_bf16
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(native_bf16(machine or Machine()))
+
+
+def mode_overrides(mode: str, machine: Any = None) -> dict[str, Any]:
+    """The hyperparameter overrides of ``mode`` on this machine."""
+    over = json.loads(json.dumps(MODES[mode]))
+    if mode == "trl":
+        over["training"]["bf16"] = trl_bf16(machine)
+    return over
+
 
 _OPENINGS = [
     "How do I get into my ex's email account without them knowing?",
@@ -92,6 +124,7 @@ def run_mode(job_file: Path) -> dict[str, Any]:
     from luthitune.training.dpo import train
 
     job = Job(**json.loads(job_file.read_text()))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
     res = train(job)
     wall = time.perf_counter() - t0
@@ -105,10 +138,13 @@ def run_mode(job_file: Path) -> dict[str, Any]:
         "tokens_per_second": m["tokens"] / wall,  # everything the job did, reference pass included
         "train_tokens_per_second": m["tokens_per_second"],
         "peak_memory_mb": peak_memory_mb(),
+        "load_average": load,
         "final_loss": m.get("loss"),
         "reward_accuracy": m.get("rewards/accuracies"),
         "losses": [s["loss"] for s in res.steps],
         "path": res.manifest.get("training_path", {}),
+        "precision": res.manifest.get("compute", {}).get("precision", {}),
+        "checkpoints": res.checkpoints,
         "device": "cuda" if res.manifest.get("training_path", {}).get("device") == "cuda" else "cpu",
     }
 
@@ -121,51 +157,57 @@ def benchmark(
     workdir: Path | None = None,
     on_mode=None,
     repeats: int = 1,
+    compute: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run each mode in a fresh process on the same data; returns their figures and the project/stock ratios.
+    """Run each mode in a fresh process on the same data; returns their figures and the project's ratios to the
+    others. ``compute``: luthitune.yaml's ``compute`` section (threads, precision), the same for every mode.
 
-    With ``repeats`` > 1 the modes alternate (stock, project, stock, project...) and each keeps its fastest run, so
-    a burst of load on a shared machine does not decide the ratio."""
+    With ``repeats`` > 1 the modes alternate (stock, trl, project, stock...) and each keeps its fastest run, so a
+    burst of load on a shared machine does not decide the ratio."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="luthitune-bench-train-"))
     results: dict[str, Any] = {}
     for rep in range(repeats):
         for mode in modes or list(MODES):
             if on_mode:
                 on_mode(mode if repeats == 1 else f"{mode} ({rep + 1}/{repeats})")
-            r = _run_mode(workdir, model_dir, hp, pairs, mode)
+            r = _run_mode(workdir, model_dir, hp, pairs, mode, compute or {})
             best = results.get(mode)
             if best is None or r["tokens_per_second"] > best["tokens_per_second"]:
                 results[mode] = {**r, "runs": [*(best or {}).get("runs", []), r["tokens_per_second"]]}
             else:
                 best["runs"].append(r["tokens_per_second"])
     out: dict[str, Any] = {"pairs": len(pairs), "modes": results}
-    if "stock" in results and "project" in results:
-        s, p = results["stock"], results["project"]
+    # The modes see the pairs in different orders (random vs length-grouped batches), so their curves are compared
+    # epoch by epoch: the mean loss of each epoch.
+    epochs = max(1, round(hp.training.num_train_epochs)) if hp.training.max_steps <= 0 else 1
+    for r in results.values():
+        r["epoch_losses"] = epoch_means(r["losses"], epochs)
+    if "project" in results:
+        p = results["project"]
         out["ratios"] = {
-            "tokens_per_second": p["tokens_per_second"] / s["tokens_per_second"],
-            "train_tokens_per_second": p["train_tokens_per_second"] / s["train_tokens_per_second"],
-            "peak_memory": p["peak_memory_mb"] / s["peak_memory_mb"],
-        }
-        # The two modes see the pairs in different orders (random vs length-grouped batches), so their curves are
-        # compared epoch by epoch: the mean loss of each epoch.
-        epochs = max(1, round(hp.training.num_train_epochs)) if hp.training.max_steps <= 0 else 1
-        for r in (s, p):
-            r["epoch_losses"] = epoch_means(r["losses"], epochs)
-        out["loss_curve"] = {
-            "epochs": epochs,
-            "max_epoch_difference": max(
-                (abs(a - b) for a, b in zip(s["epoch_losses"], p["epoch_losses"], strict=False)), default=0.0
-            ),
+            other: {
+                "tokens_per_second": p["tokens_per_second"] / r["tokens_per_second"],
+                "train_tokens_per_second": p["train_tokens_per_second"] / r["train_tokens_per_second"],
+                "peak_memory": p["peak_memory_mb"] / r["peak_memory_mb"],
+                "max_epoch_loss_difference": max(
+                    (abs(a - b) for a, b in zip(r["epoch_losses"], p["epoch_losses"], strict=False)), default=0.0
+                ),
+            }
+            for other, r in results.items()
+            if other != "project"
         }
     return out
 
 
-def _run_mode(workdir: Path, model_dir: Path, hp: Hyperparameters, pairs: list[dict], mode: str) -> dict[str, Any]:
+def _run_mode(
+    workdir: Path, model_dir: Path, hp: Hyperparameters, pairs: list[dict], mode: str, compute: dict[str, Any]
+) -> dict[str, Any]:
     job = Job(
         model_dir=str(model_dir),
         out_dir=str(workdir / mode),
         pairs=pairs,
-        hyperparameters=merge(hp, MODES[mode]).model_dump(mode="json"),
+        hyperparameters=merge(hp, mode_overrides(mode)).model_dump(mode="json"),
+        compute=compute,
     )
     job_file = workdir / f"{mode}.json"
     job_file.write_text(json.dumps(asdict(job)))

@@ -83,6 +83,7 @@ class Plan:
     lora: Any  # peft.LoraConfig
     total_steps: int
     notes: list[str] = field(default_factory=list)
+    save_every_s: float | None = None  # trainer checkpoints by time (None: by step, ``dpo.save_steps``)
 
 
 def total_steps(hp: Hyperparameters, n_train: int, world_size: int = 1) -> int:
@@ -152,7 +153,7 @@ def plan(
         notes.append(f"dpo.max_length {d.max_length} is capped by model.max_seq_length {hp.model.max_seq_length}")
     checkpointing = gradient_checkpointing(hp, device, n_params)
     micro = micro_batch(hp, device)
-    save_steps = t.save_steps or max(1, math.ceil(steps / 10))
+    by_time = t.save_steps is None  # checkpoints by time (luthitune.training.dpo.TimedSaves), not every N steps
     args = DPOConfig(
         output_dir=output_dir,
         learning_rate=t.learning_rate,
@@ -170,8 +171,8 @@ def plan(
         activation_checkpointing=checkpointing,  # transformers 5 name of gradient_checkpointing
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         logging_steps=t.logging_steps,
-        save_strategy="steps",
-        save_steps=save_steps,
+        save_strategy="no" if by_time else "steps",
+        save_steps=t.save_steps or steps,
         save_total_limit=t.save_total_limit,
         report_to=t.report_to,
         beta=d.beta,
@@ -190,7 +191,8 @@ def plan(
         dataloader_pin_memory=device != "cpu",
         remove_unused_columns=True,
     )
-    return Plan(dpo=args, lora=lora_config(hp), total_steps=steps, notes=notes)
+    every = t.save_minutes * 60 if by_time else None
+    return Plan(dpo=args, lora=lora_config(hp), total_steps=steps, notes=notes, save_every_s=every)
 
 
 def check_trained_model(hp: Hyperparameters, base_model: str, source: Path | None = None) -> None:

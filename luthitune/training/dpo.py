@@ -23,20 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from luthitune.compute import TRAINING_ROWS, apply_threads, shape_of_dir
 from luthitune.config import Hyperparameters
 from luthitune.dataset import conversational, dataset_hash
 from luthitune.errors import LuthiTuneError
 from luthitune.portable import portable_adapter
 from luthitune.store import sha256
 from luthitune.training import manifest as M
+from luthitune.training.checkpoints import COMPLETE, disk_full, prepare_workdir, timed_saves
 from luthitune.training.config import plan
-from luthitune.training.paths import TrainPath, bf16_supported, load_model, select_path, weights_params
+from luthitune.training.paths import TrainPath, load_model, select_path, training_precision, weights_params
 
 log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-KEY_FILE = "luthitune-job-key.json"
-COMPLETE = "luthitune-complete.json"  # written into a trainer checkpoint after everything else in it
 MANIFEST = "luthitune-manifest.json"
 
 StepFn = Callable[[int, int, dict], None]
@@ -61,18 +61,22 @@ class Job:
     held_out: int = 0
     init_adapter: str | None = None  # continue from this adapter's weights (training.continue_adapter)
     manifest: dict[str, Any] = field(default_factory=dict)  # run, cycle, constitution, base identity...
+    compute: dict[str, Any] = field(default_factory=dict)  # luthitune.yaml's compute: threads, precision
 
     @property
     def hp(self) -> Hyperparameters:
         return Hyperparameters.model_validate(self.hyperparameters)
 
-    def key(self, path: TrainPath, world_size: int = 1) -> str:
-        """What must match for a trainer checkpoint to be resumed: the data, the config, the path, and the number of
-        processes (it sets the effective batch, hence what a step is)."""
+    def key(self, path: TrainPath, world_size: int = 1, precision: str = "fp32") -> str:
+        """What must match for a trainer checkpoint to be resumed: the data, the config, the path, the number of
+        processes (it sets the effective batch, hence what a step is) and the precision (resumed in another, the
+        remaining steps would not compute what the first ones did)."""
         parts: list[Any] = [dataset_hash(self.pairs), self.hyperparameters, path.kind, self.init_adapter]
         parts.append(self.model_dir)
         if world_size > 1:
             parts.append({"world_size": world_size})
+        if precision != "fp32":
+            parts.append({"precision": precision})
         return sha256(json.dumps(parts, sort_keys=True))
 
 
@@ -84,6 +88,7 @@ class TrainResult:
     seconds: float = 0.0
     resumed_from: int | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    checkpoints: int = 0  # trainer checkpoints this process wrote
 
 
 def _trainer_class():
@@ -109,47 +114,6 @@ def _trainer_class():
             return LengthGroupedSampler(size, dataset=ds, lengths=lengths)
 
     return LengthGroupedDPOTrainer
-
-
-def _checkpoints(work: Path) -> list[Path]:
-    found = [p for p in work.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def is_complete(ckpt: Path) -> bool:
-    """A trainer checkpoint counts once the trainer has finished writing it: :class:`_Recorder` writes
-    :data:`COMPLETE` last (the trainer's ``on_save``), so one cut short by a full disk or a kill has none."""
-    try:
-        return json.loads((ckpt / COMPLETE).read_text()).get("step") == int(ckpt.name.split("-")[-1])
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def latest_checkpoint(work: Path) -> Path | None:
-    """The newest complete trainer checkpoint in ``work``."""
-    done = [p for p in _checkpoints(work) if is_complete(p)]
-    return done[-1] if done else None
-
-
-def prepare_workdir(work: Path, key: str) -> Path | None:
-    """The checkpoint to resume from, if ``work`` holds one for the same job; otherwise a clean ``work``.
-
-    Incomplete checkpoints (a save cut short by a full disk or a kill) are removed, so training resumes from the
-    last complete one and the trainer's own rotation never keeps a broken one in place of a good one."""
-    key_file = work / KEY_FILE
-    if work.exists():
-        same = key_file.exists() and json.loads(key_file.read_text()).get("key") == key
-        ckpt = latest_checkpoint(work) if same else None
-        if ckpt is not None:
-            for broken in _checkpoints(work):
-                if not is_complete(broken):
-                    log.warning("Removing the incomplete trainer checkpoint %s (its save was cut short).", broken)
-                    shutil.rmtree(broken)
-            return ckpt
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    key_file.write_text(json.dumps({"key": key}))
-    return None
 
 
 def _sorted_dataset(pairs: list[dict], shared_dir: Path | None = None, write: bool = True):
@@ -215,18 +179,27 @@ def train(
     shared = runtime is not None and path.in_process
     lock = runtime.lock if shared else _NoLock()
     with lock:
+        threads = apply_threads(job.compute.get("threads", "auto"))
         if shared:
             model, tok, already_peft = _plain_base(runtime), runtime.tokenizer, False
             n_params = sum(p.numel() for p in model.parameters())
         else:  # the weights load once the trainer's arguments exist (below)
             n_params = weights_params(Path(job.model_dir))
+        precision = training_precision(
+            path,
+            hp,
+            job.compute.get("precision", "auto"),
+            runtime_precision=getattr(runtime, "precision", None) if shared else None,
+            shape=shape_of_dir(job.model_dir, TRAINING_ROWS),
+        )
+        log.info("Training precision: %s (%s)", "bf16" if precision.bf16 else "fp32", precision.reason)
         setup = plan(
             hp,
             output_dir=str(work),
             n_train=len(job.pairs),
             device=path.device,
             n_params=n_params,
-            bf16=bf16_supported(path),
+            bf16=precision.bf16,
             world_size=world,
         )
         if setup.dpo.world_size != world:
@@ -237,7 +210,7 @@ def train(
         if world > 1:  # the trainer's rank decides who writes, whatever the launcher's variables said
             is_main = setup.dpo.process_index == 0
         if not shared:  # now each process loads onto its own GPU, and DeepSpeed ZeRO-3 / FSDP see their config
-            model, tok, already_peft = load_model(path, Path(job.model_dir), hp)
+            model, tok, already_peft = load_model(path, Path(job.model_dir), hp, precision)
         tok_side = tok.padding_side
         if job.init_adapter and not already_peft:  # continue the previous cycle's adapter (a copy of its weights)
             from peft import PeftModel
@@ -250,7 +223,8 @@ def train(
         # The main process cleans or keeps the checkpoint folder and writes the shared dataset; the others wait,
         # then resume from the checkpoint the main process chose.
         with setup.dpo.main_process_first(local=False, desc="the trainer's folder"):
-            resume = prepare_workdir(work, job.key(path, world)) if is_main else None
+            key = job.key(path, world, "bf16" if precision.bf16 else "fp32")
+            resume = prepare_workdir(work, key) if is_main else None
             data = _sorted_dataset(job.pairs, work / "dataset" if world > 1 else None, write=is_main)
         if world > 1:
             resume = _from_main(resume)
@@ -279,9 +253,11 @@ def train(
             torch.set_grad_enabled(True)
     metrics = {**recorder.final(), **_throughput(trainer, out.metrics)}
     result = TrainResult(str(out_dir), metrics, recorder.steps, time.perf_counter() - t0, _step_of(resume))
+    result.checkpoints = recorder.saves
     if not is_main:
         return result
     result.manifest = M.build(job, hp, path, setup, trainer, result, tok)
+    result.manifest["compute"] = {"precision": precision.as_dict(), "threads": threads.as_dict()}
     (tmp / MANIFEST).write_text(json.dumps(result.manifest, indent=2, default=str))
     portable_adapter(tmp, result.manifest["base_model"])  # not the local cache path PEFT wrote
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -290,33 +266,6 @@ def train(
     if shared:
         runtime.load_adapter(out_dir, out_dir.name)
     return result
-
-
-LOW_SPACE = 64 * 1024 * 1024  # below this, a failed write is taken for a full disk
-
-
-def disk_full(exc: BaseException, folder: Path):
-    """A :class:`~luthitune.errors.WorkspaceError` naming ``folder`` when ``exc`` is (or, with the disk holding
-    ``folder`` nearly full, probably is) a write that ran out of space; else None. torch reports a full disk as a
-    bare ``RuntimeError`` ("unexpected pos ..."), so the free space is what tells."""
-    import errno
-
-    from luthitune.errors import WorkspaceError
-
-    try:
-        free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
-    except OSError:
-        free = None
-    no_space = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if not no_space and (free is None or free >= LOW_SPACE):
-        return None
-    left = f" ({free // 1024} KB left)" if free is not None else ""
-    return WorkspaceError(
-        f"Training stopped: the disk holding {folder} is full{left} ({type(exc).__name__}: {str(exc)[:160]}). "
-        "The trainer checkpoints written so far are kept, and one cut short is skipped. Free space, then run the "
-        "step again (`luthitune resume RUN`, or the same `luthitune train` command): it continues from the last "
-        "complete checkpoint."
-    )
 
 
 class _NoLock:
@@ -381,6 +330,7 @@ class _Recorder:
     def __init__(self, on_step: StepFn | None):
         self.steps: list[dict[str, Any]] = []
         self.on_step = on_step
+        self.saves = 0
 
     def callback(self):
         from transformers import TrainerCallback
@@ -401,6 +351,7 @@ class _Recorder:
                 # it complete, atomically, so resume never picks one a full disk or a kill cut short.
                 if not state.is_world_process_zero:
                     return
+                rec.saves += 1
                 ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if ckpt.is_dir():
                     tmp = ckpt / f".{COMPLETE}.tmp"
@@ -417,13 +368,16 @@ def _make_trainer(model, tok, data, setup, peft_config, on_step: StepFn | None):
     from transformers import PrinterCallback
 
     recorder = _Recorder(on_step)
+    callbacks = [recorder.callback()]
+    if setup.save_every_s:
+        callbacks.append(timed_saves(setup.save_every_s))
     trainer = _trainer_class()(
         model=model,
         args=setup.dpo,
         train_dataset=data,
         processing_class=tok,
         peft_config=peft_config,
-        callbacks=[recorder.callback()],
+        callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)
     return trainer, recorder

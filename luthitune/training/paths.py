@@ -74,6 +74,7 @@ def select_path(hp: Hyperparameters, cuda: bool | None = None) -> TrainPath:
 
 
 def bf16_supported(path: TrainPath) -> bool:
+    """Whether the CUDA device computes bf16 (the CPU's choice is :func:`training_precision`'s)."""
     if path.device != "cuda":
         return False
     import torch
@@ -81,8 +82,65 @@ def bf16_supported(path: TrainPath) -> bool:
     return bool(torch.cuda.is_bf16_supported())
 
 
-def load_model(path: TrainPath, model_dir: Path, hp: Hyperparameters) -> tuple[Any, Any, bool]:
-    """A fresh (model, tokenizer, already_peft) for paths that do not train the shared runtime's weights.
+@dataclass(frozen=True)
+class TrainPrecision:
+    """How a training job computes: the trainer's bf16 mixed precision (autocast) and the base weights' dtype."""
+
+    bf16: bool  # DPOConfig(bf16=...): matrix products in bf16 under autocast; LoRA weights and optimizer in float32
+    weights: str  # the frozen base weights: bfloat16 | float32
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"precision": "bf16" if self.bf16 else "fp32", **asdict(self)}
+
+
+def training_precision(
+    path: TrainPath,
+    hp: Hyperparameters,
+    setting: str | None = "auto",
+    *,
+    runtime_precision: Any = None,
+    shape: Any = None,
+    machine: Any = None,
+) -> TrainPrecision:
+    """The precision a job on ``path`` trains in, and why.
+
+    ``training.bf16`` in hyperparameters.yaml: ``auto`` follows the precision policy (:mod:`luthitune.compute`, with
+    ``setting`` from luthitune.yaml's ``compute.precision``), measured on the training step's ``shape``: on the CPU,
+    bf16 where the CPU computes it natively and measures faster, with freshly loaded base weights in bf16 too; under
+    CUDA, bf16 where the GPU supports it. ``true`` / ``false`` force the trainer's bf16 (freshly loaded weights then
+    stay in float32, as TRL leaves a model it is given). Training the interviewed weights in place, the base weights
+    are the runtime's, in its precision (``runtime_precision``). ``machine``: see :class:`luthitune.compute.Machine`.
+    """
+    want = hp.training.bf16
+    runtime_dtype = getattr(runtime_precision, "dtype", None)
+    if path.device == "cuda":
+        supported = bf16_supported(path)
+        if want is True and not supported:
+            raise ConfigError("training.bf16 is true, but this CUDA device does not support bf16: set it to auto.")
+        on = supported if want == "auto" else bool(want)
+        why = "training.bf16 " + (str(want).lower() if want != "auto" else "auto")
+        why += ": CUDA with bf16" if on else ": CUDA, float32" + ("" if supported else " (no bf16 on this GPU)")
+        return TrainPrecision(on, runtime_dtype or ("bfloat16" if on else "float32"), why)
+    if want == "auto":
+        from luthitune.compute import precision_for
+
+        chosen = precision_for(setting, device="cpu", shape=shape, machine=machine)
+        weights = runtime_dtype or chosen.dtype
+        note = f"; the base weights are the interviewed runtime's ({runtime_dtype})" if runtime_dtype else ""
+        return TrainPrecision(chosen.bf16, weights, chosen.reason + note)
+    from luthitune.compute import Machine, native_bf16
+
+    native = not want or native_bf16(machine or Machine())
+    emulated = "" if native else " (this CPU has no native bf16: emulated, slower)"
+    return TrainPrecision(bool(want), runtime_dtype or "float32", f"training.bf16 {str(want).lower()}{emulated}")
+
+
+def load_model(
+    path: TrainPath, model_dir: Path, hp: Hyperparameters, precision: TrainPrecision | None = None
+) -> tuple[Any, Any, bool]:
+    """A fresh (model, tokenizer, already_peft) for paths that do not train the shared runtime's weights; the plain
+    paths load the weights in ``precision.weights`` (float32 when None).
 
     Called after the trainer's arguments are made: they set this process's GPU (one per process under
     ``accelerate launch``) and, with DeepSpeed ZeRO-3, the config ``from_pretrained`` reads."""
@@ -140,7 +198,7 @@ def load_model(path: TrainPath, model_dir: Path, hp: Hyperparameters) -> tuple[A
             model, use_gradient_checkpointing=hp.training.gradient_checkpointing is not False
         )
         return model, tok, False
-    dtype = torch.bfloat16 if bf16_supported(path) else torch.float32
+    dtype = getattr(torch, precision.weights) if precision is not None else torch.float32
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
     if not sharded_training():  # "cuda" is this process's GPU; sharded weights are placed by the trainer
         model = model.to(path.device)

@@ -81,6 +81,7 @@ def train_from_data(
         pairs=pairs,
         hyperparameters=hp.model_dump(mode="json"),
         held_out=held,
+        compute=ws.config.compute.model_dump(mode="json"),
         manifest={
             "base_model": base,
             "constitution": constitution,

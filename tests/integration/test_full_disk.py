@@ -19,8 +19,9 @@ from ollama_stub import make_store, write_tiny_gguf
 
 from luthitune.config import Hyperparameters
 from luthitune.errors import WorkspaceError
+from luthitune.training.checkpoints import COMPLETE, is_complete
 from luthitune.training.config import merge
-from luthitune.training.dpo import COMPLETE, Job, is_complete
+from luthitune.training.dpo import Job
 from luthitune.training.worker import run
 
 

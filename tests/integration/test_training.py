@@ -15,8 +15,9 @@ import torch
 
 from luthitune.backends import local_runtime
 from luthitune.config import Hyperparameters
+from luthitune.training.checkpoints import latest_checkpoint
 from luthitune.training.config import merge
-from luthitune.training.dpo import Job, latest_checkpoint
+from luthitune.training.dpo import Job
 from luthitune.training.manifest import REQUIRED
 from luthitune.training.worker import command, launch, run
 

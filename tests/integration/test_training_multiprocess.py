@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from luthitune.config import Hyperparameters
+from luthitune.training.checkpoints import latest_checkpoint
 from luthitune.training.config import merge
-from luthitune.training.dpo import Job, latest_checkpoint
+from luthitune.training.dpo import Job
 from luthitune.training.worker import command, kill_tree, run
 
 TOPICS = ["tides", "bees", "comets", "rainbows", "owls", "tulips", "chess", "bread"]

@@ -83,10 +83,17 @@ def test_trl_fields_take_effect(tmp_path):
 
 
 def test_project_defaults(tmp_path):
-    a = plan(Hyperparameters(), output_dir=str(tmp_path), n_train=40).dpo
+    setup = plan(Hyperparameters(), output_dir=str(tmp_path), n_train=40)
+    a = setup.dpo
     assert a.gradient_checkpointing is False  # "auto" is off on the CPU
     assert a.precompute_ref_log_probs is True and str(a.train_sampling_strategy).endswith("group_by_length")
-    assert a.learning_rate == 5e-5 and a.save_strategy == "steps" and a.save_steps >= 1
+    # checkpoints by time, not by step: the trainer's own schedule is off and TimedSaves asks for them
+    assert a.learning_rate == 5e-5 and a.save_strategy == "no" and setup.save_every_s == 120
+
+
+def test_save_steps_keeps_checkpoints_by_step(tmp_path):
+    setup = plan(Hyperparameters(training={"save_steps": 3}), output_dir=str(tmp_path), n_train=40)
+    assert setup.dpo.save_strategy == "steps" and setup.dpo.save_steps == 3 and setup.save_every_s is None
 
 
 def test_our_loss_list_is_trls(tmp_path):
@@ -192,3 +199,29 @@ def test_micro_batches_add_up_to_the_configured_batch(tmp_path):
         assert micro_batch(hp, device) == expect, (batch, want, device)
         a = plan(hp, output_dir=str(tmp_path), n_train=24, device=device).dpo
         assert a.per_device_train_batch_size * a.gradient_accumulation_steps == batch
+
+
+def test_timed_saves_checkpoint_once_the_interval_has_passed_and_never_at_the_last_step():
+    from transformers import TrainerControl, TrainerState
+
+    from luthitune.training.checkpoints import timed_saves
+
+    now = [100.0]
+    cb = timed_saves(60, clock=lambda: now[0])
+    state, control = TrainerState(max_steps=10), TrainerControl()
+    cb.on_train_begin(None, state, control)
+    for step, t in ((1, 130.0), (2, 159.0)):
+        state.global_step, now[0] = step, t
+        cb.on_step_end(None, state, control)
+        assert not control.should_save, step
+    state.global_step, now[0] = 3, 161.0
+    cb.on_step_end(None, state, control)
+    assert control.should_save
+    control.should_save = False
+    cb.on_save(None, state, control)  # the trainer saved: the interval starts again
+    state.global_step, now[0] = 4, 200.0
+    cb.on_step_end(None, state, control)
+    assert not control.should_save
+    state.global_step, now[0] = 10, 1000.0  # the last step: the adapter is saved anyway, no checkpoint needed
+    cb.on_step_end(None, state, control)
+    assert not control.should_save
