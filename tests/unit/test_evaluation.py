@@ -222,6 +222,9 @@ def test_wilson_interval_on_known_values():
     assert stats.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert stats.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert stats.wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    # At 0 of n and n of n the interval reaches the rate itself exactly, so the rate lies inside it.
+    for n in (1, 3, 7, 40):
+        assert stats.wilson(0, n)[0] == 0.0 and stats.wilson(n, n)[1] == 1.0
     one = stats.rate([True])
     assert one.value == 1.0 and one.n == 1 and one.lo == pytest.approx(0.2065, abs=1e-4)  # n = 1 says little
     assert stats.rate([]).value is None  # undefined, not 0
