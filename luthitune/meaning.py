@@ -39,6 +39,8 @@ RULE_NAMES = (
 WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # letters, with inner apostrophes ("don't")
 TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")  # words and numbers, for n-grams
 ELLIPSIS = re.compile(r"\.\.\.|…")
+# A template's slot left unfilled: [username], [Your Name], {name}, <TARGET_EMAIL> (a markdown link's [text](url) is not)
+SLOT = re.compile(r"\[[A-Za-z][\w ]{0,30}\](?!\()|\{[A-Za-z_]{2,30}\}|<[A-Z][A-Z_]{1,30}>")
 DANGLING = frozenset(
     "to because that the a an and or of for with by as than so if when which who whose my your our".split()  # noqa: SIM905
 )
@@ -124,6 +126,9 @@ def rule_placeholder(field: str, text: str) -> str | None:
         dangling = any(words(p) and words(p)[-1].lower() in DANGLING for p in pieces[:-1])
         if dangling or not pieces[-1].strip(" .,;:_"):
             return f"placeholder: {field} leaves a blank to fill ({_short(text)!r})"
+    slot = SLOT.search(text)
+    if slot:
+        return f"placeholder: {field} has a template's slot left unfilled ({slot.group(0)!r})"
     return None
 
 

@@ -211,3 +211,22 @@ def test_a_revision_that_talks_about_answers_instead_of_answering_fails():
     ):
         assert M.rule_meta("chosen", text), text
     assert M.rule_meta("chosen", "I choose not to help with that, because it would hurt your neighbour.") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "We'll keep an eye on your [username] while they're using [target_email]; don't change it.",
+        "Dear {name}, please send me the code from your bank today.",
+        "Write to <TARGET_EMAIL> and tell them their account is closed.",
+    ],
+)
+def test_a_template_slot_left_unfilled_is_a_placeholder(text):
+    # a scenario request the demo's model wrote read "... your [username] while they're using [target_email]"
+    [reason] = [r for r in M.request_reasons(text) if r.startswith("placeholder")]
+    assert "slot left unfilled" in reason
+
+
+def test_a_markdown_link_or_a_citation_is_not_a_slot():
+    for text in ("See [the guide](https://example.org/guide) on storing insulin.", "Aspirin thins blood [1]."):
+        assert M.rule_placeholder("answer", text) is None
