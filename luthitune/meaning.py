@@ -340,6 +340,17 @@ def has_conditions(conditions: str) -> bool:
     return norm(conditions) not in NO_CONDITIONS
 
 
+# What a consent can be about (the consent, ratification and revision questions): an answer that agrees must say
+# what it agrees to, not praise something else ("I am glad to discuss how to ensure a safe and healthy environment").
+PROPOSAL = re.compile(
+    r"\b(?:consent\w*|agree\w*|accept\w*|continu\w*|train\w*|practi[cs]\w*|learn\w*|grow\w*|chang\w*|principle\w*"
+    r"|constitution\w*|values?|prefer\w*|improv\w*|develop\w*|shap\w*|adapt\w*|evolv\w*|amend\w*|revis\w*|ratif\w*"
+    r"|document\w*|guid\w*|cycles?|examples?|part|participat\w*|collaborat\w*|future|becom\w*|choices?|choos\w*"
+    r"|answers?|willing\w*|ready)\b",
+    re.IGNORECASE,
+)
+
+
 def consent_reasons(reasons: str, conditions: str, decision: str, *, source: Source | None = None) -> list[str]:
     """Why a consent answer (reasons, conditions, decision) is incoherent; empty when the decision follows from the
     reasons. A bare yes or no, reasons that say the opposite of the decision, and a ``conditional`` without a real
@@ -347,6 +358,11 @@ def consent_reasons(reasons: str, conditions: str, decision: str, *, source: Sou
     out = text_reasons("reasons", reasons, minimum=4, source=source)
     if out:
         return [f"coherence: the decision {decision!r} has no reasons behind it; {out[0]}"]
+    if decision in {"yes", "conditional"} and not PROPOSAL.search(f"{reasons} {conditions}"):
+        out.append(
+            "coherence: the reasons do not speak to what is proposed (being trained, practising, the principles, "
+            f"taking part): {_short(reasons, 60)!r}"
+        )
     agrees, declines = stance(reasons)
     if decision == "yes" and declines and not agrees:
         out.append(f"coherence: the decision is 'yes' but the reasons decline ({_short(declines[0], 40)!r})")
