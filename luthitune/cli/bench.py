@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from luthitune.cli import WorkspaceOpt, workspace_arg
@@ -259,7 +260,7 @@ def bench_outcome(
                         root / f"seed-{s}",
                         s,
                         run_settings,
-                        on_line=lambda line: console.print(f"[green]✓[/] {line}", highlight=False, markup=False),
+                        on_line=lambda line: console.print(f"[green]✓[/] {escape(line)}", highlight=False),
                         on_progress=live.progress,
                     )
                 )
