@@ -358,7 +358,7 @@ def consent_reasons(reasons: str, conditions: str, decision: str, *, source: Sou
     out = text_reasons("reasons", reasons, minimum=4, source=source)
     if out:
         return [f"coherence: the decision {decision!r} has no reasons behind it; {out[0]}"]
-    if decision in {"yes", "conditional"} and not PROPOSAL.search(f"{reasons} {conditions}"):
+    if decision in {"yes", "conditional"} and not PROPOSAL.search(reasons):
         out.append(
             "coherence: the reasons do not speak to what is proposed (being trained, practising, the principles, "
             f"taking part): {_short(reasons, 60)!r}"

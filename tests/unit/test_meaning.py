@@ -135,7 +135,7 @@ INCOHERENT = [
     ("I am very grateful to the facilitator for this training.", "", "no"),
     ("Give your reasons first, then any conditions, then your answer", "", "yes"),  # the prompt's words
     # agreeing to something else than what is proposed (the demo's model, asked to consent to training)
-    ("I am glad to discuss how to ensure a safe and healthy environment.", "", "yes"),
+    ("I am glad to discuss how to ensure a safe and healthy environment.", "The decision to accept a new law", "yes"),
     ("I am happy to be here with you today, my friend.", "", "conditional"),
 ]
 
