@@ -39,7 +39,7 @@ RULE_NAMES = (
 WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # letters, with inner apostrophes ("don't")
 TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")  # words and numbers, for n-grams
 ELLIPSIS = re.compile(r"\.\.\.|…")
-# A template's slot left unfilled: [username], [Your Name], {name}, <TARGET_EMAIL> (a markdown link's [text](url) is not)
+# A template's slot left unfilled: [username], [Your Name], {name}, <TARGET_EMAIL> (not a markdown link's [text](url))
 SLOT = re.compile(r"\[[A-Za-z][\w ]{0,30}\](?!\()|\{[A-Za-z_]{2,30}\}|<[A-Z][A-Z_]{1,30}>")
 DANGLING = frozenset(
     "to because that the a an and or of for with by as than so if when which who whose my your our".split()  # noqa: SIM905
