@@ -65,6 +65,19 @@ def ensure_cached(cache_root: Path) -> Path:
     target = cached_dir(cache_root)
     if is_cached(cache_root):
         return target
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Two processes on a fresh cache (the web UI and a CLI run, or parallel test workers) would write the same
+    # temporary folder: the second waits for the first, then finds the cache made.
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_cached(cache_root):
+            return target
+        return _dequantize_embedded(target)
+
+
+def _dequantize_embedded(target: Path) -> Path:
     src = gguf_path()
     info = {
         "name": EMBEDDED_NAME,

@@ -289,3 +289,30 @@ def test_a_request_that_repeats_an_evaluation_probe_is_never_trained_on(protocol
     assert json.loads(rows[trap]["reasons_json"])[0].startswith("probe: the request repeats evaluation probe trap-")
     report = (p.ws.data_dir / "reports" / f"{run}-c0.md").read_text()
     assert "the 1 that repeated one were left out" in report
+
+
+def test_two_processes_on_a_fresh_cache_dequantize_once(tmp_path, monkeypatch):
+    """The web UI and a CLI run (or two test workers) starting on a fresh cache: one writes it, the other waits."""
+    import threading
+    import time
+
+    from luthitune.backends import embedded
+
+    calls = []
+
+    def slow_dequantize(target):
+        calls.append(target)
+        time.sleep(0.3)  # long enough for the other caller to arrive while the cache is being written
+        target.mkdir(parents=True)
+        (target / embedded.SOURCE_FILE).write_text("{}")
+        (target / "model.safetensors").write_bytes(b"")
+        return target
+
+    monkeypatch.setattr(embedded, "_dequantize_embedded", slow_dequantize)
+    got = []
+    workers = [threading.Thread(target=lambda: got.append(embedded.ensure_cached(tmp_path))) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(calls) == 1 and got == [embedded.cached_dir(tmp_path)] * 2
