@@ -74,10 +74,12 @@ def make_chat_model(ws: Workspace, *, model: str | None = None) -> BaseChatModel
 
 
 def limit_tokens(llm: BaseChatModel, n: int) -> BaseChatModel:
-    """``llm`` with its answers cut at ``n`` new tokens, whatever the backend calls that setting (a pool of hosts
-    keeps its clients' own limit)."""
+    """``llm`` with its answers cut at ``n`` new tokens, or at the workspace's own ``sampling.max_new_tokens`` where
+    that is lower (it caps every answer), whatever the backend calls that setting (a pool of hosts keeps its
+    clients' own limit)."""
     fields = type(llm).model_fields
     for name in ("max_new_tokens", "num_predict", "max_tokens"):
         if name in fields:
-            return llm.model_copy(update={name: n})
+            current = getattr(llm, name, None)
+            return llm.model_copy(update={name: min(n, current) if isinstance(current, int) and current > 0 else n})
     return llm

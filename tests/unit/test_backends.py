@@ -161,3 +161,14 @@ def test_an_ollama_prefixed_chat_model_talks_to_the_plain_name(tmp_path):
     """base_model spells Ollama models `ollama:NAME`; the same spelling as chat_model reaches Ollama as NAME."""
     llm = make_chat_model(ollama_ws(tmp_path, f"http://127.0.0.1:{closed_port()}", model="ollama:qwen2.5:7b"))
     assert llm.model == "qwen2.5:7b"
+
+
+def test_a_step_limit_never_exceeds_the_workspace_cap(tmp_path):
+    """A step's own limit (the chain's 120 tokens) applies, and sampling.max_new_tokens caps it when lower."""
+    from langchain_ollama import ChatOllama
+
+    from luthitune.backends import limit_tokens
+
+    assert limit_tokens(ChatOllama(model="m", num_predict=256), 120).num_predict == 120
+    assert limit_tokens(ChatOllama(model="m", num_predict=64), 120).num_predict == 64
+    assert limit_tokens(ChatOllama(model="m"), 120).num_predict == 120  # no cap set: the step's own
