@@ -50,6 +50,8 @@ def test_sigkill_at_three_points_then_resume(tmp_path):
     # optional ones (the meaning checks always apply), and training.min_pairs 1, so the run reaches training.
     cfg = yaml.safe_load((ws / "luthitune.yaml").read_text())
     cfg["sampling"]["seed"] = 5
+    # Answers of at most 128 tokens (enough for a consent's JSON): the kills need steps, not long text.
+    cfg["sampling"]["max_new_tokens"] = 128
     cfg["practice"].update(rules=["length"], dedup_threshold=1.0)
     hp = yaml.safe_load((ws / "config" / "hyperparameters.yaml").read_text())
     hp["training"]["min_pairs"] = 1
@@ -69,7 +71,7 @@ def test_sigkill_at_three_points_then_resume(tmp_path):
         "--consent-rounds",
         "5",
         "--draft-rounds",
-        "2",
+        "1",
         "--starter-constitution",
         "--name",
         RUN,

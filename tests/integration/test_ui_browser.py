@@ -105,7 +105,7 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
         page.locator("#send").click()
         expect(page.locator("#transcript")).to_contain_text(message)
         waits_for("interview")
-    expect(page.locator("#transcript")).to_contain_text("I choose my answers")  # the model's reply
+    expect(page.locator("#transcript")).to_contain_text("I think harm is what hurts people")  # the model's reply
     expect(page.locator("#send")).to_be_enabled()
     shot("2-interview")
     page.locator("#end-interview").click()
