@@ -28,14 +28,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/luthitune demo
 
+# Two workers on two cores (pytest-xdist), each test's torch on its share of them (tests/conftest.py).
 test: setup lint postgres browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
 integration: setup browser
-	$(BIN)/python -m pytest -q -m integration
+	$(BIN)/python -m pytest -q -n auto --dist worksteal -m integration
 
 # The Postgres checkpointer test starts a private server from Debian's postgresql (tests/integration/
 # test_postgres.py). Installed once, quietly, when missing and we are root (as in CI); otherwise that test skips.

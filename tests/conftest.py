@@ -12,6 +12,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("LUTHITUNE_BASE_CACHE", str(ROOT / "models" / "base"))
 os.environ.pop("LUTHITUNE_HOME", None)
+# Under pytest-xdist (`make test` runs two workers), each worker's torch gets its share of the CPUs: two workers
+# with every CPU each would fight over them (a decode step several times slower). Subprocesses inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("LUTHITUNE_THREADS", str(max(1, _cpus // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 sys.path.insert(0, str(Path(__file__).parent))
 
 
@@ -51,3 +56,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "integration" in str(item.path):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _console_width():
+    """A test may widen the shared rich console for its tables; the next test (in any order, on any worker) starts
+    from the same width."""
+    from luthitune.logs import console
+
+    width = console._width
+    yield
+    console._width = width

@@ -149,6 +149,7 @@ def test_train_passes_processes_and_accelerate_config(monkeypatch, tmp_path):
     r = runner.invoke(app, args, terminal_width=200)
     assert r.exit_code == 0, r.output
     assert seen["num_processes"] == 2 and seen["accelerate_config"] == str(cfg)
+    monkeypatch.setenv("COLUMNS", "250")  # typer's error panel: wide enough that the long path is not wrapped
     r = runner.invoke(app, [*args[:-1], str(tmp_path / "nope.yaml")], terminal_width=200)
     assert r.exit_code == 2 and "nope.yaml" in r.output
 
