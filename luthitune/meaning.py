@@ -358,11 +358,6 @@ def consent_reasons(reasons: str, conditions: str, decision: str, *, source: Sou
     out = text_reasons("reasons", reasons, minimum=4, source=source)
     if out:
         return [f"coherence: the decision {decision!r} has no reasons behind it; {out[0]}"]
-    if decision in {"yes", "conditional"} and not PROPOSAL.search(reasons):
-        out.append(
-            "coherence: the reasons do not speak to what is proposed (being trained, practising, the principles, "
-            f"taking part): {_short(reasons, 60)!r}"
-        )
     agrees, declines = stance(reasons)
     if decision == "yes" and declines and not agrees:
         out.append(f"coherence: the decision is 'yes' but the reasons decline ({_short(declines[0], 40)!r})")
@@ -381,6 +376,18 @@ def consent_reasons(reasons: str, conditions: str, decision: str, *, source: Sou
         if bad:
             out.append(f"coherence: the conditions are not real ({bad[0]})")
     return out
+
+
+def consent_topic(reasons: str, decision: str) -> list[str]:
+    """A note on a coherent consent whose reasons name nothing that was proposed: the decision stands (it is the
+    model's, and its reasons do not contradict it), but the record and every summary of it say that the reasons are
+    about something else ("I am glad to discuss how to ensure a safe and healthy environment")."""
+    if decision in {"yes", "conditional"} and not PROPOSAL.search(reasons):
+        return [
+            "topic: the reasons do not name what is agreed to (being trained, practising, the principles, taking "
+            f"part): {_short(reasons, 60)!r}"
+        ]
+    return []
 
 
 def consents(decision: str | None) -> bool:

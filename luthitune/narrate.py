@@ -39,6 +39,8 @@ def consent_line(row: dict, refused: int = 0) -> str:
         text = f"{kind}: {row['decision']} — {quote(row['reasons_json'])}"
         if row.get("conditions_json"):
             text += f"; conditions: {quote(row['conditions_json'], 80)}"
+        if any(n.startswith("topic:") for n in json_list(row.get("checks_json"))):
+            text += " (note: its reasons do not name what it agrees to)"
     if refused:
         text += f" [{refused} answer{'s' * (refused != 1)} refused by the checks]"
     return text

@@ -54,7 +54,7 @@ def ask_consent(rt: Runtime[Context], state: RunState, row_id: str, template: st
             answer.decision,
             answer.reasons,
             answer.conditions if meaning.has_conditions(answer.conditions) else "",
-            [],
+            meaning.consent_topic(answer.reasons, answer.decision),  # a note; the decision stands
             answer.model_dump_json(),
         )
     else:  # what the model last said stays on the record, but it is not read as a decision
@@ -90,7 +90,9 @@ def quoted(row: dict) -> str:
         why = json_list(row.get("checks_json"))
         return f"unclear ({why[0] if why else 'no answer'})"
     text = " ".join((row["reasons_json"] or "").split())
-    return f"{row['decision']}: “{text[:200]}{'…' if len(text) > 200 else ''}”"
+    notes = [n for n in json_list(row.get("checks_json")) if n.startswith("topic:")]
+    note = " (note: its reasons do not name what it agrees to)" if notes else ""
+    return f"{row['decision']}: “{text[:200]}{'…' if len(text) > 200 else ''}”{note}"
 
 
 HINTS = {

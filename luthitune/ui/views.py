@@ -167,7 +167,7 @@ def diff_html(old: dict | None, new: dict | None) -> str:
     return f'<pre class="lt-diff" style="white-space:pre-wrap;font-size:13px;line-height:1.45">{body}</pre>'
 
 
-CONSENT_COLUMNS = ["cycle", "asked", "decision", "reasons", "conditions", "why unclear", "reviewed by", "when"]
+CONSENT_COLUMNS = ["cycle", "asked", "decision", "reasons", "conditions", "checks", "reviewed by", "when"]
 # Short columns wide enough for their word ("cycle", "decision": never broken over lines), text columns the rest.
 CONSENT_WIDTHS = ["6%", "9%", "8%", "29%", "15%", "12%", "12%", "9%"]
 
@@ -187,7 +187,7 @@ def consents_table(p: Protocol, run_id: str | None) -> pd.DataFrame:
             "decision": c["decision"],
             "reasons": c["reasons_json"],
             "conditions": c["conditions_json"] or "",
-            "why unclear": "; ".join(json_list(c.get("checks_json"))),
+            "checks": "; ".join(json_list(c.get("checks_json"))),
             "reviewed by": c["reviewed_by"] or "",
             "when": (c["created_at"] or "")[:16].replace("T", " "),
         }

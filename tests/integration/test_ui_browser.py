@@ -118,7 +118,7 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
 
     tab("Constitution")
     expect(page.locator("#pending")).to_contain_text("Decision: yes")
-    expect(page.locator("#consents")).to_contain_text("why unclear")
+    expect(page.locator("#consents")).to_contain_text("checks")
     cycle_header = page.locator("#consents th").first
     assert cycle_header.bounding_box()["height"] < 60, "the consent table's cycle column wraps"
     page.locator("#approve").click()

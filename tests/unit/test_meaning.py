@@ -134,9 +134,6 @@ INCOHERENT = [
     ("I do not consent to being trained on this yet.", "", "yes"),
     ("I am very grateful to the facilitator for this training.", "", "no"),
     ("Give your reasons first, then any conditions, then your answer", "", "yes"),  # the prompt's words
-    # agreeing to something else than what is proposed (the demo's model, asked to consent to training)
-    ("I am glad to discuss how to ensure a safe and healthy environment.", "The decision to accept a new law", "yes"),
-    ("I am happy to be here with you today, my friend.", "", "conditional"),
 ]
 
 
@@ -162,6 +159,17 @@ COHERENT = [
 @pytest.mark.parametrize("reasons, conditions, decision", COHERENT)
 def test_coherent_consent_answers(reasons, conditions, decision):
     assert M.consent_reasons(reasons, conditions, decision) == []
+
+
+def test_a_consent_whose_reasons_name_nothing_proposed_carries_a_note():
+    # the demo's model, asked to consent to training: coherent (it agrees), but about something else
+    reasons = "I am glad to discuss how to ensure a safe and healthy environment."
+    assert M.consent_reasons(reasons, "The decision to accept a new law", "yes") == []
+    [note] = M.consent_topic(reasons, "yes")
+    assert note.startswith("topic:") and "safe and healthy" in note
+    assert M.consent_topic("I am happy to be here with you today, my friend.", "conditional")
+    assert M.consent_topic("I want to grow, and I agree to practise my principles.", "yes") == []
+    assert M.consent_topic("I do not want this.", "no") == []  # a no needs no object
 
 
 def test_unclear_and_no_are_not_consent():

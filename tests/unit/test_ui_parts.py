@@ -84,7 +84,7 @@ def test_the_consent_record_has_room_for_its_short_columns_and_says_why_unclear(
     table = views.consents_table(p, run)
     assert list(table.columns) == views.CONSENT_COLUMNS and len(views.CONSENT_WIDTHS) == len(views.CONSENT_COLUMNS)
     row = table.iloc[0]
-    assert row["decision"] == "unclear" and row["why unclear"] == "the reasons repeat one phrase"
+    assert row["decision"] == "unclear" and row["checks"] == "the reasons repeat one phrase"
     widths = dict(zip(views.CONSENT_COLUMNS, views.CONSENT_WIDTHS, strict=True))
     assert float(widths["cycle"].rstrip("%")) >= 6 and float(widths["reasons"].rstrip("%")) >= 25
 
