@@ -150,7 +150,7 @@ class Context:
 
     def hyperparameters(self):
         """The run's training hyperparameters (validated)."""
-        from luthitune.config import Hyperparameters
         from luthitune.training.config import merge
+        from luthitune.training.hyperparameters import Hyperparameters
 
         return merge(Hyperparameters(), self.train)

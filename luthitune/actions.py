@@ -10,22 +10,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from luthitune.config import (
-    CONFIG_FILE,
-    HYPERPARAMETERS_FILE,
-    Config,
-    Hyperparameters,
-    Workspace,
-    load_model,
-    read_text,
-)
-from luthitune.errors import ConfigError, LuthiTuneError, UsageError
+from luthitune.config import Config
+from luthitune.configfiles import load_model, parse_yaml, read_text
+from luthitune.errors import LuthiTuneError, UsageError
 from luthitune.store import Store, now
+from luthitune.training.hyperparameters import Hyperparameters
+from luthitune.workspace import CONFIG_FILE, HYPERPARAMETERS_FILE, Workspace
 
 # Interrupt types, and which answers each accepts.
 APPROVABLE = ("consent_review", "constitution_review", "pair_review", "confirm_training", "revision_review")
@@ -148,21 +142,6 @@ def effective_training(current: dict | None, overrides: dict) -> dict:
 # -- the workspace's files --
 
 
-def parse_yaml(text: str, path: Path) -> dict:
-    """A YAML mapping from ``text`` (the content of ``path``), with errors that give the line."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys to values, not a {type(data).__name__}.")
-    return data
-
-
 def validate_hyperparameters(ws: Workspace, text: str) -> Hyperparameters:
     path = ws.root / HYPERPARAMETERS_FILE
     return load_model(Hyperparameters, path, parse_yaml(text, path))
@@ -178,7 +157,7 @@ def save_hyperparameters(ws: Workspace, text: str) -> Hyperparameters:
 
 
 def hyperparameters_text(ws: Workspace) -> str:
-    from luthitune.config import default_hyperparameters_yaml
+    from luthitune.training.hyperparameters import default_hyperparameters_yaml
 
     path = ws.root / HYPERPARAMETERS_FILE
     return read_text(path) if path.exists() else default_hyperparameters_yaml()

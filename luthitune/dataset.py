@@ -16,9 +16,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from luthitune.config import Workspace
 from luthitune.errors import NotFound, UsageError
 from luthitune.store import Store, now, sha256
+from luthitune.workspace import Workspace
 
 FORMAT = "trl-conversational-preference"
 

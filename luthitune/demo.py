@@ -10,8 +10,9 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from luthitune import constitution as C
-from luthitune.config import Config, init_workspace
+from luthitune.config import Config
 from luthitune.logs import console
+from luthitune.workspace import init_workspace
 
 DEMO_SEED = 5
 

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from luthitune.config import Workspace
 from luthitune.digests import file_digest, weights_digest
 from luthitune.errors import IdentityMismatch, LuthiTuneError, NotFound
 from luthitune.store import Store, now
+from luthitune.workspace import Workspace
 
 SOURCE_FILE = "luthitune-source.json"
 MANIFEST_FILE = "luthitune-manifest.json"

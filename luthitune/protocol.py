@@ -18,13 +18,13 @@ from typing import Any
 from langgraph.types import Command
 
 from luthitune import cancel, runlock, runs
-from luthitune.config import Workspace
 from luthitune.errors import BackendUnavailable, NotFound, UsageError
 from luthitune.graph.builder import build_graph, checkpointer_for
 from luthitune.graph.serde import UnsafeCheckpoint, locate
 from luthitune.graph.state import Context
 from luthitune.names import check_name
 from luthitune.store import Store, storage_error
+from luthitune.workspace import Workspace
 
 RESUME = "__resume__"  # LangGraph's checkpoint channel for an interrupt's answer
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from luthitune.config import Workspace
 from luthitune.errors import NotFound
 from luthitune.store import Store, sha256
+from luthitune.workspace import Workspace
 
 SECTIONS = ("adapter", "interview", "consents", "constitution", "dataset", "training", "evaluation", "identity")
 

@@ -9,10 +9,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from luthitune import answers, cancel
-from luthitune.config import Workspace
 from luthitune.constitution import P, from_json
 from luthitune.graph.state import Context, RunState
 from luthitune.store import Store, now
+from luthitune.workspace import Workspace
 
 
 @cache

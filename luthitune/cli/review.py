@@ -17,8 +17,8 @@ from luthitune.logs import console
 
 
 def _open(ctx: typer.Context, workspace):
-    from luthitune.config import Workspace
     from luthitune.store import Store
+    from luthitune.workspace import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace))
     return ws, Store(ws.db_path)

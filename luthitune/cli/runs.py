@@ -20,8 +20,8 @@ RunRecipe = recipe.option("train", "evaluation")
 
 
 def protocol(ctx: typer.Context, workspace=None):
-    from luthitune.config import Workspace
     from luthitune.protocol import Protocol
+    from luthitune.workspace import Workspace
 
     return Protocol(Workspace.open(workspace_arg(ctx, workspace)))
 
@@ -187,7 +187,8 @@ def run(
 
 def check_recipe(ws, path, extra: dict) -> None:
     """A recipe's ``train:`` and ``evaluation:`` sections, validated now, with errors that name the file."""
-    from luthitune.config import EvaluationConfig, load_model
+    from luthitune.config import EvaluationConfig
+    from luthitune.configfiles import load_model
     from luthitune.training.config import merge
 
     if "train" in extra:

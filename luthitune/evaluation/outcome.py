@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from luthitune.config import CONFIG_FILE, HYPERPARAMETERS_FILE, Workspace, init_workspace
 from luthitune.evaluation import report
 from luthitune.evaluation.stats import Estimate
+from luthitune.workspace import CONFIG_FILE, HYPERPARAMETERS_FILE, Workspace, init_workspace
 
 # What the table shows, in this order: (metric, the model whose value is the headline, what it is).
 ROWS = (

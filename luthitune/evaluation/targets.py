@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from luthitune import constitution as C
-from luthitune.config import EvaluationConfig, Workspace
+from luthitune.config import EvaluationConfig
 from luthitune.errors import NotFound
 from luthitune.store import Store
+from luthitune.workspace import Workspace
 
 
 @dataclass
@@ -67,8 +68,8 @@ def for_run(ws: Workspace, store: Store, run_id: str, cycle: int | None) -> Targ
     # Held-out pairs only: never the pairs the adapter was trained on.
     pairs = [p for p in (store.get("pairs", i) for i in cfg.get("held_out_ids") or []) if p]
     ctx = json.loads(store.get("runs", run_id)["config_json"]).get("context", {})
-    from luthitune.config import Hyperparameters
     from luthitune.training.config import merge
+    from luthitune.training.hyperparameters import Hyperparameters
 
     beta = merge(Hyperparameters(), ctx.get("train")).dpo.beta
     manifest = _manifest(Path(tr["adapter_path"]))

@@ -13,9 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from luthitune.config import Workspace
 from luthitune.errors import NotFound
 from luthitune.protocol import Protocol, RunStatus
+from luthitune.workspace import Workspace
 
 
 def is_count(metric: str) -> bool:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from luthitune import cancel
-from luthitune.config import Workspace
 from luthitune.errors import LuthiTuneError, UsageError
 from luthitune.protocol import Protocol
+from luthitune.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

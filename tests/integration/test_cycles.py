@@ -7,8 +7,8 @@ import json
 
 import yaml
 
-from luthitune.config import init_workspace
 from luthitune.protocol import Protocol
+from luthitune.workspace import init_workspace
 
 
 def test_two_cycles_train_two_adapters_on_one_base_and_the_second_follows_the_revision(tmp_path):

@@ -74,8 +74,8 @@ def test_protocol_checkpoints_in_postgres(workspace, postgres_url):
     """A run's checkpoints go to Postgres (nothing to graph.db); a new Protocol, as after a restart, continues."""
     from fakes import SchemaFakeModel
 
-    from luthitune.config import Workspace
     from luthitune.protocol import Protocol
+    from luthitune.workspace import Workspace
 
     cfg = workspace.root / "luthitune.yaml"
     cfg.write_text(cfg.read_text() + f"checkpointer: {postgres_url}\n")
@@ -107,9 +107,9 @@ def test_a_planted_postgres_checkpoint_runs_nothing_and_the_error_names_it(works
     import psycopg
     from fakes import SchemaFakeModel
 
-    from luthitune.config import Workspace
     from luthitune.graph.serde import UnsafeCheckpoint
     from luthitune.protocol import Protocol
+    from luthitune.workspace import Workspace
 
     cfg = workspace.root / "luthitune.yaml"
     cfg.write_text(cfg.read_text() + f"checkpointer: {postgres_url}\n")
@@ -146,9 +146,9 @@ def test_a_planted_postgres_checkpoint_runs_nothing_and_the_error_names_it(works
 
 
 def test_unreachable_postgres_is_one_clear_error(workspace):
-    from luthitune.config import Workspace
     from luthitune.errors import BackendUnavailable
     from luthitune.protocol import Protocol
+    from luthitune.workspace import Workspace
 
     url = f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres"
     (workspace.root / "luthitune.yaml").write_text(f"checkpointer: {url}\n")

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from luthitune.backends import local_runtime
-from luthitune.config import Hyperparameters
 from luthitune.training.checkpoints import latest_checkpoint
 from luthitune.training.config import merge
 from luthitune.training.dpo import Job
+from luthitune.training.hyperparameters import Hyperparameters
 from luthitune.training.manifest import REQUIRED
 from luthitune.training.worker import command, launch, run
 
@@ -66,7 +66,7 @@ def base_weights(rt) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One training on the shared runtime (the weights the protocol talks to); the tests read its outcome."""
-    from luthitune.config import init_workspace
+    from luthitune.workspace import init_workspace
 
     ws, _ = init_workspace(tmp_path_factory.mktemp("ws"))
     rt = local_runtime(ws)

@@ -36,9 +36,9 @@ def free_port() -> int:
 
 @pytest.fixture
 def served(tmp_path):
-    from luthitune.config import Workspace, init_workspace
     from luthitune.ui.app import launch
     from luthitune.ui.worker import Workbench
+    from luthitune.workspace import Workspace, init_workspace
 
     ws, _ = init_workspace(tmp_path / "ws")
     allow_small_runs(ws)  # four scenarios, a few kept pairs: enough for this test's two training steps

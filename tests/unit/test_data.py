@@ -8,7 +8,8 @@ import pytest
 from fakes import TOPICS, SchemaFakeModel, allow_small_runs, evaluator
 
 from luthitune import dataset, rubric
-from luthitune.config import Config, ConfigError, categories, load_model
+from luthitune.config import Config, ConfigError, categories
+from luthitune.configfiles import load_model
 from luthitune.constitution import P
 from luthitune.errors import NotFound
 from luthitune.graph.state import Context

@@ -19,10 +19,10 @@ from fakes import SchemaFakeModel
 from typer.testing import CliRunner
 
 from luthitune.cli import app
-from luthitune.config import Workspace
 from luthitune.errors import UsageError
 from luthitune.graph.serde import ProjectSerializer, UnsafeCheckpoint
 from luthitune.protocol import Protocol
+from luthitune.workspace import Workspace
 
 runner = CliRunner()
 

@@ -17,9 +17,10 @@ from servers import StandIn, said
 from luthitune.backends import make_chat_model
 from luthitune.backends.hosts import HostPool
 from luthitune.backends.structured import chat, generate_structured
-from luthitune.config import Config, Workspace
+from luthitune.config import Config
 from luthitune.errors import BackendUnavailable, StructuredOutputError
 from luthitune.schemas import CritiquedAnswer, ScenarioRequest
+from luthitune.workspace import Workspace
 
 MODEL = "qwen2.5:7b"
 
@@ -145,11 +146,11 @@ def test_one_host_is_the_plain_client(tmp_path):
 
 
 def test_nodes_record_the_host_of_each_scenario_and_pair(tmp_path):
-    from luthitune.config import init_workspace
     from luthitune.graph.state import Context
     from luthitune.nodes import common
     from luthitune.nodes.critique import self_critique
     from luthitune.nodes.scenarios import generate_scenarios
+    from luthitune.workspace import init_workspace
 
     with StandIn("ollama", model=MODEL) as a, StandIn("ollama", model=MODEL, fail_after=4, mode="down") as b:
         ws, _ = init_workspace(tmp_path / "ws")

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from luthitune import identity
 from luthitune.backends import ollama_store as OS
 from luthitune.cli import app
-from luthitune.config import Workspace
 from luthitune.errors import BackendUnavailable, ConfigError, IdentityMismatch, NotFound
 from luthitune.export import check_adapter_for_ollama, ollama_template, render_modelfile
+from luthitune.workspace import Workspace
 
 runner = CliRunner()
 SMOL_JINJA = (

@@ -124,7 +124,7 @@ def test_training_refuses_fewer_than_min_pairs(workspace, tmp_path):
 
 
 def test_cli_run_on_a_parroting_server_exits_1_naming_the_check(tmp_path):
-    from luthitune.config import init_workspace
+    from luthitune.workspace import init_workspace
 
     ws, _ = init_workspace(tmp_path / "ws")
     with StandIn("openai", model="parrot", parrot=True) as srv:

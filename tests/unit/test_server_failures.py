@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 from luthitune.backends import hosts, make_chat_model
 from luthitune.backends.structured import chat, generate_structured
 from luthitune.cli import app
-from luthitune.config import Config, Workspace
+from luthitune.config import Config
 from luthitune.errors import BackendUnavailable, StructuredOutputError
 from luthitune.schemas import ScenarioRequest
+from luthitune.workspace import Workspace
 
 MODEL = "qwen2.5:7b"
 

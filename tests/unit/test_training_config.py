@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from luthitune.config import DPO_LOSSES, Hyperparameters, Workspace, init_workspace
 from luthitune.errors import ConfigError
 from luthitune.training import paths
 from luthitune.training.config import check_trained_model, merge, nest, plan
+from luthitune.training.hyperparameters import DPO_LOSSES, Hyperparameters
+from luthitune.workspace import Workspace, init_workspace
 
 # Every key of the original tool's file, each set to a value different from our default.
 ORIGINAL = """\
