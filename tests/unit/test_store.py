@@ -1,4 +1,5 @@
-from luthitune.store import MIGRATIONS, Store
+from luthitune.migrations import MIGRATIONS
+from luthitune.store import Store
 
 
 def test_migrations_recorded_once(tmp_path):
@@ -32,9 +33,22 @@ def test_new_migration_applies_on_open(tmp_path, monkeypatch):
     def m999_extra(db):
         db["extra"].create({"id": int}, pk="id")
 
-    monkeypatch.setattr("luthitune.store.MIGRATIONS", [*MIGRATIONS, ("m999_extra", m999_extra)])
+    monkeypatch.setattr("luthitune.migrations.MIGRATIONS", [*MIGRATIONS, ("m999_extra", m999_extra)])
     s = Store(path)
     assert "extra" in s.db.table_names() and s.applied_migrations()[-1] == "m999_extra"
+
+
+def test_a_database_from_before_m009_gets_it_after_m010(tmp_path, monkeypatch):
+    """m010 was released before m009: a database that has m010 and not m009 gets m009 on open, once."""
+    path = tmp_path / "luthitune.db"
+    upto = [n for n, _ in MIGRATIONS].index("m010_generation_host") + 1
+    monkeypatch.setattr("luthitune.migrations.MIGRATIONS", MIGRATIONS[:upto])
+    Store(path).close()
+    monkeypatch.setattr("luthitune.migrations.MIGRATIONS", MIGRATIONS)
+    s = Store(path)
+    assert s.applied_migrations()[upto:] == [n for n, _ in MIGRATIONS[upto:]]
+    assert "m009_model_identity" in s.applied_migrations() and "chat_identity_json" in s.db["runs"].columns_dict
+    assert s.migrate() == []
 
 
 def test_messages_are_idempotent(store):
