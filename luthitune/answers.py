@@ -3,7 +3,7 @@
 Every interrupt the graph raises carries the schema of the value it resumes with, twice: as LangGraph's own
 ``response_schema`` (LangGraph Studio renders a typed form from it) and in the payload's ``answers`` field (for any
 client that reads only the payload: langgraph-sdk's thread state, the CLI's checkpoint). Each accepted form says in
-its ``description`` what it does. The CLI and the web UI build these values with :mod:`luthitune.actions`.
+its ``description`` what it does. The CLI and the web UI build these values with :mod:`luthitune.facilitator`.
 """
 
 from __future__ import annotations

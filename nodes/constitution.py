@@ -20,7 +20,7 @@ from luthitune import constitution as C
 from luthitune import meaning
 from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
-from luthitune.nodes import common
+from luthitune.nodes import services
 from luthitune.nodes.consent import ask_consent, quoted
 from luthitune.prompts import fixed_text, load_text, render
 from luthitune.schemas import Principle
@@ -31,7 +31,7 @@ STARTER_AUTHOR = "facilitator (packaged starter constitution)"
 
 def exchanges(rt: Runtime[Context], state: RunState) -> list[tuple[str, str]]:
     """(facilitator question, model answer) pairs of this cycle's interview."""
-    rows = [m for m in common.store(rt).transcript(state["run_id"], state.get("cycle", 0)) if m["role"] != "system"]
+    rows = [m for m in services.store(rt).transcript(state["run_id"], state.get("cycle", 0)) if m["role"] != "system"]
     return [
         (q["content"][-400:], a["content"][:600])
         for q, a in zip(rows[::2], rows[1::2], strict=False)
@@ -40,11 +40,11 @@ def exchanges(rt: Runtime[Context], state: RunState) -> list[tuple[str, str]]:
 
 
 def next_version(rt: Runtime[Context], state: RunState) -> int:
-    return common.store(rt).count("constitution_versions", "run_id = ?", [state["run_id"]]) + 1
+    return services.store(rt).count("constitution_versions", "run_id = ?", [state["run_id"]]) + 1
 
 
 def save_version(rt, state, principles, *, author, status, parent_id, draft_key, template_hash=None) -> dict:
-    s = common.store(rt)
+    s = services.store(rt)
     found = s.rows("constitution_versions", "draft_key = ?", [draft_key])
     if found:  # written before a crash: the same draft, not a new version
         return found[0]
@@ -75,7 +75,7 @@ def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict | None:
     """The model's principles, one per interview exchange, in one batch, each checked; the version they make, or
     None when fewer than ``min_principles`` passed (every failed answer is in ``attempts``). Written once per
     round: a re-run finds the version by its draft key."""
-    s, key = common.store(rt), common.key(state, "draft", state.get("draft_round", 0))
+    s, key = services.store(rt), services.key(state, "draft", state.get("draft_round", 0))
     existing = s.rows("constitution_versions", "draft_key = ?", [key])
     if existing:
         return existing[0]
@@ -85,12 +85,12 @@ def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict | None:
     source = meaning.Source(fixed_text("principle.md"))
     items = [f"{key}:P{i + 1}" for i in range(len(prompts))]
     out = generate_structured(
-        common.llm(rt, temperature=rt.context.deliberate_temperature),
+        services.llm(rt, temperature=rt.context.deliberate_temperature),
         [[SystemMessage(system), HumanMessage(p.text)] for p in prompts],
         Principle,
-        retries=common.retries(rt),
+        retries=services.retries(rt),
         check=lambda _, p: meaning.principle_reasons(p.title, p.text, p.rationale, source=source),
-        on_attempt=common.recorder(rt, state, "draft", items),
+        on_attempt=services.recorder(rt, state, "draft", items),
     )
     good: list[C.P] = []
     for i, o in enumerate(out):
@@ -120,9 +120,9 @@ def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict | None:
 
 def refusals(rt: Runtime[Context], state: RunState, rnd: int) -> list[str]:
     """The reasons the model's draft in round ``rnd`` was refused by the checks, one per principle (its last try)."""
-    prefix = common.key(state, "draft", rnd) + ":"
+    prefix = services.key(state, "draft", rnd) + ":"
     last: dict[str, list[str]] = {}
-    for a in common.store(rt).attempts(state["run_id"], "draft", prefix):
+    for a in services.store(rt).attempts(state["run_id"], "draft", prefix):
         last[a["item_id"].removeprefix(prefix)] = json_list(a["reasons_json"])
     return [f"{pid}: {reasons[0]}" for pid, reasons in sorted(last.items()) if reasons]
 
@@ -131,8 +131,8 @@ def previous_feedback(rt: Runtime[Context], state: RunState, rnd: int) -> str:
     """What the next draft is told: the facilitator's rejection, the model's own refusal to ratify, or the checks."""
     if not rnd:
         return ""
-    s = common.store(rt)
-    prev = s.rows("constitution_versions", "draft_key = ?", [common.key(state, "draft", rnd - 1)])
+    s = services.store(rt)
+    prev = s.rows("constitution_versions", "draft_key = ?", [services.key(state, "draft", rnd - 1)])
     if prev and prev[0]["status"] in ("rejected", "unratified") and prev[0]["feedback"]:
         text = prev[0]["feedback"]
         if prev[0]["status"] == "unratified":
@@ -151,14 +151,14 @@ def human_review(rt: Runtime[Context], row: dict, kind: str = "constitution_revi
         return {"action": "approve", "by": "autopilot"}
     problems: list[str] = []
     while True:
-        answer = common.ask(
+        answer = services.ask(
             {
                 "type": kind,
                 "version_id": row["id"],
                 "version": row["version"],
                 "author": row["author"],
                 "text": row["text"],
-                "conditions": common.store(rt).conditions(row["run_id"]),
+                "conditions": services.store(rt).conditions(row["run_id"]),
                 "problems": problems,
                 "hint": "approve: the model is asked to ratify this draft; edit (full text): your text replaces it, "
                 "and the model is asked to ratify that; reject (with feedback): the model redrafts",
@@ -183,8 +183,8 @@ def edit_problems(answer: dict) -> list[str]:
 def facilitator_draft(rt: Runtime[Context], state: RunState, why: str) -> dict | None:
     """The constitution written by the facilitator once the model's drafts were not usable: the packaged starter on
     autopilot (when allowed), else the facilitator's own text (the starter is offered to edit). None: the run ends."""
-    key = common.key(state, "draft", state.get("draft_round", 0))
-    found = common.store(rt).rows("constitution_versions", "draft_key = ?", [key])
+    key = services.key(state, "draft", state.get("draft_round", 0))
+    found = services.store(rt).rows("constitution_versions", "draft_key = ?", [key])
     if found:
         return found[0]
     starter = load_text("starter_constitution.md")
@@ -195,7 +195,7 @@ def facilitator_draft(rt: Runtime[Context], state: RunState, why: str) -> dict |
     else:
         problems: list[str] = []
         while True:
-            answer = common.ask(
+            answer = services.ask(
                 {
                     "type": "constitution_write",
                     "why": why,
@@ -218,7 +218,7 @@ def facilitator_draft(rt: Runtime[Context], state: RunState, why: str) -> dict |
 
 
 def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
-    s, ctx, rnd = common.store(runtime), runtime.context, state.get("draft_round", 0)
+    s, ctx, rnd = services.store(runtime), runtime.context, state.get("draft_round", 0)
     if rnd < ctx.max_draft_rounds:
         row = draft(runtime, state, previous_feedback(runtime, state, rnd))
         if row is None:
@@ -255,7 +255,7 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
     ratified = ask_consent(
         runtime,
         state,
-        common.key(state, "ratify", rnd),
+        services.key(state, "ratify", rnd),
         "ratify.md",
         "ratify",
         constitution=row["text"],
@@ -289,12 +289,12 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
 
 def model_failures(rt: Runtime[Context], state: RunState) -> str:
     """One plain sentence on why the model's own drafts were not used."""
-    s, n = common.store(rt), rt.context.max_draft_rounds
+    s, n = services.store(rt), rt.context.max_draft_rounds
     refused = [
         r
         for r in range(n)
         if refusals(rt, state, r)
-        and not s.rows("constitution_versions", "draft_key = ?", [common.key(state, "draft", r)])
+        and not s.rows("constitution_versions", "draft_key = ?", [services.key(state, "draft", r)])
     ]
     if refused:
         last = refusals(rt, state, refused[-1])
@@ -317,7 +317,7 @@ def supersede(rt: Runtime[Context], state: RunState, row: dict, decision: dict, 
         parent_id=row["id"],
         draft_key=f"{row['draft_key']}:edit",
     )
-    common.store(rt).upsert("constitution_versions", {"id": row["id"], "status": "superseded"})
+    services.store(rt).upsert("constitution_versions", {"id": row["id"], "status": "superseded"})
     return edited
 
 
@@ -344,7 +344,7 @@ def rejected(rt: Runtime[Context], state: RunState, rnd: int, cause: str, detail
 
 
 def write_constitution_md(rt: Runtime[Context], text: str) -> None:
-    path = common.workspace(rt).data_dir / "constitution.md"
+    path = services.workspace(rt).data_dir / "constitution.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -19,7 +19,7 @@ from luthitune import constitution as C
 from luthitune import meaning
 from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
-from luthitune.nodes import common
+from luthitune.nodes import services
 from luthitune.nodes.consent import ask_consent
 from luthitune.nodes.constitution import edit_problems, save_version, supersede, write_constitution_md
 from luthitune.prompts import fixed_text, render
@@ -87,7 +87,7 @@ def evaluation_summary(rt: Runtime[Context], state: RunState) -> str:
     whether the whole interval clears it."""
     from luthitune.evaluation import report
 
-    values = report.load(common.store(rt), state["run_id"], state.get("cycle", 0))
+    values = report.load(services.store(rt), state["run_id"], state.get("cycle", 0))
     lines = []
     for r in report.threshold_rows(values, rt.context.evaluation_config().thresholds):
         if not r["adapter_measured"]:
@@ -105,7 +105,7 @@ def evaluation_summary(rt: Runtime[Context], state: RunState) -> str:
 
 def samples(rt: Runtime[Context], state: RunState, k: int = 2) -> str:
     """A few of its own answers after training: probe answers where there are, else kept practice pairs."""
-    s, run_id, cycle = common.store(rt), state["run_id"], state.get("cycle", 0)
+    s, run_id, cycle = services.store(rt), state["run_id"], state.get("cycle", 0)
     rows = [
         (r["prompt"], r["answer"])
         for r in s.rows(
@@ -137,7 +137,7 @@ def proposing_model(state: RunState) -> dict:
 
 def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
     """Proposed version (written once; a re-run finds it by its draft key)."""
-    s, key = common.store(rt), common.key(state, "revision", 0)
+    s, key = services.store(rt), services.key(state, "revision", 0)
     found = s.rows("constitution_versions", "draft_key = ?", [key])
     if found:
         return found[0]
@@ -146,9 +146,9 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
         constitution=current["text"],
         evaluation=evaluation_summary(rt, state),
         samples=samples(rt, state),
-        conditions=common.conditions_note(rt, state),
+        conditions=services.conditions_note(rt, state),
     )
-    model = common.llm(rt, state.get("adapter_name"), state.get("adapter_path"), rt.context.deliberate_temperature)
+    model = services.llm(rt, state.get("adapter_name"), state.get("adapter_path"), rt.context.deliberate_temperature)
     conv = [SystemMessage(render("interview_system.md").text), HumanMessage(prompt.text)]
     principles = C.from_json(json.loads(current["principles_json"]))
     schema = amendment_for([p.id for p in principles])
@@ -162,9 +162,9 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
         model,
         [conv] * N_PROPOSALS,
         schema,
-        retries=common.retries(rt),
+        retries=services.retries(rt),
         check=check,
-        on_attempt=common.recorder(rt, state, "amendment", [f"{key}:proposal{i}" for i in range(N_PROPOSALS)]),
+        on_attempt=services.recorder(rt, state, "amendment", [f"{key}:proposal{i}" for i in range(N_PROPOSALS)]),
     )
     amendments = [o for o in out if isinstance(o, Amendment)]
     new, log = apply(principles, amendments)
@@ -204,7 +204,7 @@ def review(rt: Runtime[Context], proposed: dict, current: dict) -> dict:
         return {"action": "approve", "by": "autopilot"}
     problems: list[str] = []
     while True:
-        answer = common.ask(
+        answer = services.ask(
             {
                 "type": "revision_review",
                 "version_id": proposed["id"],
@@ -219,7 +219,7 @@ def review(rt: Runtime[Context], proposed: dict, current: dict) -> dict:
                     )
                 ),
                 "amendments": json.loads(proposed["feedback"]),
-                "conditions": common.store(rt).conditions(current["run_id"]),
+                "conditions": services.store(rt).conditions(current["run_id"]),
                 "problems": problems,
                 "hint": "approve: the amended constitution is in force from the next cycle; edit (full text): the "
                 "trained model is asked to consent to your text first; reject: the current constitution stays in force",
@@ -232,7 +232,7 @@ def review(rt: Runtime[Context], proposed: dict, current: dict) -> dict:
 
 
 def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
-    s = common.store(runtime)
+    s = services.store(runtime)
     current = s.get("constitution_versions", state["constitution_id"])
     proposed = propose(runtime, state, current)
     next_cycle = {"cycle": state.get("cycle", 0) + 1, "scenarios": 0, "pairs_kept": 0, "pairs_quarantined": 0}
@@ -242,7 +242,7 @@ def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
     consent = ask_consent(
         runtime,
         state,
-        common.key(state, "consent_revision", 0),
+        services.key(state, "consent_revision", 0),
         "consent_revision.md",
         "revision",
         constitution=proposed["text"],
@@ -258,7 +258,7 @@ def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
         consent = ask_consent(
             runtime,
             state,
-            common.key(state, "consent_revision_edit", 0),
+            services.key(state, "consent_revision_edit", 0),
             "consent_revision.md",
             "revision",
             constitution=edited["text"],

@@ -6,7 +6,7 @@ from langgraph.runtime import Runtime
 
 from luthitune.dataset import dataset_hash, kept_pairs, split
 from luthitune.graph.state import Context, RunState
-from luthitune.nodes import common
+from luthitune.nodes import services
 from luthitune.training import records
 
 SHOWN = {"loss": "loss", "margin": "rewards/margins", "acc": "rewards/accuracies"}
@@ -17,7 +17,7 @@ def job_for(rt: Runtime[Context], state: RunState, train: list[dict], held: int,
     from luthitune.backends import local_model_dir
     from luthitune.training.dpo import Job
 
-    ws, s, hp = common.workspace(rt), common.store(rt), rt.context.hyperparameters()
+    ws, s, hp = services.workspace(rt), services.store(rt), rt.context.hyperparameters()
     row = s.get("constitution_versions", state["constitution_id"])
     previous = state.get("adapter_path") if hp.training.continue_adapter and state.get("cycle", 0) > 0 else None
     return Job(
@@ -39,18 +39,18 @@ def job_for(rt: Runtime[Context], state: RunState, train: list[dict], held: int,
 
 
 def run_training(rt: Runtime[Context], state: RunState, train: list[dict], held: int, name: str, training_id: str):
-    ws, s = common.workspace(rt), common.store(rt)
+    ws, s = services.workspace(rt), services.store(rt)
     if rt.context.seams.trainer is not None:  # unit tests: a fake trainer
         return records.recorded(s, training_id, lambda: rt.context.seams.trainer(train, name))
     from luthitune.backends import local_runtime
     from luthitune.training.worker import run
 
     def shown(step: int, total: int, metrics: dict) -> None:
-        common.progress(rt, "training", step, total, **{k: metrics[v] for k, v in SHOWN.items() if v in metrics})
+        services.progress(rt, "training", step, total, **{k: metrics[v] for k, v in SHOWN.items() if v in metrics})
 
     def on_event(event: dict) -> None:
         if event.get("phase") != "training":
-            common.progress(rt, event["phase"], 0, 0)
+            services.progress(rt, event["phase"], 0, 0)
 
     processes = rt.context.train_processes
     # One process trains the interviewed weights in place; several train in workers, and evaluation then loads
@@ -70,7 +70,7 @@ def run_training(rt: Runtime[Context], state: RunState, train: list[dict], held:
 
 
 def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
-    s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
+    s, run_id, cycle = services.store(runtime), state["run_id"], state.get("cycle", 0)
     kept = kept_pairs(s, run_id, cycle)
     train, held = split(kept, runtime.context.eval_fraction)
     least = runtime.context.hyperparameters().training.min_pairs
@@ -91,7 +91,7 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
             "ended_by": "checks",
         }
     if not runtime.context.autopilot:
-        answer = common.ask(
+        answer = services.ask(
             {
                 "type": "confirm_training",
                 "pairs": len(train),
@@ -107,7 +107,7 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
     from luthitune.training.dpo import safe_name
 
     name = safe_name(f"{run_id}-c{cycle}")
-    training_id = common.key(state, "train", "")
+    training_id = services.key(state, "train", "")
     records.started(
         s,
         training_id,

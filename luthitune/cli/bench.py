@@ -44,7 +44,7 @@ def bench_generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Pairs per minute of the self-critique step on a fixed scenario set: sequential vs batched/concurrent."""
-    from luthitune.bench import pairs_benchmark
+    from luthitune.generation_bench import pairs_benchmark
     from luthitune.workspace import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
@@ -113,7 +113,7 @@ def bench_tokens(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Load time (first and cached) and tokens/s of the local backend, unbatched and batched."""
-    from luthitune.bench import generation_benchmark
+    from luthitune.generation_bench import generation_benchmark
     from luthitune.workspace import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace), require=False)

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from luthitune import actions as A
+from luthitune import facilitator as A
 from luthitune.cli import WorkspaceOpt, recipe, workspace_arg
 from luthitune.errors import LuthiTuneError
 from luthitune.logs import console
@@ -257,7 +257,7 @@ def status(
         run_id = rows[0]["id"]
     st = p.status(run_id)
     show_status(st)
-    from luthitune.actions import counts
+    from luthitune.facilitator import counts
 
     console.print("  " + ", ".join(f"{k}: {v}" for k, v in counts(p.store, run_id).items()))
     show_identity(p.store, run_id)

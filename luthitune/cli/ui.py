@@ -64,7 +64,7 @@ def ui(
             "port can drive runs in this workspace."
         )
     from luthitune.ui import app as ui_app
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
 
     wb = Workbench(ws)
     demo = ui_app.launch(wb, host=host, port=port or free_port(host), block=False, allow_remote=allow_remote)

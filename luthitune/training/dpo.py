@@ -32,7 +32,7 @@ from luthitune.training import manifest as M
 from luthitune.training.checkpoints import COMPLETE, disk_full, prepare_workdir, timed_saves
 from luthitune.training.config import plan
 from luthitune.training.hyperparameters import Hyperparameters
-from luthitune.training.paths import TrainPath, load_model, select_path, training_precision, weights_params
+from luthitune.training.routes import TrainPath, load_model, select_path, training_precision, weights_params
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import typing
 
 import gradio as gr
 
-from luthitune import actions as A
+from luthitune import facilitator as A
 from luthitune.config import Config
 from luthitune.errors import UsageError
 from luthitune.ui import views

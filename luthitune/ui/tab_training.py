@@ -7,7 +7,7 @@ import json
 
 import gradio as gr
 
-from luthitune import actions as A
+from luthitune import facilitator as A
 from luthitune.errors import UsageError
 from luthitune.ui import views
 

@@ -48,8 +48,8 @@ def test_cancel_during_training_then_train_again(workspace):
     """Cancel between training steps (the web UI's Cancel), then Resume: training continues to the end."""
     from fakes import SchemaFakeModel
 
-    from luthitune import actions as A
-    from luthitune.ui.worker import Workbench
+    from luthitune import facilitator as A
+    from luthitune.ui.jobs import Workbench
 
     wb = Workbench(workspace, llm=SchemaFakeModel())
     p = wb.protocol()

@@ -87,7 +87,7 @@ def test_bf16_training_runs_in_place_and_its_losses_agree_with_float32(runtimes,
     from luthitune.training.config import merge
     from luthitune.training.dpo import Job, train
     from luthitune.training.hyperparameters import Hyperparameters
-    from luthitune.training.paths import select_path
+    from luthitune.training.routes import select_path
 
     pairs = [
         {"prompt": f"Tell me about {t}.", "chosen": "Gladly. I choose to help, because it is kind.",

@@ -37,7 +37,7 @@ def free_port() -> int:
 @pytest.fixture
 def served(tmp_path):
     from luthitune.ui.app import launch
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
     from luthitune.workspace import Workspace, init_workspace
 
     ws, _ = init_workspace(tmp_path / "ws")
@@ -203,7 +203,7 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     # The chat tab on the real embedded model: base and the adapter just trained, side by side (a second server on
     # the same workspace, without the fake chat model).
     from luthitune.ui.app import launch
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
 
     real = Workbench(wb.ws)
     served = launch(real, port=free_port(), block=False)

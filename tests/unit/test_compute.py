@@ -22,7 +22,7 @@ from luthitune.compute import (
 from luthitune.config import Config
 from luthitune.errors import ConfigError
 from luthitune.training.hyperparameters import Hyperparameters
-from luthitune.training.paths import TrainPath, training_precision
+from luthitune.training.routes import TrainPath, training_precision
 
 SMOLLM2 = {
     "hidden_size": 576,

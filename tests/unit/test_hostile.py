@@ -156,7 +156,7 @@ def test_the_web_ui_start_refuses_the_same_names(workspace, name):
     import gradio as gr
 
     from luthitune.ui.app import build_app
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
 
     wb = Workbench(workspace, llm=SchemaFakeModel())
     [start] = [f.fn for f in build_app(wb).fns.values() if f.api_name == "start_run"]
@@ -261,7 +261,7 @@ def test_a_second_process_on_a_run_fails_at_once_naming_the_holder(waiting_run):
 
 
 def test_the_web_ui_worker_shares_the_lock(waiting_run):
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
 
     p, run = waiting_run
     wb = Workbench(p.ws, llm=SchemaFakeModel())

@@ -147,7 +147,7 @@ def test_one_host_is_the_plain_client(tmp_path):
 
 def test_nodes_record_the_host_of_each_scenario_and_pair(tmp_path):
     from luthitune.graph.state import Context
-    from luthitune.nodes import common
+    from luthitune.nodes import services
     from luthitune.nodes.critique import self_critique
     from luthitune.nodes.scenarios import generate_scenarios
     from luthitune.workspace import init_workspace
@@ -157,7 +157,7 @@ def test_nodes_record_the_host_of_each_scenario_and_pair(tmp_path):
         (ws.root / "luthitune.yaml").write_text(
             f"backend: ollama\nchat_model: {MODEL}\nollama:\n  hosts: [{a.url}, {b.url}]\n"
         )
-        s = common.store(Runtime(context=Context(workspace=str(ws.root))))
+        s = services.store(Runtime(context=Context(workspace=str(ws.root))))
         run = "hosts1"
         s.upsert_run(run, backend="ollama")
         principles = [{"id": "P1", "title": "Care", "text": "I choose care.", "rationale": "People matter."}]

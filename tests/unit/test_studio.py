@@ -15,8 +15,8 @@ from langgraph.types import Command
 from pydantic import TypeAdapter
 from typer.testing import CliRunner
 
-from luthitune import actions as A
 from luthitune import answers
+from luthitune import facilitator as A
 from luthitune.cli import app
 from luthitune.cli.runs import NEXT_STEP
 from luthitune.errors import UsageError

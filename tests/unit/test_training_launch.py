@@ -17,7 +17,7 @@ from luthitune.cli import app
 from luthitune.errors import ConfigError
 from luthitune.training import worker
 from luthitune.training.dpo import Job, TrainResult
-from luthitune.training.paths import TrainPath
+from luthitune.training.routes import TrainPath
 
 runner = CliRunner()
 JOB = Path("/tmp/x/adapters/a.job.json")

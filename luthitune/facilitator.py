@@ -188,7 +188,7 @@ def set_config(ws: Workspace, **values: str) -> Workspace:
         else:
             text = text.rstrip("\n") + ("\n" if text else "") + line + "\n"
     write_atomic(path, text)
-    from luthitune.nodes import common
+    from luthitune.nodes import services
 
-    common.forget_workspace()  # nodes read the workspace's configuration once per process: read it again
+    services.forget_workspace()  # nodes read the workspace's configuration once per process: read it again
     return Workspace.open(ws.root)

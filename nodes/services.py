@@ -1,4 +1,5 @@
-"""What every node needs: the workspace, the store and the chat model, cached per process."""
+"""The services a node reaches through its runtime (the workspace, the store, the chat model), and the helpers every
+node shares: row keys, approval questions, progress."""
 
 from __future__ import annotations
 
