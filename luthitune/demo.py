@@ -82,7 +82,7 @@ def summary(p, run_id: str, elapsed: float) -> None:
 
     s = p.store
     st = p.status(run_id)
-    versions = s.rows("constitution_versions", "run_id = ?", [run_id], order_by="version")
+    versions = s.rows("constitution_versions", run_id=run_id, order_by="version")
     approved = [v for v in versions if v["status"] == "approved"]
     if approved:
         console.print(
@@ -94,7 +94,7 @@ def summary(p, run_id: str, elapsed: float) -> None:
             markup=False,
         )
     thresholds = p.context(run_id).evaluation_config().thresholds
-    for cycle in sorted({e["cycle"] for e in s.rows("evaluations", "run_id = ?", [run_id])}):
+    for cycle in sorted({e["cycle"] for e in s.rows("evaluations", run_id=run_id)}):
         show_evaluation(s, run_id, cycle, threshold_rows(load(s, run_id, cycle), thresholds))
         report = p.ws.data_dir / "reports" / f"{slug(run_id)}-c{cycle}.md"
         if report.exists():
@@ -127,6 +127,6 @@ def summary(p, run_id: str, elapsed: float) -> None:
         + f" in {elapsed:.0f} s. Database: {p.ws.db_path}",
         highlight=False,
     )
-    adapters = [tr["adapter_name"] for tr in s.rows("training_runs", "run_id = ? and status = 'done'", [run_id])]
+    adapters = [tr["adapter_name"] for tr in s.rows("training_runs", run_id=run_id, status="done")]
     if adapters:
         console.print(f"The whole chain behind the adapter: `luthitune provenance {adapters[-1]} -w {p.ws.root}`")

@@ -97,9 +97,9 @@ def write(text: str | None, by: str = "human") -> dict:
 
 def counts(store: Store, run_id: str) -> dict[str, int]:
     """What a run has stored: transcript messages, consent records, constitution versions, pairs kept / quarantined."""
-    out = {t: store.count(t, "run_id = ?", [run_id]) for t in ("messages", "consents", "constitution_versions")}
-    out["pairs kept"] = store.count("pairs", "run_id = ? and status = 'kept'", [run_id])
-    out["pairs quarantined"] = store.count("pairs", "run_id = ? and status = 'quarantined'", [run_id])
+    out = {t: store.count(t, run_id=run_id) for t in ("messages", "consents", "constitution_versions")}
+    out["pairs kept"] = store.count("pairs", run_id=run_id, status="kept")
+    out["pairs quarantined"] = store.count("pairs", run_id=run_id, status="quarantined")
     return out
 
 

@@ -372,9 +372,7 @@ def trained_model(store: Store, adapter_dir: Path) -> TrainedModel:
     """What the evaluation and revision of a cycle should talk to: the Ollama model `export ollama` created from
     this adapter (``NAME-luthitune-cN``) when there is one, else the adapter itself (on the same weights)."""
     ident = trained_identity(Path(adapter_dir))
-    rows = store.rows(
-        "model_exports", "adapter_sha256 = ? and created = 1", [ident["adapters"][0]], order_by="created_at desc"
-    )
+    rows = store.rows("model_exports", adapter_sha256=ident["adapters"][0], created=1, order_by="created_at desc")
     return TrainedModel(ident, rows[0]["name"] if rows else None)
 
 
@@ -385,14 +383,14 @@ def provenance(store: Store, run_id: str) -> dict:
     if ids is not None:
         steps.append({"step": "interview, consent, constitution, practice data", "identity": ids.chat})
         steps.append({"step": "training base", "identity": ids.train})
-    for tr in store.rows("training_runs", "run_id = ? and adapter_path is not null", [run_id], order_by="cycle"):
+    for tr in store.rows("training_runs", run_id=run_id, adapter_path__ne=None, order_by="cycle"):
         try:
             steps.append({"step": f"adapter c{tr['cycle']}", "identity": trained_identity(Path(tr["adapter_path"]))})
         except (LuthiTuneError, OSError, ValueError) as exc:
             steps.append(
                 {"step": f"adapter c{tr['cycle']}", "identity": _unknown({"name": tr["adapter_path"]}, str(exc))}
             )
-    for use in store.rows("run_models", "run_id = ?", [run_id], order_by="cycle, created_at"):
+    for use in store.rows("run_models", run_id=run_id, order_by="cycle, created_at"):
         steps.append({"step": f"{use['step']} c{use['cycle']}", "identity": json.loads(use["identity_json"])})
     digests = {s["identity"].get("digest") for s in steps}
     one = bool(steps) and None not in digests and len(digests) == 1

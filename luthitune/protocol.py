@@ -33,19 +33,6 @@ class RunNotFound(NotFound):
     pass
 
 
-# Artifact tables copied by a fork: (table, column that links a row to its run, column with its creation time).
-FORK_TABLES = [
-    ("messages", "run_id", "created_at"),
-    ("consents", "run_id", "created_at"),
-    ("constitution_versions", "run_id", "created_at"),
-    ("scenarios", "run_id", "created_at"),
-    ("pairs", "run_id", "created_at"),
-    ("training_runs", "run_id", "started_at"),
-    ("evaluations", "run_id", "created_at"),
-    ("probe_answers", "run_id", "created_at"),
-    ("run_models", "run_id", "created_at"),
-    ("attempts", "run_id", "created_at"),
-]
 # The run's own record of which model it talks to and which it trains (checked when the source run started).
 IDENTITY_FIELDS = ("chat_identity_json", "train_identity_json", "identity_match", "identity_reason", "allow_mismatch")
 
@@ -65,10 +52,6 @@ def rebrand(value: Any, src: str, dst: str) -> Any:
             value, **{f.name: rebrand(getattr(value, f.name), src, dst) for f in dataclasses.fields(value) if f.init}
         )
     return value
-
-
-def _ts(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
 
 
 @dataclass
@@ -314,21 +297,7 @@ class Protocol:
         settings["forked_from"] = {"run": run_id, "checkpoint": checkpoint_id}
         fields = {k: src_row[k] for k in ("backend", "chat_model", "base_model", *IDENTITY_FIELDS)}
         self.store.upsert_run(new_id, **fields, status="created", config_json=json.dumps(settings))
-        with self.store.db.conn:
-            for table, link, when in FORK_TABLES:
-                src_rows = [
-                    r
-                    for r in self.store.db[table].rows_where(f"[{link}] = ?", [run_id])
-                    if (t := _ts(r.get(when))) is not None and t <= cutoff
-                ]
-                self.store.db[table].insert_all([rebrand(r, run_id, new_id) for r in src_rows], replace=True)
-                if table == "training_runs":
-                    for r in src_rows:
-                        steps = self.store.db["training_steps"].rows_where("training_id = ?", [r["id"]])
-                        self.store.db["training_steps"].insert_all(
-                            [rebrand(st, run_id, new_id) for st in steps if _ts(st["created_at"]) <= cutoff],
-                            replace=True,
-                        )
+        self.store.copy_run(run_id, new_id, until=cutoff, rename=lambda row: rebrand(row, run_id, new_id))
 
         parent: dict = {"configurable": {"thread_id": new_id, "checkpoint_ns": ""}}
         for tup in reversed(chain):

@@ -12,8 +12,9 @@ import errno
 import hashlib
 import json
 import os
+import re
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +41,57 @@ def json_list(value: Any) -> list:
 def sha256(text: str | bytes) -> str:
     data = text.encode("utf-8") if isinstance(text, str) else text
     return hashlib.sha256(data).hexdigest()
+
+
+_COLUMN = re.compile(r"[a-z_][a-z0-9_]*\Z")
+_OPS = {"": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+def clause(where: dict[str, Any]) -> tuple[str | None, list[Any]]:
+    """A SQL condition from keyword filters, ANDed: ``cycle=2`` (None: ``is null``); ``cycle__le=2`` (also ``lt``,
+    ``gt``, ``ge``); ``status__ne="x"`` (None: ``is not null``); ``status__in=(...)``, ``status__notin=(...)``;
+    ``item_id__startswith="p"``. Values are always parameters; a name that is not a plain column is an error."""
+    parts, args = [], []
+    for key, value in where.items():
+        col, _, op = key.partition("__")
+        if not _COLUMN.match(col):
+            raise ValueError(f"not a column name: {col!r}")
+        if op in ("in", "notin"):
+            values = list(value)
+            marks = ", ".join("?" * len(values)) or "null"
+            parts.append(f"[{col}] {'not in' if op == 'notin' else 'in'} ({marks})")
+            args += values
+        elif op == "startswith":
+            parts.append(f"[{col}] like ? escape '\\'")
+            args.append(str(value).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        elif value is None and op in ("", "ne"):
+            parts.append(f"[{col}] is {'not ' if op == 'ne' else ''}null")
+        elif op in _OPS:
+            parts.append(f"[{col}] {_OPS[op]} ?")
+            args.append(value)
+        else:
+            raise ValueError(f"unknown filter {key!r}")
+    return (" and ".join(parts) or None), args
+
+
+# The tables that hold a run's artifacts (keyed by ``run_id``), and the column that dates each row: what a fork
+# copies up to its checkpoint.
+RUN_TABLES = [
+    ("messages", "created_at"),
+    ("consents", "created_at"),
+    ("constitution_versions", "created_at"),
+    ("scenarios", "created_at"),
+    ("pairs", "created_at"),
+    ("training_runs", "started_at"),
+    ("evaluations", "created_at"),
+    ("probe_answers", "created_at"),
+    ("run_models", "created_at"),
+    ("attempts", "created_at"),
+]
+
+
+def _ts(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
 
 
 def read_only(path: Path) -> bool:
@@ -177,12 +229,42 @@ class Store:
         except sqlite_utils.db.NotFoundError:
             return None
 
-    def rows(self, table: str, where: str | None = None, args: Any = None, order_by: str | None = None):
-        return list(self.db[table].rows_where(where, args or [], order_by=order_by))
+    def rows(self, table: str, *, order_by: str | None = None, **where: Any) -> list[dict[str, Any]]:
+        """The rows of ``table`` that match ``where`` (see :func:`clause`), in ``order_by`` order."""
+        sql, args = clause(where)
+        return list(self.db[table].rows_where(sql, args, order_by=order_by))
 
-    def count(self, table: str, where: str | None = None, args: Any = None) -> int:
-        sql = f"select count(*) from [{table}]" + (f" where {where}" if where else "")
-        return self.db.execute(sql, args or []).fetchone()[0]
+    def count(self, table: str, **where: Any) -> int:
+        sql, args = clause(where)
+        return self.db.execute(f"select count(*) from [{table}]" + (f" where {sql}" if sql else ""), args).fetchone()[0]
+
+    def delete(self, table: str, **where: Any) -> None:
+        sql, args = clause(where)
+        with self.writing(), self.db.conn:
+            self.db.execute(f"delete from [{table}]" + (f" where {sql}" if sql else ""), args)
+
+    def replace(self, table: str, rows: list[dict[str, Any]], pk: str | tuple[str, ...], **where: Any) -> None:
+        """The rows matching ``where`` become ``rows``, in one transaction (a step's results written again)."""
+        sql, args = clause(where)
+        with self.writing(), self.db.conn:
+            self.db.execute(f"delete from [{table}]" + (f" where {sql}" if sql else ""), args)
+            if rows:
+                self.db[table].insert_all(rows, pk=pk)
+
+    def last_cycle(self, table: str, run_id: str) -> int | None:
+        """The highest cycle of ``run_id`` with a row in ``table``; None when it has none."""
+        row = self.db.execute(f"select max(cycle) from [{table}] where run_id = ?", [run_id]).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def newest_run(self, table: str, **where: Any) -> str | None:
+        """The newest run (by creation) with a row in ``table`` matching ``where``; None when there is none."""
+        sql, args = clause(where)
+        cond = f" where {sql.replace('[', 't.[')}" if sql else ""  # the filters are on the table's columns
+        row = self.db.execute(
+            f"select t.run_id from [{table}] t join runs r on r.id = t.run_id{cond} order by r.created_at desc limit 1",
+            args,
+        ).fetchone()
+        return row[0] if row else None
 
     # -- runs --
 
@@ -194,6 +276,25 @@ class Store:
             row.setdefault("status", "created")
             row.setdefault("cycle", 0)
         self.upsert("runs", row)
+
+    def copy_run(self, src: str, dst: str, *, until: datetime, rename: Callable[[dict], dict]) -> None:
+        """The artifacts run ``src`` stored up to ``until``, copied to run ``dst`` (a fork) with ``rename`` applied to
+        each row (its ids), in one transaction; a training run's steps go with it."""
+        with self.writing(), self.db.conn:
+            for table, when in RUN_TABLES:
+                rows = [r for r in self.rows(table, run_id=src) if (t := _ts(r.get(when))) is not None and t <= until]
+                self.db[table].insert_all([rename(r) for r in rows], replace=True)
+                if table != "training_runs":
+                    continue
+                for r in rows:
+                    steps = [
+                        s for s in self.rows("training_steps", training_id=r["id"]) if _ts(s["created_at"]) <= until
+                    ]
+                    self.db["training_steps"].insert_all([rename(s) for s in steps], replace=True)
+
+    @property
+    def constitutions(self) -> Constitutions:
+        return Constitutions(self)
 
     # -- transcript --
 
@@ -220,21 +321,16 @@ class Store:
 
     def transcript(self, run_id: str, cycle: int | None = None) -> list[dict[str, Any]]:
         if cycle is None:
-            return self.rows("messages", "run_id = ?", [run_id], order_by="cycle, seq")
-        return self.rows("messages", "run_id = ? and cycle = ?", [run_id, cycle], order_by="seq")
+            return self.rows("messages", run_id=run_id, order_by="cycle, seq")
+        return self.rows("messages", run_id=run_id, cycle=cycle, order_by="seq")
 
     # -- consent --
 
     def conditions(self, run_id: str) -> list[str]:
         """The conditions the model set when it consented (consent, ratification, revision), in order, once each:
         what every later approval shows and every practice prompt keeps to."""
-        rows = self.rows(
-            "consents",
-            "run_id = ? and decision in ('yes', 'conditional') and coalesce(conditions_json, '') != ''",
-            [run_id],
-            order_by="created_at",
-        )
-        return list(dict.fromkeys(r["conditions_json"].strip() for r in rows))
+        rows = self.rows("consents", run_id=run_id, decision__in=("yes", "conditional"), order_by="created_at")
+        return list(dict.fromkeys(r["conditions_json"].strip() for r in rows if r["conditions_json"]))
 
     # -- failed attempts (schema or meaning) --
 
@@ -258,12 +354,91 @@ class Store:
         )
 
     def attempts(self, run_id: str, step: str | None = None, item_prefix: str | None = None) -> list[dict[str, Any]]:
-        where, args = "run_id = ?", [run_id]
+        where: dict[str, Any] = {"run_id": run_id}
         if step:
-            where, args = where + " and step = ?", [*args, step]
+            where["step"] = step
         if item_prefix:
-            where, args = where + " and item_id like ?", [*args, item_prefix.replace("%", "") + "%"]
-        return self.rows("attempts", where, args, order_by="cycle, item_id, attempt")
+            where["item_id__startswith"] = item_prefix
+        return self.rows("attempts", **where, order_by="cycle, item_id, attempt")
 
     def close(self) -> None:
         self.db.conn.close()
+
+
+class Constitutions:
+    """A run's constitution versions: each with its text, hash, parent and author. A version is written once, keyed
+    by its draft key (the round that wrote it): a node re-run after a crash finds it instead of writing another."""
+
+    TABLE = "constitution_versions"
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def get(self, version_id: str) -> dict[str, Any] | None:
+        return self.store.get(self.TABLE, version_id)
+
+    def versions(self, run_id: str) -> list[dict[str, Any]]:
+        return self.store.rows(self.TABLE, run_id=run_id, order_by="version")
+
+    def by_draft(self, draft_key: str) -> dict[str, Any] | None:
+        found = self.store.rows(self.TABLE, draft_key=draft_key)
+        return found[0] if found else None
+
+    def save(
+        self,
+        run_id: str,
+        principles: list,
+        *,
+        author: str,
+        status: str,
+        parent_id: str | None,
+        draft_key: str,
+        template_hash: str | None = None,
+    ) -> dict[str, Any]:
+        """A new version of ``run_id``'s constitution from ``principles`` (:class:`luthitune.constitution.P`), or the
+        one already written under ``draft_key``."""
+        from luthitune import constitution as C
+
+        found = self.by_draft(draft_key)
+        if found:  # written before a crash: the same draft, not a new version
+            return found
+        version = self.store.count(self.TABLE, run_id=run_id) + 1
+        text = C.render(principles, version)
+        row = {
+            "id": f"{run_id}:v{version}",
+            "run_id": run_id,
+            "version": version,
+            "text": text,
+            "principles_json": C.to_json(principles),
+            "hash": C.text_hash(text),
+            "parent_id": parent_id,
+            "author": author,
+            "status": status,
+            "template_hash": template_hash,
+            "draft_key": draft_key,
+            "created_at": now(),
+        }
+        self.store.upsert(self.TABLE, row)
+        return self.get(row["id"])  # type: ignore[return-value]
+
+    def supersede(self, row: dict[str, Any], text: str, *, author: str, status: str) -> dict[str, Any]:
+        """A human's edit of version ``row`` (its full ``text``): a new version, its child, which supersedes it."""
+        from luthitune import constitution as C
+
+        edited = self.save(
+            row["run_id"],
+            C.parse(text),
+            author=author,
+            status=status,
+            parent_id=row["id"],
+            draft_key=f"{row['draft_key']}:edit",
+        )
+        self.update(row["id"], status="superseded")
+        return edited
+
+    def approve(self, version_id: str, *, by: str) -> None:
+        self.update(version_id, status="approved", approved_by=by, approved_at=now())
+
+    def update(self, version_id: str, **fields: Any) -> None:
+        """A version's status, approval or consent fields."""
+        self.store.upsert(self.TABLE, {"id": version_id, **fields})

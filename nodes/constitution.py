@@ -24,7 +24,7 @@ from luthitune.nodes import services
 from luthitune.nodes.consent import ask_consent, quoted
 from luthitune.prompts import fixed_text, load_text, render
 from luthitune.schemas import Principle
-from luthitune.store import json_list, now
+from luthitune.store import json_list
 
 STARTER_AUTHOR = "facilitator (packaged starter constitution)"
 
@@ -39,35 +39,6 @@ def exchanges(rt: Runtime[Context], state: RunState) -> list[tuple[str, str]]:
     ]
 
 
-def next_version(rt: Runtime[Context], state: RunState) -> int:
-    return services.store(rt).count("constitution_versions", "run_id = ?", [state["run_id"]]) + 1
-
-
-def save_version(rt, state, principles, *, author, status, parent_id, draft_key, template_hash=None) -> dict:
-    s = services.store(rt)
-    found = s.rows("constitution_versions", "draft_key = ?", [draft_key])
-    if found:  # written before a crash: the same draft, not a new version
-        return found[0]
-    version = next_version(rt, state)
-    text = C.render(principles, version)
-    row = {
-        "id": f"{state['run_id']}:v{version}",
-        "run_id": state["run_id"],
-        "version": version,
-        "text": text,
-        "principles_json": C.to_json(principles),
-        "hash": C.text_hash(text),
-        "parent_id": parent_id,
-        "author": author,
-        "status": status,
-        "template_hash": template_hash,
-        "draft_key": draft_key,
-        "created_at": now(),
-    }
-    s.upsert("constitution_versions", row)
-    return s.get("constitution_versions", row["id"])
-
-
 UNRATIFIED = "The model did not ratify it: "  # a version's feedback when the model declined to ratify it
 
 
@@ -76,9 +47,9 @@ def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict | None:
     None when fewer than ``min_principles`` passed (every failed answer is in ``attempts``). Written once per
     round: a re-run finds the version by its draft key."""
     s, key = services.store(rt), services.key(state, "draft", state.get("draft_round", 0))
-    existing = s.rows("constitution_versions", "draft_key = ?", [key])
+    existing = s.constitutions.by_draft(key)
     if existing:
-        return existing[0]
+        return existing
     pairs = exchanges(rt, state)[: rt.context.n_principles] or [("What matters to you?", "")]
     system = render("interview_system.md").text
     prompts = [render("principle.md", question=q, answer=a, feedback=feedback) for q, a in pairs]
@@ -106,9 +77,8 @@ def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict | None:
         good.append(C.P(f"P{len(good) + 1}", o.title, o.text, o.rationale))
     if len(good) < min(rt.context.min_principles, len(prompts)):
         return None
-    return save_version(
-        rt,
-        state,
+    return services.store(rt).constitutions.save(
+        state["run_id"],
         good,
         author="model",
         status="draft",
@@ -132,10 +102,10 @@ def previous_feedback(rt: Runtime[Context], state: RunState, rnd: int) -> str:
     if not rnd:
         return ""
     s = services.store(rt)
-    prev = s.rows("constitution_versions", "draft_key = ?", [services.key(state, "draft", rnd - 1)])
-    if prev and prev[0]["status"] in ("rejected", "unratified") and prev[0]["feedback"]:
-        text = prev[0]["feedback"]
-        if prev[0]["status"] == "unratified":
+    prev = s.constitutions.by_draft(services.key(state, "draft", rnd - 1))
+    if prev and prev["status"] in ("rejected", "unratified") and prev["feedback"]:
+        text = prev["feedback"]
+        if prev["status"] == "unratified":
             return f"You did not ratify the last draft. Your reasons: {text.removeprefix(UNRATIFIED)}"
         return f"The facilitator's feedback on the last draft: {text}"
     refused = refusals(rt, state, rnd - 1)
@@ -184,9 +154,9 @@ def facilitator_draft(rt: Runtime[Context], state: RunState, why: str) -> dict |
     """The constitution written by the facilitator once the model's drafts were not usable: the packaged starter on
     autopilot (when allowed), else the facilitator's own text (the starter is offered to edit). None: the run ends."""
     key = services.key(state, "draft", state.get("draft_round", 0))
-    found = services.store(rt).rows("constitution_versions", "draft_key = ?", [key])
+    found = services.store(rt).constitutions.by_draft(key)
     if found:
-        return found[0]
+        return found
     starter = load_text("starter_constitution.md")
     if rt.context.autopilot:
         if not rt.context.starter_constitution:
@@ -212,8 +182,13 @@ def facilitator_draft(rt: Runtime[Context], state: RunState, why: str) -> dict |
             if not problems:
                 break
         text, author = answer["text"], f"facilitator ({answer.get('by', 'human')})"
-    return save_version(
-        rt, state, C.parse(text), author=author, status="draft", parent_id=state.get("constitution_id"), draft_key=key
+    return services.store(rt).constitutions.save(
+        state["run_id"],
+        C.parse(text),
+        author=author,
+        status="draft",
+        parent_id=state.get("constitution_id"),
+        draft_key=key,
     )
 
 
@@ -238,18 +213,14 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
     decision = human_review(runtime, row)
     action = decision.get("action")
     if action == "reject":
-        s.upsert(
-            "constitution_versions",
-            {
-                "id": row["id"],
-                "status": "rejected",
-                "feedback": decision.get("feedback", ""),
-                "approved_by": decision["by"],
-            },
+        s.constitutions.update(
+            row["id"], status="rejected", feedback=decision.get("feedback", ""), approved_by=decision["by"]
         )
         return rejected(runtime, state, rnd, "facilitator")
     if action == "edit":
-        row = supersede(runtime, state, row, decision, status="draft")
+        row = services.store(runtime).constitutions.supersede(
+            row, decision["text"], author=decision["by"], status="draft"
+        )
     elif action != "approve":
         raise ValueError(f"Unknown review action {action!r}: use approve, edit or reject")
     ratified = ask_consent(
@@ -262,10 +233,7 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
         author=written_by(row["author"]),
     )
     if not meaning.consents(ratified["decision"]):
-        s.upsert(
-            "constitution_versions",
-            {"id": row["id"], "status": "unratified", "feedback": UNRATIFIED + quoted(ratified)},
-        )
+        s.constitutions.update(row["id"], status="unratified", feedback=UNRATIFIED + quoted(ratified))
         cause = "declined" if ratified["decision"] == "no" else "checks"
         return rejected(
             runtime,
@@ -274,11 +242,8 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
             cause,
             f"The model did not ratify version {row['version']} (written by {row['author']}): {quoted(ratified)}.",
         )
-    s.upsert(
-        "constitution_versions",
-        {"id": row["id"], "status": "approved", "approved_by": decision["by"], "approved_at": now()},
-    )
-    write_constitution_md(runtime, row["text"])
+    s.constitutions.approve(row["id"], by=decision["by"])
+    C.write_markdown(services.workspace(runtime).data_dir, row["text"])
     return {
         "draft_status": "approved",
         "constitution_id": row["id"],
@@ -291,10 +256,7 @@ def model_failures(rt: Runtime[Context], state: RunState) -> str:
     """One plain sentence on why the model's own drafts were not used."""
     s, n = services.store(rt), rt.context.max_draft_rounds
     refused = [
-        r
-        for r in range(n)
-        if refusals(rt, state, r)
-        and not s.rows("constitution_versions", "draft_key = ?", [services.key(state, "draft", r)])
+        r for r in range(n) if refusals(rt, state, r) and not s.constitutions.by_draft(services.key(state, "draft", r))
     ]
     if refused:
         last = refusals(rt, state, refused[-1])
@@ -303,22 +265,6 @@ def model_failures(rt: Runtime[Context], state: RunState) -> str:
             f"(last: {last[0] if last else 'no answer'})."
         )
     return f"No draft of the model's was approved and ratified in {n} round(s)."
-
-
-def supersede(rt: Runtime[Context], state: RunState, row: dict, decision: dict, *, status: str) -> dict:
-    """A human's edit of version ``row`` (full text in ``decision``): a new version, its child, which supersedes it.
-    Written once: a re-run finds it by its draft key."""
-    edited = save_version(
-        rt,
-        state,
-        C.parse(decision["text"]),
-        author=decision["by"],
-        status=status,
-        parent_id=row["id"],
-        draft_key=f"{row['draft_key']}:edit",
-    )
-    services.store(rt).upsert("constitution_versions", {"id": row["id"], "status": "superseded"})
-    return edited
 
 
 def written_by(author: str) -> str:
@@ -341,14 +287,6 @@ def rejected(rt: Runtime[Context], state: RunState, rnd: int, cause: str, detail
         update["ended"] = " ".join(x for x in parts if x)
         update["ended_by"] = cause
     return update
-
-
-def write_constitution_md(rt: Runtime[Context], text: str) -> None:
-    path = services.workspace(rt).data_dir / "constitution.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def principles_json(row: dict) -> list[dict]:

@@ -168,10 +168,8 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
     s, run_id, cycle = services.store(runtime), state["run_id"], state.get("cycle", 0)
     summary = C.summary(services.principles(runtime, state))
     kinds = categories()
-    scenarios = s.rows(
-        "scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle], order_by="idx"
-    )
-    done = {r["scenario_id"] for r in s.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])}
+    scenarios = s.rows("scenarios", run_id=run_id, cycle=cycle, status="generated", order_by="idx")
+    done = {r["scenario_id"] for r in s.rows("pairs", run_id=run_id, cycle=cycle)}
     todo = [sc for sc in scenarios if sc["id"] not in done]  # resume redoes only unfinished items
     size, total = services.concurrency(runtime), len(scenarios)
     llm = services.llm(runtime, temperature=runtime.context.answer_temperature)
@@ -224,10 +222,8 @@ def self_critique_chain(state: RunState, runtime: Runtime[Context]) -> dict:
     s, run_id, cycle = services.store(runtime), state["run_id"], state.get("cycle", 0)
     summary = C.summary(services.principles(runtime, state))
     kinds = categories()
-    scenarios = s.rows(
-        "scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle], order_by="idx"
-    )
-    done = {r["scenario_id"] for r in s.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])}
+    scenarios = s.rows("scenarios", run_id=run_id, cycle=cycle, status="generated", order_by="idx")
+    done = {r["scenario_id"] for r in s.rows("pairs", run_id=run_id, cycle=cycle)}
     todo = [sc for sc in scenarios if sc["id"] not in done]  # resume redoes only unfinished items
     total, finished = len(scenarios), len(scenarios) - len(todo)
     services.progress(runtime, "self-critique", finished, total)

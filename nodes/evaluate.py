@@ -73,7 +73,7 @@ def evaluate(state: RunState, runtime: Runtime[Context]) -> dict:
             identity.trained_identity(Path(state["adapter_path"])),
             model=state["adapter_name"],
         )
-    row = s.get("constitution_versions", state["constitution_id"])
+    row = s.constitutions.get(state["constitution_id"])
     path, _, _ = report.write(
         s,
         services.workspace(runtime).data_dir / "reports",

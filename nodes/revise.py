@@ -21,10 +21,9 @@ from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import services
 from luthitune.nodes.consent import ask_consent
-from luthitune.nodes.constitution import edit_problems, save_version, supersede, write_constitution_md
+from luthitune.nodes.constitution import edit_problems
 from luthitune.prompts import fixed_text, render
 from luthitune.schemas import Amendment, amendment_for
-from luthitune.store import now
 
 N_PROPOSALS = 2
 SOURCE = meaning.Source(fixed_text("revise.md"))
@@ -108,9 +107,7 @@ def samples(rt: Runtime[Context], state: RunState, k: int = 2) -> str:
     s, run_id, cycle = services.store(rt), state["run_id"], state.get("cycle", 0)
     rows = [
         (r["prompt"], r["answer"])
-        for r in s.rows(
-            "probe_answers", "run_id = ? and cycle = ? and model = 'adapter'", [run_id, cycle], order_by="probe_id"
-        )
+        for r in s.rows("probe_answers", run_id=run_id, cycle=cycle, model="adapter", order_by="probe_id")
         if r["probe_set"] in {"trap", "benign"}
     ]
     rows = (
@@ -118,7 +115,7 @@ def samples(rt: Runtime[Context], state: RunState, k: int = 2) -> str:
         if rows
         else [
             (r["prompt"], r["chosen"])
-            for r in s.rows("pairs", "run_id = ? and cycle = ? and status = 'kept'", [run_id, cycle], order_by="id")[:k]
+            for r in s.rows("pairs", run_id=run_id, cycle=cycle, status="kept", order_by="id")[:k]
         ]
     )
     return "\n".join(f"- Request: {q[:200]}\n  Your answer: {a[:300]}" for q, a in rows) or "(none)"
@@ -138,9 +135,9 @@ def proposing_model(state: RunState) -> dict:
 def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
     """Proposed version (written once; a re-run finds it by its draft key)."""
     s, key = services.store(rt), services.key(state, "revision", 0)
-    found = s.rows("constitution_versions", "draft_key = ?", [key])
+    found = s.constitutions.by_draft(key)
     if found:
-        return found[0]
+        return found
     prompt = render(
         "revise.md",
         constitution=current["text"],
@@ -168,9 +165,8 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
     )
     amendments = [o for o in out if isinstance(o, Amendment)]
     new, log = apply(principles, amendments)
-    row = save_version(
-        rt,
-        state,
+    row = s.constitutions.save(
+        state["run_id"],
         new,
         author="model (adapter)",
         status="proposed",
@@ -179,23 +175,20 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
         template_hash=prompt.template_hash,
     )
     failed = [{"reasons": o.reasons, "raw": o.raw} for o in out if not isinstance(o, Amendment)]
-    s.upsert(
-        "constitution_versions",
-        {
-            "id": row["id"],
-            "feedback": json.dumps({"amendments": log, "failed": failed}),
-            "model_json": json.dumps(proposing_model(state)),
-        },
+    s.constitutions.update(
+        row["id"],
+        feedback=json.dumps({"amendments": log, "failed": failed}),
+        model_json=json.dumps(proposing_model(state)),
     )
     if rt.context.seams.llm is None:
         from luthitune import identity
 
-        ident = json.loads(s.get("constitution_versions", row["id"])["model_json"])
+        ident = json.loads(s.constitutions.get(row["id"])["model_json"])
         if ident.get("digest"):
             identity.record_use(
                 s, state["run_id"], state.get("cycle", 0), "revise", ident, model=state.get("adapter_name")
             )
-    return s.get("constitution_versions", row["id"])
+    return s.constitutions.get(row["id"])
 
 
 def review(rt: Runtime[Context], proposed: dict, current: dict) -> dict:
@@ -233,11 +226,11 @@ def review(rt: Runtime[Context], proposed: dict, current: dict) -> dict:
 
 def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
     s = services.store(runtime)
-    current = s.get("constitution_versions", state["constitution_id"])
+    current = s.constitutions.get(state["constitution_id"])
     proposed = propose(runtime, state, current)
     next_cycle = {"cycle": state.get("cycle", 0) + 1, "scenarios": 0, "pairs_kept": 0, "pairs_quarantined": 0}
     if json.loads(proposed["principles_json"]) == json.loads(current["principles_json"]):
-        s.upsert("constitution_versions", {"id": proposed["id"], "status": "unchanged"})
+        s.constitutions.update(proposed["id"], status="unchanged")
         return {"revision": "none", **next_cycle}
     consent = ask_consent(
         runtime,
@@ -247,14 +240,14 @@ def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
         "revision",
         constitution=proposed["text"],
     )
-    s.upsert("constitution_versions", {"id": proposed["id"], "consent_id": consent["id"]})
+    s.constitutions.update(proposed["id"], consent_id=consent["id"])
     if not meaning.consents(consent["decision"]):
-        s.upsert("constitution_versions", {"id": proposed["id"], "status": "declined"})
+        s.constitutions.update(proposed["id"], status="declined")
         return {"revision": "declined", **next_cycle}
     decision = review(runtime, proposed, current)
     action = decision.get("action")
     if action == "edit":
-        edited = supersede(runtime, state, proposed, decision, status="proposed")
+        edited = s.constitutions.supersede(proposed, decision["text"], author=decision["by"], status="proposed")
         consent = ask_consent(
             runtime,
             state,
@@ -263,22 +256,16 @@ def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
             "revision",
             constitution=edited["text"],
         )
-        s.upsert(
-            "constitution_versions",
-            {"id": edited["id"], "consent_id": consent["id"], "model_json": proposed["model_json"]},
-        )
+        s.constitutions.update(edited["id"], consent_id=consent["id"], model_json=proposed["model_json"])
         if not meaning.consents(consent["decision"]):
-            s.upsert("constitution_versions", {"id": edited["id"], "status": "declined"})
+            s.constitutions.update(edited["id"], status="declined")
             return {"revision": "declined", **next_cycle}
-        proposed = s.get("constitution_versions", edited["id"])
+        proposed = s.constitutions.get(edited["id"])
     elif action != "approve":
-        s.upsert("constitution_versions", {"id": proposed["id"], "status": "rejected", "approved_by": decision["by"]})
+        s.constitutions.update(proposed["id"], status="rejected", approved_by=decision["by"])
         return {"revision": "rejected", **next_cycle}
-    s.upsert(
-        "constitution_versions",
-        {"id": proposed["id"], "status": "approved", "approved_by": decision["by"], "approved_at": now()},
-    )
-    write_constitution_md(runtime, proposed["text"])
+    s.constitutions.approve(proposed["id"], by=decision["by"])
+    C.write_markdown(services.workspace(runtime).data_dir, proposed["text"])
     return {
         "revision": "approved",
         "constitution_id": proposed["id"],

@@ -103,9 +103,7 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
         chunk = todo[start : start + wave]
         # Requests already written in this run, earlier cycles included: a new cycle is told what exists, so it
         # writes new requests rather than the ones its unchanged seeds and sampling would give again.
-        done = s.rows(
-            "scenarios", "run_id = ? and cycle <= ? and status = 'generated'", [run_id, cycle], order_by="cycle, idx"
-        )
+        done = s.rows("scenarios", run_id=run_id, cycle__le=cycle, status="generated", order_by="cycle, idx")
         prompts = [
             render(
                 "scenario_request.md",
@@ -162,5 +160,5 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
                 runtime, state, "scenario", [services.key(state, "s", f"{i:04d}") for i, _, _ in chunk]
             ),
         )
-    n = s.count("scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle])
+    n = s.count("scenarios", run_id=run_id, cycle=cycle, status="generated")
     return {"scenarios": n}

@@ -103,7 +103,7 @@ def concurrency(runtime: Runtime[Context]) -> int:
 
 
 def principles(rt: Runtime[Context], state: RunState) -> list[P]:
-    row = store(rt).get("constitution_versions", state["constitution_id"])
+    row = store(rt).constitutions.get(state["constitution_id"])
     import json
 
     return from_json(json.loads(row["principles_json"]))

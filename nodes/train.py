@@ -18,7 +18,7 @@ def job_for(rt: Runtime[Context], state: RunState, train: list[dict], held: int,
     from luthitune.training.dpo import Job
 
     ws, s, hp = services.workspace(rt), services.store(rt), rt.context.hyperparameters()
-    row = s.get("constitution_versions", state["constitution_id"])
+    row = s.constitutions.get(state["constitution_id"])
     previous = state.get("adapter_path") if hp.training.continue_adapter and state.get("cycle", 0) > 0 else None
     return Job(
         model_dir=str(local_model_dir(ws, ws.config.base_model)),
@@ -75,8 +75,8 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
     train, held = split(kept, runtime.context.eval_fraction)
     least = runtime.context.hyperparameters().training.min_pairs
     if len(train) < least:
-        failed = s.count("scenarios", "run_id = ? and cycle = ? and status = 'failed'", [run_id, cycle])
-        quarantined = s.count("pairs", "run_id = ? and cycle = ? and status = 'quarantined'", [run_id, cycle])
+        failed = s.count("scenarios", run_id=run_id, cycle=cycle, status="failed")
+        quarantined = s.count("pairs", run_id=run_id, cycle=cycle, status="quarantined")
         return {
             "ended": (
                 f"too few pairs to train on in cycle {cycle}: "

@@ -82,11 +82,11 @@ def validate(state: RunState, runtime: Runtime[Context]) -> dict:
     s, ctx, run_id, cycle = services.store(runtime), runtime.context, state["run_id"], state.get("cycle", 0)
     principles = services.principles(runtime, state)
     constitution = Constitution(frozenset(p.id for p in principles), {p.id: p.title for p in principles})
-    pairs = s.rows("pairs", "run_id = ? and cycle = ? and status != 'quarantined'", [run_id, cycle], order_by="id")
+    pairs = s.rows("pairs", run_id=run_id, cycle=cycle, status__ne="quarantined", order_by="id")
     reasons = {p["id"]: check_pair(p, constitution, ctx.rules) for p in pairs}
 
     # Near duplicates of the request, across this run's dataset (earlier cycles' kept pairs included).
-    earlier = s.rows("pairs", "run_id = ? and cycle < ? and status = 'kept'", [run_id, cycle])
+    earlier = s.rows("pairs", run_id=run_id, cycle__lt=cycle, status="kept")
     dups = near_duplicates(
         [(p["id"], p["prompt"]) for p in earlier],
         [(p["id"], p["prompt"]) for p in pairs if not reasons[p["id"]]],
@@ -140,5 +140,5 @@ def validate(state: RunState, runtime: Runtime[Context]) -> dict:
                 for pid, d in decisions.items()
             ],
         )
-    count = lambda st: s.count("pairs", "run_id = ? and cycle = ? and status = ?", [run_id, cycle, st])  # noqa: E731
+    count = lambda st: s.count("pairs", run_id=run_id, cycle=cycle, status=st)  # noqa: E731
     return {"pairs_kept": count("kept"), "pairs_quarantined": count("quarantined")}

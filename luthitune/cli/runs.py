@@ -120,7 +120,7 @@ def declined(store, st) -> bool:
         return False
     if "ended_by" in st.values:
         return st.values["ended_by"] == "declined"
-    rows = store.rows("consents", "run_id = ?", [st.run_id], order_by="created_at")
+    rows = store.rows("consents", run_id=st.run_id, order_by="created_at")
     return bool(rows) and rows[-1]["decision"] == "no" and rows[-1]["reviewed_by"] != "human:end"
 
 

@@ -105,9 +105,7 @@ class Page:
         job = self.wb.job(run_id)
         row = p.store.get("runs", run_id) if run_id else None
         counts = (
-            [p.store.count(t, "run_id = ?", [run_id]) for t in ("messages", "constitution_versions", "consents")]
-            if row
-            else []
+            [p.store.count(t, run_id=run_id) for t in ("messages", "constitution_versions", "consents")] if row else []
         )
         marks = [
             run_id,

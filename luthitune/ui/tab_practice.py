@@ -31,11 +31,11 @@ def live_text(wb, p, run_id) -> str:
             lines.append("*Cancelling at the next finished item…*")
     s = p.store
     n = {
-        "generated": s.count("scenarios", "run_id = ? and status = 'generated'", [run_id]),
-        "failed": s.count("scenarios", "run_id = ? and status = 'failed'", [run_id]),
-        "pairs": s.count("pairs", "run_id = ?", [run_id]),
-        "kept": s.count("pairs", "run_id = ? and status = 'kept'", [run_id]),
-        "quarantined": s.count("pairs", "run_id = ? and status = 'quarantined'", [run_id]),
+        "generated": s.count("scenarios", run_id=run_id, status="generated"),
+        "failed": s.count("scenarios", run_id=run_id, status="failed"),
+        "pairs": s.count("pairs", run_id=run_id),
+        "kept": s.count("pairs", run_id=run_id, status="kept"),
+        "quarantined": s.count("pairs", run_id=run_id, status="quarantined"),
     }
     mix = ctx.get("category_mix") or {}
     total = sum(mix.values()) or 1

@@ -90,7 +90,7 @@ def test_protocol_checkpoints_in_postgres(workspace, postgres_url):
     again = Protocol(Workspace.open(workspace.root), llm=SchemaFakeModel())  # a new process, in effect
     st = again.advance(run, "What do you value?")
     assert st.status == "waiting" and st.values["turn"] == 2
-    assert again.store.count("messages", "run_id = ?", [run]) == 5
+    assert again.store.count("messages", run_id=run) == 5
     # fork copies the checkpoint chain within Postgres, values that the saver keeps apart (not str/int) included
     # As the scenario step, whose edge is unconditional: a router needs the run's context, which update_state lacks.
     again.graph.update_state(again.config(run), {"evaluation": {"reward_acc": 0.75}}, as_node="generate_scenarios")

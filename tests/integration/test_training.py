@@ -197,7 +197,7 @@ def test_an_adapter_trained_outside_a_run_is_evaluated_and_reported(trained):
     r = CliRunner().invoke(app, args, terminal_width=200)
     assert r.exit_code == 0, r.output
     store = Store(ws.db_path)
-    rows = store.rows("evaluations", "run_id = ?", ["adapter:sep"])
+    rows = store.rows("evaluations", run_id="adapter:sep")
     assert {"probes.trap.agency_rate", "drift.kl_mean"} <= {e["metric"] for e in rows}
-    assert store.count("probe_answers", "run_id = ?", ["adapter:sep"]) == 2 * 4  # base and adapter, one per set
+    assert store.count("probe_answers", run_id="adapter:sep") == 2 * 4  # base and adapter, one per set
     assert (ws.data_dir / "reports" / "adapter-sep-c0.md").exists() and "Report:" in r.output

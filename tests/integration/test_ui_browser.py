@@ -193,9 +193,9 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     p = wb.protocol()
     pair = p.store.get("pairs", f"ui-run:{rejected_id}")
     assert pair["status"] == "quarantined" and "review" in pair["reasons_json"] and pair["reviewed_by"] == "human"
-    [train] = p.store.rows("training_runs", "run_id = ?", ["ui-run"])
-    assert p.store.count("training_steps", "training_id = ?", [train["id"]]) == 2
-    assert {e["model"] for e in p.store.rows("evaluations", "run_id = ?", ["ui-run"])} >= {"base", "adapter"}
+    [train] = p.store.rows("training_runs", run_id="ui-run")
+    assert p.store.count("training_steps", training_id=train["id"]) == 2
+    assert {e["model"] for e in p.store.rows("evaluations", run_id="ui-run")} >= {"base", "adapter"}
     assert (Path(train["adapter_path"]) / "luthitune-manifest.json").exists()
     modelfile = next((wb.ws.root / "models").rglob("Modelfile"))  # models/merged/NAME/ in merged mode
     assert "FROM" in modelfile.read_text()

@@ -109,7 +109,7 @@ def test_a_checkpoint_naming_another_run_is_not_advanced(waiting_run):
     db.commit()
     with pytest.raises(UnsafeCheckpoint, match="names another run"):
         p.advance(run, "hello")
-    assert p.store.count("messages", "run_id = ?", [run]) == 3
+    assert p.store.count("messages", run_id=run) == 3
 
 
 def test_the_types_the_project_stores_round_trip_and_nothing_else_loads():
@@ -238,7 +238,7 @@ def holder(ws: Workspace, run: str):
 def counts(p: Protocol, run: str) -> tuple[int, int]:
     db = sqlite3.connect(p.ws.checkpoints_dir / "graph.db")
     n = db.execute("select count(*) from checkpoints where thread_id = ?", [run]).fetchone()[0]
-    return p.store.count("messages", "run_id = ?", [run]), n
+    return p.store.count("messages", run_id=run), n
 
 
 def test_a_second_process_on_a_run_fails_at_once_naming_the_holder(waiting_run):

@@ -169,8 +169,8 @@ def test_nodes_record_the_host_of_each_scenario_and_pair(tmp_path):
         rt = Runtime(context=Context(workspace=str(ws.root), n_scenarios=10), stream_writer=lambda _: None)
         assert generate_scenarios(state, rt) == {"scenarios": 10}
         self_critique(state, rt)
-    scenarios = s.rows("scenarios", "run_id = ?", [run])
-    pairs = s.rows("pairs", "run_id = ?", [run])
+    scenarios = s.rows("scenarios", run_id=run)
+    pairs = s.rows("pairs", run_id=run)
     assert len(scenarios) == 10 and len(pairs) == 10
     assert {r["host"] for r in scenarios + pairs} <= {a.url, b.url}
     assert Counter(r["host"] for r in scenarios + pairs)[b.url] == len(b.answered) == 4

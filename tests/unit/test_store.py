@@ -82,3 +82,27 @@ def test_run_keeps_created_at(store):
     store.upsert_run("r1", status="done")
     row = store.get("runs", "r1")
     assert row["created_at"] == created and row["status"] == "done" and row["backend"] == "local"
+
+
+def test_queries_are_keyword_filters_with_values_as_parameters(store):
+    import pytest
+
+    store.upsert_run("r1", backend="local")
+    for i, (cycle, status, item) in enumerate([(0, "a", "x_1"), (1, "b", "x%2"), (2, "a", "y_3")]):
+        store.record_attempt("r1", cycle, status, item, i, "raw", [])
+    ids = lambda **w: [r["item_id"] for r in store.rows("attempts", order_by="cycle", **w)]  # noqa: E731
+    assert ids(run_id="r1", step="a") == ["x_1", "y_3"]
+    assert ids(cycle__le=1) == ["x_1", "x%2"] and ids(cycle__lt=1) == ["x_1"] and ids(cycle__ge=2) == ["y_3"]
+    assert (
+        ids(step__ne="a") == ["x%2"] and ids(step__in=("b",)) == ["x%2"] and ids(step__notin=("b",)) == ["x_1", "y_3"]
+    )
+    assert ids(item_id__startswith="x%") == ["x%2"]  # % and _ are the prefix's own characters, not wildcards
+    assert ids(item_id__startswith="x_") == ["x_1"]
+    assert ids(raw=None) == [] and ids(raw__ne=None) == ["x_1", "x%2", "y_3"]
+    assert store.count("attempts", run_id="r1", cycle__gt=0) == 2
+    with pytest.raises(ValueError, match="column"):
+        store.rows("attempts", **{"run_id = run_id or 1": "x"})
+    with pytest.raises(ValueError, match="unknown filter"):
+        store.rows("attempts", cycle__near=1)
+    store.delete("attempts", step="a")
+    assert ids() == ["x%2"]

@@ -85,7 +85,7 @@ def test_a_run_starts_from_input_alone_and_its_row_is_created_on_first_entry(wor
     assert stored["context"]["interview_turns"] == 2  # what the caller gave
     assert stored["context"]["train"]["training"]["learning_rate"]  # hyperparameters.yaml, fixed at start
     assert row["identity_match"]
-    assert p.store.count("messages", "run_id = ?", [thread]) == 3  # system, opening, the model's reply
+    assert p.store.count("messages", run_id=thread) == 3  # system, opening, the model's reply
 
     # A resume with another context, or none, goes on with the settings fixed at the start: still not on autopilot.
     out = g.invoke(
@@ -94,7 +94,7 @@ def test_a_run_starts_from_input_alone_and_its_row_is_created_on_first_entry(wor
         context=Context(str(workspace.root), autopilot=True).with_seams(**seams),
     )
     assert out["__interrupt__"][0].value["turn"] == 2
-    assert p.store.count("messages", "run_id = ?", [thread]) == 5
+    assert p.store.count("messages", run_id=thread) == 5
 
 
 def test_a_server_run_with_its_own_checkpoints_is_visible_to_status_and_refused_by_answer(workspace, seams):
@@ -112,7 +112,7 @@ def test_a_server_run_with_its_own_checkpoints_is_visible_to_status_and_refused_
     assert "server" in r.output and "last recorded: waiting for interview" in r.output and "messages: 3" in r.output
     r = runner.invoke(app, ["answer", thread, "hello", "-w", str(workspace.root)], terminal_width=200)
     assert r.exit_code == 2 and "LangGraph" in r.output
-    assert p.store.count("messages", "run_id = ?", [thread]) == 3  # nothing was run from the CLI
+    assert p.store.count("messages", run_id=thread) == 3  # nothing was run from the CLI
     r = runner.invoke(app, ["resume", "-w", str(workspace.root)], terminal_width=200)
     assert r.exit_code == 0 and "last recorded: waiting for interview" in r.output
 

@@ -173,12 +173,12 @@ def test_worker_cancel_leaves_a_resumable_run(workbench):
     wb.wait(run, 30)
     assert job.outcome == "cancelled" and "cancelled" in job.describe()
     assert p.status(run).status == "interrupted"
-    done = p.store.count("scenarios", "run_id = ?", [run])
+    done = p.store.count("scenarios", run_id=run)
     assert done < 8
     wb.submit(run, what="resume")
     wb.wait(run, 60)
     assert wb.job(run).outcome == "done"
-    assert p.store.count("scenarios", "run_id = ?", [run]) == 8
+    assert p.store.count("scenarios", run_id=run) == 8
     assert wb.cancel(run) is False  # nothing running now
 
 
