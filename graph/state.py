@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 # it) refuses typing.TypedDict on Python < 3.12.
 from typing_extensions import NotRequired, TypedDict
 
+from luthitune.runoptions import default
+
 Decision = Literal["yes", "no", "conditional", "unclear"]  # unclear: incoherent answers, not consent
 
 
@@ -77,22 +79,23 @@ NO_SEAMS = Seams()
 class Context:
     """Per-run settings, passed with ``context=`` on every invocation (never global state).
 
-    Every field is a setting a caller may give (LangGraph Studio shows them as the context form). Injected parts are
-    not fields: :meth:`with_seams` attaches them, and the nodes read :attr:`seams`; left alone the nodes use the
-    workspace's backend, :mod:`luthitune.training` and :mod:`luthitune.evaluation`.
+    Every field is a setting a caller may give (LangGraph Studio shows them as the context form). The options a
+    facilitator chooses at the start take their defaults from :class:`luthitune.runoptions.RunOptions`. Injected
+    parts are not fields: :meth:`with_seams` attaches them, and the nodes read :attr:`seams`; left alone the nodes
+    use the workspace's backend, :mod:`luthitune.training` and :mod:`luthitune.evaluation`.
     """
 
     workspace: str = field(default_factory=default_workspace)
-    autopilot: bool = False
-    interview_turns: int = 3
-    max_consent_rounds: int = 2
-    max_draft_rounds: int = 3
+    autopilot: bool = default("autopilot")
+    interview_turns: int = default("interview_turns")
+    max_consent_rounds: int = default("max_consent_rounds")
+    max_draft_rounds: int = default("max_draft_rounds")
     n_principles: int = 3
     min_principles: int = 2  # a draft with fewer principles that pass the checks is not usable
     # When the model's drafts are not usable after max_draft_rounds: outside autopilot the facilitator is offered to
     # write the constitution; on autopilot, with this set, the packaged starter constitution is used (recorded as
     # the facilitator's), and the model is asked to ratify it either way.
-    starter_constitution: bool = False
+    starter_constitution: bool = default("starter_constitution")
     deliberate_temperature: float = 0.3  # consent, principles, amendments (from sampling: in luthitune.yaml)
     # Phase 2 (defaults from the workspace's ``practice:`` section when the run starts)
     n_scenarios: int = 12
@@ -106,7 +109,7 @@ class Context:
     review_sample: int = 5
     eval_fraction: float = 0.25
     seed: int = 0
-    max_cycles: int = 1
+    max_cycles: int = default("max_cycles")
     # Effective training hyperparameters (config/hyperparameters.yaml merged with the run's overrides, in its
     # sections: model, lora, training, dpo), fixed when the run starts so a resumed run trains the same way.
     train: dict[str, Any] = field(default_factory=dict)

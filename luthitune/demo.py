@@ -12,23 +12,25 @@ from rich.panel import Panel
 from luthitune import constitution as C
 from luthitune.config import Config
 from luthitune.logs import console
+from luthitune.runoptions import RunOptions
 from luthitune.workspace import init_workspace
 
 DEMO_SEED = 5
 
-DEMO_SETTINGS = {
-    "autopilot": True,
-    "n_scenarios": 32,
-    "interview_turns": 3,
-    "max_cycles": 1,
+DEMO_OPTIONS = RunOptions(
+    autopilot=True,
+    n_scenarios=32,
     # A 135M model's consent answer is close to a coin toss: each "no" (and each answer the coherence check finds
     # unclear) is honoured and answered in the interview, and a third round keeps the demo from ending early most of
     # the time.
-    "max_consent_rounds": 3,
-    "max_draft_rounds": 2,
+    max_consent_rounds=3,
+    max_draft_rounds=2,
     # When the model's own drafts fail the principle checks, the demo's facilitator offers the packaged starter
     # constitution (recorded as the facilitator's), which the model is asked to ratify. No check is loosened.
-    "starter_constitution": True,
+    starter_constitution=True,
+)
+DEMO_SETTINGS = {
+    **DEMO_OPTIONS.settings(),
     # A few more passes at a higher rate than the gentle default, so the evaluation can show what training changed.
     "train": {"epochs": 3.0, "batch_size": 2, "learning_rate": 2e-4, "beta": 0.1, "max_length": 384},
     # Ten probes of each set (trap, benign, values, neutral), short answers: on a CPU budget, and the report's

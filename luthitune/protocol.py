@@ -18,7 +18,7 @@ from typing import Any
 from langgraph.types import Command
 
 from luthitune import cancel, runlock, runs
-from luthitune.errors import BackendUnavailable, NotFound, UsageError
+from luthitune.errors import AnswerDue, BackendUnavailable, NotFound, RunElsewhere, RunFinished, UsageError
 from luthitune.graph.builder import build_graph, checkpointer_for
 from luthitune.graph.serde import UnsafeCheckpoint, locate
 from luthitune.graph.state import Context
@@ -247,6 +247,26 @@ class Protocol:
         label = f"waiting:{st.interrupt.get('type')}" if st.interrupt else st.status
         values = st.values
         self.store.upsert_run(st.run_id, status=label, cycle=values.get("cycle", 0), note=values.get("ended"))
+
+    def resumable(self, run_id: str) -> RunStatus:
+        """Where ``run_id`` stands, when ``resume`` can continue it: stopped inside a step (a crash, Ctrl-C, a Cancel)
+        or never started. Otherwise raises why not: :class:`RunFinished`, :class:`AnswerDue` (an answer continues
+        it) or :class:`RunElsewhere` (LangGraph's server holds it). Every client asks this one question."""
+        st = self.status(run_id)
+        if st.status in {"done", "ended"}:
+            raise RunFinished(f"Run {run_id} has already finished ({st.status}); nothing to resume.", st)
+        if st.status == "waiting":
+            kind = (st.interrupt or {}).get("type", "an answer")
+            raise AnswerDue(
+                f"Run {run_id} waits for an answer ({kind}); answering it continues the run "
+                f"(`luthitune status {run_id}` shows the question).",
+                st,
+            )
+        if st.status == "server":
+            raise RunElsewhere(
+                f"Run {run_id} was started by LangGraph's server, which holds its checkpoints: resume it there.", st
+            )
+        return st
 
     def answered(self, run_id: str) -> bool:
         """Whether the pending interrupt already has its answer stored in the checkpoint (the process was killed

@@ -119,11 +119,7 @@ def build(page) -> None:
     def do_resume(run_id):
         if not run_id:
             raise UsageError("Choose a run first (Runs tab).")
-        st = wb.protocol().status(run_id, record=False)
-        if st.status == "waiting":
-            raise UsageError(f"Run {run_id} waits for {st.interrupt['type']}; answer that first.")
-        if st.status in {"done", "ended"}:
-            raise UsageError(f"Run {run_id} has finished ({st.status}).")
+        st = wb.protocol().resumable(run_id)
         wb.submit(run_id, what="generate practice data" if "generate_scenarios" in st.next else "resume")
         return "Working; progress shows above."
 
