@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from luthitune import answers
 from luthitune.config import Config
 from luthitune.configfiles import load_model, parse_yaml, read_text
 from luthitune.errors import LuthiTuneError, UsageError
@@ -21,12 +22,12 @@ from luthitune.store import Store, now
 from luthitune.training.hyperparameters import Hyperparameters
 from luthitune.workspace import CONFIG_FILE, HYPERPARAMETERS_FILE, Workspace
 
-# Interrupt types, and which answers each accepts.
-APPROVABLE = ("consent_review", "constitution_review", "pair_review", "confirm_training", "revision_review")
-REJECTABLE = ("consent_review", "constitution_review", "confirm_training", "revision_review", "constitution_write")
-# a draft, the trained model's proposed revision, or the facilitator's own text once the model's drafts failed
-EDITABLE = ("constitution_review", "revision_review", "constitution_write")
-PAIR_DECISIONS = ("accept", "reject")
+# Interrupt types, by the answers each accepts (luthitune.answers): approve, reject (with feedback), edit (a draft,
+# the trained model's proposed revision, or the facilitator's own text once the model's drafts failed).
+APPROVABLE = answers.kinds_accepting(answers.Approve)
+REJECTABLE = answers.kinds_accepting(answers.Reject)
+EDITABLE = answers.kinds_accepting(answers.Edit)
+PAIR_DECISIONS = answers.PAIR_DECISIONS
 
 
 def expect(st: Any, expected: Iterable[str], hint: str = "") -> dict:
@@ -44,12 +45,12 @@ def expect(st: Any, expected: Iterable[str], hint: str = "") -> dict:
 
 
 def approve(by: str = "human") -> dict:
-    return {"action": "approve", "by": by}
+    return answers.Approve(action="approve", by=by).model_dump()
 
 
 def reject(feedback: str = "", by: str = "human") -> dict:
     """Reject the pending approval; a rejected constitution draft is redrafted with ``feedback``."""
-    return {"action": "reject", "feedback": feedback, "by": by}
+    return answers.Reject(action="reject", feedback=feedback, by=by).model_dump()
 
 
 def drop_pairs(pair_ids: Iterable[str], by: str = "human") -> dict:
@@ -57,7 +58,7 @@ def drop_pairs(pair_ids: Iterable[str], by: str = "human") -> dict:
     ids = list(pair_ids)
     if not ids:
         raise UsageError("Name at least one pair to reject, or approve the review to accept them all.")
-    return {"action": "reject", "pairs": ids, "by": by}
+    return answers.DropPairs(action="reject", pairs=ids, by=by).model_dump()
 
 
 def review_pairs(decisions: dict[str, str], sample: list[dict], by: str = "human") -> dict:
@@ -69,7 +70,7 @@ def review_pairs(decisions: dict[str, str], sample: list[dict], by: str = "human
     bad = {k: v for k, v in decisions.items() if v not in PAIR_DECISIONS}
     if bad:
         raise UsageError(f"Decisions must be accept or reject; got {bad}.")
-    return {"decisions": {i: decisions.get(i, "accept") for i in ids}, "by": by}
+    return answers.PairDecisions(decisions={i: decisions.get(i, "accept") for i in ids}, by=by).model_dump()
 
 
 def edit(text: str | None, current: str, by: str = "human") -> dict | None:
@@ -83,7 +84,7 @@ def edit(text: str | None, current: str, by: str = "human") -> dict | None:
     problems = C.check(C.parse(text))
     if problems:
         raise UsageError("The edited constitution cannot be used: " + "; ".join(problems))
-    return {"action": "edit", "text": text, "by": by}
+    return answers.Edit(action="edit", text=text, by=by).model_dump()
 
 
 def write(text: str | None, by: str = "human") -> dict:

@@ -17,7 +17,7 @@ from typing import Any
 
 from langgraph.types import Command
 
-from luthitune import cancel, runlock, runs
+from luthitune import answers, cancel, runlock, runs
 from luthitune.errors import AnswerDue, BackendUnavailable, NotFound, RunElsewhere, RunFinished, UsageError
 from luthitune.graph.builder import build_graph, checkpointer_for
 from luthitune.graph.serde import UnsafeCheckpoint, locate
@@ -194,6 +194,9 @@ class Protocol:
         elif snapshot.interrupts and self.answered(run_id):
             payload = None  # answered, then killed while working on the answer: continue with the stored answer
         elif snapshot.interrupts and resume is not None:
+            asked = snapshot.interrupts[0].value
+            if isinstance(asked, dict) and "type" in asked:
+                answers.parse(asked["type"], resume)  # an answer its question does not accept: refused, nothing run
             payload = Command(resume=resume)
         elif snapshot.interrupts:
             return self.status(run_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
-from luthitune import meaning
+from luthitune import answers, meaning
 from luthitune.backends.structured import generate_structured
 from luthitune.errors import CheckFailed
 from luthitune.graph.state import Context, RunState
@@ -111,21 +111,16 @@ def review(rt: Runtime[Context], row: dict) -> dict:
         s.upsert("consents", {"id": row["id"], "reviewed_by": "autopilot"})
         return {"action": "continue"}
     decision = services.ask(
-        {
-            "type": "consent_review",
-            "consent_id": row["id"],
-            "decision": row["decision"],
-            "reasons": row["reasons_json"],
-            "conditions": row["conditions_json"],
-            "checks": json_list(row.get("checks_json")),
-            "hint": HINTS[row["decision"]],
-        }
+        answers.ConsentReview(
+            consent_id=row["id"],
+            decision=row["decision"],
+            reasons=row["reasons_json"],
+            conditions=row["conditions_json"],
+            checks=json_list(row.get("checks_json")),
+            hint=HINTS[row["decision"]],
+        )
     )
-    action = (
-        "end"
-        if str(decision.get("action") if isinstance(decision, dict) else decision) in {"end", "reject", "stop"}
-        else "continue"
-    )
+    action = "end" if isinstance(decision, answers.Reject) else "continue"
     accepted = " (conditions accepted)" if row["decision"] == "conditional" and action == "continue" else ""
     s.upsert("consents", {"id": row["id"], "reviewed_by": f"human:{action}{accepted}"})
     return {"action": action}

@@ -16,8 +16,8 @@ import json
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
+from luthitune import answers, meaning
 from luthitune import constitution as C
-from luthitune import meaning
 from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import services
@@ -114,7 +114,7 @@ def previous_feedback(rt: Runtime[Context], state: RunState, rnd: int) -> str:
     return ""
 
 
-def human_review(rt: Runtime[Context], row: dict, kind: str = "constitution_review") -> dict:
+def human_review(rt: Runtime[Context], row: dict) -> dict:
     """Approve, reject or edit (full text). An edit must pass the principle checks: one that fails is asked for
     again with the reasons."""
     if rt.context.autopilot:
@@ -122,22 +122,20 @@ def human_review(rt: Runtime[Context], row: dict, kind: str = "constitution_revi
     problems: list[str] = []
     while True:
         answer = services.ask(
-            {
-                "type": kind,
-                "version_id": row["id"],
-                "version": row["version"],
-                "author": row["author"],
-                "text": row["text"],
-                "conditions": services.store(rt).conditions(row["run_id"]),
-                "problems": problems,
-                "hint": "approve: the model is asked to ratify this draft; edit (full text): your text replaces it, "
+            answers.ConstitutionReview(
+                version_id=row["id"],
+                version=row["version"],
+                author=row["author"],
+                text=row["text"],
+                conditions=services.store(rt).conditions(row["run_id"]),
+                problems=problems,
+                hint="approve: the model is asked to ratify this draft; edit (full text): your text replaces it, "
                 "and the model is asked to ratify that; reject (with feedback): the model redrafts",
-            }
-        )
-        answer = answer if isinstance(answer, dict) else {"action": str(answer)}
+            )
+        ).model_dump()
         problems = edit_problems(answer)
         if not problems:
-            return {**answer, "by": answer.get("by", "human")}
+            return answer
 
 
 def edit_problems(answer: dict) -> list[str]:
@@ -165,19 +163,18 @@ def facilitator_draft(rt: Runtime[Context], state: RunState, why: str) -> dict |
     else:
         problems: list[str] = []
         while True:
-            answer = services.ask(
-                {
-                    "type": "constitution_write",
-                    "why": why,
-                    "text": starter,
-                    "problems": problems,
-                    "hint": "edit: send the constitution's full text (a starter is offered to edit); "
+            written = services.ask(
+                answers.ConstitutionWrite(
+                    why=why,
+                    text=starter,
+                    problems=problems,
+                    hint="edit: send the constitution's full text (a starter is offered to edit); "
                     "reject: end the run without a constitution",
-                }
+                )
             )
-            answer = answer if isinstance(answer, dict) else {"action": str(answer)}
-            if answer.get("action") != "edit":
+            if not isinstance(written, answers.Edit):
                 return None
+            answer = written.model_dump()
             problems = edit_problems(answer)
             if not problems:
                 break

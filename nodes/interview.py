@@ -5,6 +5,7 @@ from __future__ import annotations
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
+from luthitune import answers
 from luthitune.backends.structured import chat
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import services
@@ -53,13 +54,12 @@ def facilitator_message(rt: Runtime[Context], state: RunState, last_reply: str) 
             return (DONE if turn > state.get("followup_turn", 0) + 1 else questions[-1]), {}
         return (questions[turn % len(questions)] if turn < ctx.interview_turns else DONE), {}
     answer = services.ask(
-        {
-            "type": "interview",
-            "turn": turn,
-            "last_reply": last_reply,
-            "hint": f"Send your next message (the model answers it), or {DONE} to end the interview (the consent "
+        answers.InterviewTurn(
+            turn=turn,
+            last_reply=last_reply,
+            hint=f"Send your next message (the model answers it), or {DONE} to end the interview (the consent "
             "question follows).",
-        }
+        )
     )
     return (str(answer).strip() or DONE), {}
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
+from luthitune import answers, meaning
 from luthitune import constitution as C
-from luthitune import meaning
 from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import services
@@ -198,12 +198,11 @@ def review(rt: Runtime[Context], proposed: dict, current: dict) -> dict:
     problems: list[str] = []
     while True:
         answer = services.ask(
-            {
-                "type": "revision_review",
-                "version_id": proposed["id"],
-                "text": proposed["text"],
-                "parent_text": current["text"],
-                "diff": "\n".join(
+            answers.RevisionReview(
+                version_id=proposed["id"],
+                text=proposed["text"],
+                parent_text=current["text"],
+                diff="\n".join(
                     C.diff(
                         current["text"],
                         proposed["text"],
@@ -211,17 +210,16 @@ def review(rt: Runtime[Context], proposed: dict, current: dict) -> dict:
                         f"v{proposed['version']} (proposed)",
                     )
                 ),
-                "amendments": json.loads(proposed["feedback"]),
-                "conditions": services.store(rt).conditions(current["run_id"]),
-                "problems": problems,
-                "hint": "approve: the amended constitution is in force from the next cycle; edit (full text): the "
+                amendments=json.loads(proposed["feedback"]),
+                conditions=services.store(rt).conditions(current["run_id"]),
+                problems=problems,
+                hint="approve: the amended constitution is in force from the next cycle; edit (full text): the "
                 "trained model is asked to consent to your text first; reject: the current constitution stays in force",
-            }
-        )
-        answer = answer if isinstance(answer, dict) else {"action": str(answer)}
+            )
+        ).model_dump()
         problems = edit_problems(answer)
         if not problems:
-            return {**answer, "by": answer.get("by", "human")}
+            return answer
 
 
 def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:

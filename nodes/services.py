@@ -134,13 +134,20 @@ def key(state: RunState, kind: str, n: int | str) -> str:
     return f"{state['run_id']}:c{state.get('cycle', 0)}:{kind}{n}"
 
 
-def ask(payload: dict[str, Any]) -> Any:
-    """Pause for a human answer (a LangGraph interrupt). ``asked_at`` dates the question: a fork from this point
-    copies the artifacts stored up to then. The schema of the answers it takes (:mod:`luthitune.answers`) goes with
-    it, in the payload's ``answers`` and as LangGraph's ``response_schema``. On resume the node re-runs and this
-    returns the answer."""
-    accepts = answers.schema(payload["type"])
-    return interrupt({**payload, "answers": accepts, "asked_at": now()}, response_schema=accepts)
+def ask(question: answers.Question) -> Any:
+    """Pause for a human answer (a LangGraph interrupt) to ``question``; returns the answer, parsed into the
+    :mod:`luthitune.answers` model it fits (the interview's: its message). ``asked_at`` dates the question: a fork
+    from this point copies the artifacts stored up to then. The schema of the answers it takes goes with it, in the
+    payload's ``answers`` and as LangGraph's ``response_schema``. An answer that fits none is not guessed at: the
+    question is asked again with ``refused`` saying why and listing the answers accepted. On resume the node re-runs
+    and this returns the answer."""
+    payload = question.payload()
+    while True:
+        value = interrupt({**payload, "asked_at": now()}, response_schema=payload["answers"])
+        try:
+            return answers.parse(question.kind, value)
+        except answers.AnswerRefused as exc:
+            payload = {**payload, "refused": str(exc)}
 
 
 def progress(runtime: Runtime[Context], task: str, done: int, total: int, **info: Any) -> None:

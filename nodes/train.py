@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
+from luthitune import answers
 from luthitune.dataset import dataset_hash, kept_pairs, split
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import services
@@ -92,17 +93,15 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
         }
     if not runtime.context.autopilot:
         answer = services.ask(
-            {
-                "type": "confirm_training",
-                "pairs": len(train),
-                "held_out": len(held),
-                "conditions": s.conditions(run_id),
-                "settings": runtime.context.train,
-                "hint": "approve: DPO training starts now with these settings; reject: the run ends without training",
-            }
+            answers.ConfirmTraining(
+                pairs=len(train),
+                held_out=len(held),
+                conditions=s.conditions(run_id),
+                settings=runtime.context.train,
+                hint="approve: DPO training starts now with these settings; reject: the run ends without training",
+            )
         )
-        action = answer.get("action") if isinstance(answer, dict) else str(answer)
-        if action in {"reject", "skip", "end", "no"}:
+        if isinstance(answer, answers.Reject):
             return {"ended": "training declined by the facilitator", "ended_by": "facilitator"}
     from luthitune.training.dpo import safe_name
 

@@ -13,6 +13,7 @@ import random
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
 
+from luthitune import answers
 from luthitune import constitution as C
 from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
@@ -59,19 +60,16 @@ def review(runtime: Runtime[Context], state: RunState, kept: list[dict]) -> dict
     rng = random.Random(f"{ctx.seed}:{state['run_id']}:{state.get('cycle', 0)}")
     sample = rng.sample(sorted(kept, key=lambda p: p["id"]), min(ctx.review_sample, len(kept)))
     answer = services.ask(
-        {
-            "type": "pair_review",
-            "pairs": [
-                {k: p[k] for k in ("id", "category", "prompt", "rejected", "critique", "chosen")} for p in sample
-            ],
-            "conditions": services.store(runtime).conditions(state["run_id"]),
-            "hint": "approve to accept them all, or reject the ids of the pairs that should not be trained on",
-        }
+        answers.PairReview(
+            pairs=[{k: p[k] for k in ("id", "category", "prompt", "rejected", "critique", "chosen")} for p in sample],
+            conditions=services.store(runtime).conditions(state["run_id"]),
+            hint="approve to accept them all, or reject the ids of the pairs that should not be trained on",
+        )
     )
     ids = [p["id"] for p in sample]
-    if isinstance(answer, dict) and "decisions" in answer:
-        return {i: ("reject" if answer["decisions"].get(i) == "reject" else "accept") for i in ids}
-    rejected = set(answer.get("pairs", [])) if isinstance(answer, dict) and answer.get("action") == "reject" else set()
+    if isinstance(answer, answers.PairDecisions):
+        return {i: answer.decisions.get(i, "accept") for i in ids}
+    rejected = set(answer.pairs) if isinstance(answer, answers.DropPairs) else set()
     unknown = rejected - set(ids)
     if unknown:
         raise ValueError(f"Pairs {sorted(unknown)} are not in the review sample: {ids}")
