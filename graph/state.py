@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 # typing_extensions' TypedDict, not typing's: pydantic (LangGraph's server builds the input and output schemas with
 # it) refuses typing.TypedDict on Python < 3.12.
@@ -62,14 +62,30 @@ def default_workspace() -> str:
     return os.path.abspath(os.environ.get("LUTHITUNE_HOME") or os.getcwd())
 
 
+class Trainer(Protocol):
+    """Trains the adapter ``name`` on preference ``pairs`` and returns its ``TrainResult`` (adapter path, metrics).
+    The default is DPO on the workspace's weights (:mod:`luthitune.training`)."""
+
+    def __call__(self, pairs: list[dict], name: str) -> Any: ...
+
+
+class Evaluator(Protocol):
+    """Measures the base model and ``adapter`` on held-out ``pairs`` (and the probes); returns the evaluation's
+    ``Result`` rows, base and adapter and their changes. The default is :mod:`luthitune.evaluation`'s suite."""
+
+    def __call__(self, pairs: list[dict], adapter: str) -> list: ...
+
+
 @dataclass(frozen=True)
 class Seams:
-    """Parts the nodes use instead of the workspace's own: the chat model, the trainer and the evaluator (unit tests
-    inject fakes here). Not settings: never stored, never part of the context schema a caller sees."""
+    """Parts the nodes use instead of the workspace's own: the chat model, a :class:`Trainer` and an
+    :class:`Evaluator`. The nodes reach them through :mod:`luthitune.nodes.services`, which falls back to the real
+    parts, so a node never knows which it has. Not settings: never stored, never part of the context schema a
+    caller (LangGraph's server, Studio) sees."""
 
     llm: Any = None
-    trainer: Any = None
-    evaluator: Any = None
+    trainer: Trainer | None = None
+    evaluator: Evaluator | None = None
 
 
 NO_SEAMS = Seams()

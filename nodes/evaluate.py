@@ -42,37 +42,33 @@ def measure(runtime: Runtime[Context], state: RunState, pairs: list[dict], split
     )
 
 
+def suite(runtime: Runtime[Context], state: RunState, pairs: list[dict], split: str) -> list:
+    """The real evaluator: the evaluation suite on the trained weights, recording which model it measured."""
+    from luthitune import identity
+
+    results = measure(runtime, state, pairs, split)
+    identity.record_use(
+        services.store(runtime),
+        state["run_id"],
+        state.get("cycle", 0),
+        "evaluate",
+        identity.trained_identity(Path(state["adapter_path"])),
+        model=state["adapter_name"],
+    )
+    return results
+
+
 def evaluate(state: RunState, runtime: Runtime[Context]) -> dict:
     from luthitune.evaluation import report
-    from luthitune.evaluation.suite import changes, headline, measured, store_results
+    from luthitune.evaluation.suite import headline, store_results
 
     s, run_id, cycle = services.store(runtime), state["run_id"], state.get("cycle", 0)
     cfg = json.loads(s.get("training_runs", state["training_id"])["config_json"])
     # Held-out pairs only, never the training pairs: with none held out there is no held-out metric.
     split, pairs = "held_out", [s.get("pairs", i) for i in cfg["held_out_ids"]]
-    if runtime.context.seams.evaluator is not None:  # unit tests: a fake evaluator
-        # {model: {metric: {item id: outcome}}}, measured like the real evaluation's outcomes
-        raw = runtime.context.seams.evaluator(pairs, state["adapter_name"])
-        results = [
-            measured(m, k, "logprob" if k.startswith("pairs.") else "rules", items)
-            for m, d in raw.items()
-            for k, items in d.items()
-            if pairs or not k.startswith("pairs.")
-        ]
-        results += changes(results)
-        store_results(s, run_id, cycle, results)
-    else:
-        results = measure(runtime, state, pairs, split)
-        from luthitune import identity
-
-        identity.record_use(
-            s,
-            run_id,
-            cycle,
-            "evaluate",
-            identity.trained_identity(Path(state["adapter_path"])),
-            model=state["adapter_name"],
-        )
+    evaluator = services.evaluator(runtime, default=lambda pairs, adapter: suite(runtime, state, pairs, split))
+    results = evaluator(pairs, state["adapter_name"])
+    store_results(s, run_id, cycle, results)
     row = s.constitutions.get(state["constitution_id"])
     path, _, _ = report.write(
         s,

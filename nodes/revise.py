@@ -180,14 +180,11 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
         feedback=json.dumps({"amendments": log, "failed": failed}),
         model_json=json.dumps(proposing_model(state)),
     )
-    if rt.context.seams.llm is None:
+    ident = json.loads(s.constitutions.get(row["id"])["model_json"])
+    if ident.get("digest"):  # the trained adapter's weights are known (its manifest): record that it proposed this
         from luthitune import identity
 
-        ident = json.loads(s.constitutions.get(row["id"])["model_json"])
-        if ident.get("digest"):
-            identity.record_use(
-                s, state["run_id"], state.get("cycle", 0), "revise", ident, model=state.get("adapter_name")
-            )
+        identity.record_use(s, state["run_id"], state.get("cycle", 0), "revise", ident, model=state.get("adapter_name"))
     return s.constitutions.get(row["id"])
 
 

@@ -11,7 +11,7 @@ from langgraph.types import interrupt
 
 from luthitune import answers, cancel
 from luthitune.constitution import P, from_json
-from luthitune.graph.state import Context, RunState
+from luthitune.graph.state import Context, Evaluator, RunState, Trainer
 from luthitune.store import Store, now
 from luthitune.workspace import Workspace
 
@@ -94,12 +94,23 @@ def _trained_model(ws: Workspace, s: Store, adapter: str, adapter_path: str | No
     )
 
 
+def trainer(runtime: Runtime[Context], default: Trainer) -> Trainer:
+    """The run's trainer: the one the caller passed in (:class:`~luthitune.graph.state.Seams`), else ``default``,
+    the node's real one."""
+    return runtime.context.seams.trainer or default
+
+
+def evaluator(runtime: Runtime[Context], default: Evaluator) -> Evaluator:
+    """The run's evaluator: the one the caller passed in, else ``default``, the node's real one."""
+    return runtime.context.seams.evaluator or default
+
+
 def retries(runtime: Runtime[Context]) -> int:
     return workspace(runtime).config.structured_retries
 
 
 def concurrency(runtime: Runtime[Context]) -> int:
-    return workspace(runtime).config.concurrency if runtime.context.seams.llm is None else 4
+    return workspace(runtime).config.concurrency
 
 
 def principles(rt: Runtime[Context], state: RunState) -> list[P]:

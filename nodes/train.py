@@ -40,9 +40,14 @@ def job_for(rt: Runtime[Context], state: RunState, train: list[dict], held: int,
 
 
 def run_training(rt: Runtime[Context], state: RunState, train: list[dict], held: int, name: str, training_id: str):
+    s = services.store(rt)
+    trainer = services.trainer(rt, default=lambda pairs, name: dpo(rt, state, pairs, held, name, training_id))
+    return records.recorded(s, training_id, lambda: trainer(train, name))
+
+
+def dpo(rt: Runtime[Context], state: RunState, train: list[dict], held: int, name: str, training_id: str):
+    """The real trainer: DPO on the workspace's base weights, in process or in workers, each step recorded."""
     ws, s = services.workspace(rt), services.store(rt)
-    if rt.context.seams.trainer is not None:  # unit tests: a fake trainer
-        return records.recorded(s, training_id, lambda: rt.context.seams.trainer(train, name))
     from luthitune.backends import local_runtime
     from luthitune.training.worker import run
 
@@ -57,16 +62,12 @@ def run_training(rt: Runtime[Context], state: RunState, train: list[dict], held:
     # One process trains the interviewed weights in place; several train in workers, and evaluation then loads
     # the new adapter onto the weights itself.
     runtime = local_runtime(ws, ws.config.base_model) if processes <= 1 else None
-    return records.recorded(
-        s,
-        training_id,
-        lambda: run(
-            job_for(rt, state, train, held, name),
-            runtime=runtime,
-            on_step=records.step_recorder(s, training_id, shown),
-            on_event=on_event,
-            num_processes=processes,
-        ),
+    return run(
+        job_for(rt, state, train, held, name),
+        runtime=runtime,
+        on_step=records.step_recorder(s, training_id, shown),
+        on_event=on_event,
+        num_processes=processes,
     )
 
 

@@ -232,3 +232,21 @@ def test_a_step_the_server_runs_holds_the_run_and_a_step_under_advance_does_not_
     # Protocol.advance, then its steps
     with runlock.hold(tmp_path, "r1", "luthitune answer"), runlock.step(tmp_path, "r1", "LangGraph graph, thread t"):
         assert runlock.holder(tmp_path, "r1")["command"] == "luthitune answer"
+
+
+def test_no_node_knows_whether_its_parts_are_injected():
+    """Nodes reach the chat model, trainer and evaluator through luthitune.nodes.services, which falls back to the
+    real parts: no node module reads the injected parts itself, so the fakes enter where the real parts do."""
+    from importlib import resources
+
+    nodes = resources.files("luthitune.nodes")
+    readers = [
+        f.name
+        for f in nodes.iterdir()
+        if f.name.endswith(".py") and f.name != "services.py" and ".seams" in f.read_text(encoding="utf-8")
+    ]
+    assert readers == []
+    from luthitune.graph.builder import build_graph
+
+    fields = set(build_graph(InMemorySaver()).get_context_jsonschema()["properties"])
+    assert not {"llm", "trainer", "evaluator", "seams", "_seams"} & fields and "interview_turns" in fields
