@@ -112,3 +112,11 @@ def write_markdown(data_dir: Path, text: str) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def edit_problems(text: str) -> list[str]:
+    """Why a facilitator's edited text cannot be used: no principles, or principles that fail the checks."""
+    try:
+        return check(parse(text or ""))
+    except Exception as exc:  # text without principles: say so, ask again
+        return [str(exc)]

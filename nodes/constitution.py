@@ -119,33 +119,19 @@ def human_review(rt: Runtime[Context], row: dict) -> dict:
     again with the reasons."""
     if rt.context.autopilot:
         return {"action": "approve", "by": "autopilot"}
-    problems: list[str] = []
-    while True:
-        answer = services.ask(
-            answers.ConstitutionReview(
-                version_id=row["id"],
-                version=row["version"],
-                author=row["author"],
-                text=row["text"],
-                conditions=services.store(rt).conditions(row["run_id"]),
-                problems=problems,
-                hint="approve: the model is asked to ratify this draft; edit (full text): your text replaces it, "
-                "and the model is asked to ratify that; reject (with feedback): the model redrafts",
-            )
-        ).model_dump()
-        problems = edit_problems(answer)
-        if not problems:
-            return answer
-
-
-def edit_problems(answer: dict) -> list[str]:
-    """Why an edited text cannot be used (no principles, or principles that fail the checks); [] for other answers."""
-    if answer.get("action") != "edit":
-        return []
-    try:
-        return C.check(C.parse(answer.get("text") or ""))
-    except Exception as exc:  # text without principles: say so, ask again
-        return [str(exc)]
+    conditions = services.store(rt).conditions(row["run_id"])
+    return services.ask_until_usable(
+        lambda problems: answers.ConstitutionReview(
+            version_id=row["id"],
+            version=row["version"],
+            author=row["author"],
+            text=row["text"],
+            conditions=conditions,
+            problems=problems,
+            hint="approve: the model is asked to ratify this draft; edit (full text): your text replaces it, "
+            "and the model is asked to ratify that; reject (with feedback): the model redrafts",
+        )
+    ).model_dump()
 
 
 def facilitator_draft(rt: Runtime[Context], state: RunState, why: str) -> dict | None:
@@ -161,24 +147,18 @@ def facilitator_draft(rt: Runtime[Context], state: RunState, why: str) -> dict |
             return None
         text, author = starter, STARTER_AUTHOR
     else:
-        problems: list[str] = []
-        while True:
-            written = services.ask(
-                answers.ConstitutionWrite(
-                    why=why,
-                    text=starter,
-                    problems=problems,
-                    hint="edit: send the constitution's full text (a starter is offered to edit); "
-                    "reject: end the run without a constitution",
-                )
+        written = services.ask_until_usable(
+            lambda problems: answers.ConstitutionWrite(
+                why=why,
+                text=starter,
+                problems=problems,
+                hint="edit: send the constitution's full text (a starter is offered to edit); "
+                "reject: end the run without a constitution",
             )
-            if not isinstance(written, answers.Edit):
-                return None
-            answer = written.model_dump()
-            problems = edit_problems(answer)
-            if not problems:
-                break
-        text, author = answer["text"], f"facilitator ({answer.get('by', 'human')})"
+        )
+        if not isinstance(written, answers.Edit):
+            return None
+        text, author = written.text, f"facilitator ({written.by})"
     return services.store(rt).constitutions.save(
         state["run_id"],
         C.parse(text),

@@ -21,7 +21,6 @@ from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
 from luthitune.nodes import services
 from luthitune.nodes.consent import ask_consent
-from luthitune.nodes.constitution import edit_problems
 from luthitune.prompts import fixed_text, render
 from luthitune.schemas import Amendment, amendment_for
 
@@ -192,31 +191,21 @@ def review(rt: Runtime[Context], proposed: dict, current: dict) -> dict:
     """The facilitator's approve / edit / reject of the proposed revision; an edit must pass the principle checks."""
     if rt.context.autopilot:
         return {"action": "approve", "by": "autopilot"}
-    problems: list[str] = []
-    while True:
-        answer = services.ask(
-            answers.RevisionReview(
-                version_id=proposed["id"],
-                text=proposed["text"],
-                parent_text=current["text"],
-                diff="\n".join(
-                    C.diff(
-                        current["text"],
-                        proposed["text"],
-                        f"v{current['version']}",
-                        f"v{proposed['version']} (proposed)",
-                    )
-                ),
-                amendments=json.loads(proposed["feedback"]),
-                conditions=services.store(rt).conditions(current["run_id"]),
-                problems=problems,
-                hint="approve: the amended constitution is in force from the next cycle; edit (full text): the "
-                "trained model is asked to consent to your text first; reject: the current constitution stays in force",
-            )
-        ).model_dump()
-        problems = edit_problems(answer)
-        if not problems:
-            return answer
+    diff = C.diff(current["text"], proposed["text"], f"v{current['version']}", f"v{proposed['version']} (proposed)")
+    conditions = services.store(rt).conditions(current["run_id"])
+    return services.ask_until_usable(
+        lambda problems: answers.RevisionReview(
+            version_id=proposed["id"],
+            text=proposed["text"],
+            parent_text=current["text"],
+            diff="\n".join(diff),
+            amendments=json.loads(proposed["feedback"]),
+            conditions=conditions,
+            problems=problems,
+            hint="approve: the amended constitution is in force from the next cycle; edit (full text): the "
+            "trained model is asked to consent to your text first; reject: the current constitution stays in force",
+        )
+    ).model_dump()
 
 
 def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:

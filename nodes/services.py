@@ -3,6 +3,7 @@ node shares: row keys, approval questions, progress."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -10,6 +11,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from luthitune import answers, cancel
+from luthitune import constitution as C
 from luthitune.constitution import P, from_json
 from luthitune.graph.state import Context, Evaluator, RunState, Trainer
 from luthitune.store import Store, now
@@ -159,6 +161,17 @@ def ask(question: answers.Question) -> Any:
             return answers.parse(question.kind, value)
         except answers.AnswerRefused as exc:
             payload = {**payload, "refused": str(exc)}
+
+
+def ask_until_usable(question: Callable[[list[str]], answers.Question]) -> Any:
+    """Ask ``question(problems)`` until the answer can be used: any answer but an edit, or an edit whose text has
+    principles that pass their checks; a failing edit is asked for again with its problems (``[]`` at first)."""
+    problems: list[str] = []
+    while True:
+        answer = ask(question(problems))
+        problems = C.edit_problems(answer.text) if isinstance(answer, answers.Edit) else []
+        if not problems:
+            return answer
 
 
 def progress(runtime: Runtime[Context], task: str, done: int, total: int, **info: Any) -> None:
