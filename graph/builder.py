@@ -12,7 +12,6 @@ from typing import Any
 
 from langgraph.graph import START, StateGraph
 
-from luthitune.config import Workspace
 from luthitune.errors import BackendUnavailable, ConfigError
 from luthitune.graph import entry, routes
 from luthitune.graph.state import Context, RunInput, RunState
@@ -25,6 +24,7 @@ from luthitune.nodes.revise import revise_constitution
 from luthitune.nodes.scenarios import generate_scenarios
 from luthitune.nodes.train import train_dpo
 from luthitune.nodes.validate import validate
+from luthitune.workspace import Workspace
 
 NODES = {
     "interview": interview,

@@ -24,9 +24,9 @@ async def workspace_checkpointer() -> AsyncIterator:
     import aiosqlite
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    from luthitune.config import Workspace
     from luthitune.graph.serde import ProjectSerializer
     from luthitune.graph.state import default_workspace
+    from luthitune.workspace import Workspace
 
     ws = await asyncio.to_thread(Workspace.open, default_workspace())
     if ws.config.checkpointer != "sqlite":

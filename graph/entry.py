@@ -37,15 +37,15 @@ def enter(state: RunState, runtime: Runtime[Context]) -> tuple[RunState, Runtime
     state (the caller gave none: the thread's id names the run). Creates the run's row on first entry."""
     from luthitune import runs
     from luthitune.names import check_name
-    from luthitune.nodes import common
+    from luthitune.nodes import services
 
     ctx = runtime.context
     thread = _thread_id()
     run_id = state.get("run_id") or check_name(thread, "thread id (the run's name when the input gives none)")
-    s = common.store(runtime)
+    s = services.store(runtime)
     row = s.get("runs", run_id)
     if row is None:
-        runs.create(common.workspace(runtime), s, run_id, ctx.given(), thread_id=thread)
+        runs.create(services.workspace(runtime), s, run_id, ctx.given(), thread_id=thread)
         row = s.get("runs", run_id)
     stored = json.loads(row["config_json"])["context"]
     settled = Context.from_settings({**stored, "workspace": ctx.workspace}).with_seams(ctx.seams)
@@ -53,9 +53,9 @@ def enter(state: RunState, runtime: Runtime[Context]) -> tuple[RunState, Runtime
 
 
 def _record(runtime: Runtime[Context], run_id: str, **fields: Any) -> None:
-    from luthitune.nodes import common
+    from luthitune.nodes import services
 
-    common.store(runtime).upsert_run(run_id, **fields)
+    services.store(runtime).upsert_run(run_id, **fields)
 
 
 def node(fn: Callable[[RunState, Runtime[Context]], dict]) -> Callable[[RunState, Runtime[Context]], dict]:
@@ -63,11 +63,11 @@ def node(fn: Callable[[RunState, Runtime[Context]], dict]) -> Callable[[RunState
 
     def step(state: RunState, runtime: Runtime[Context]) -> dict:
         from luthitune import runlock
-        from luthitune.nodes import common
+        from luthitune.nodes import services
 
         state, runtime, named = enter(state, runtime)
         run_id = state["run_id"]
-        with runlock.step(common.workspace(runtime).data_dir, run_id, f"LangGraph graph, thread {_thread_id()}"):
+        with runlock.step(services.workspace(runtime).data_dir, run_id, f"LangGraph graph, thread {_thread_id()}"):
             _record(runtime, run_id, status="running", cycle=state.get("cycle", 0))
             try:
                 update = fn(state, runtime) or {}

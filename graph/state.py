@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 # typing_extensions' TypedDict, not typing's: pydantic (LangGraph's server builds the input and output schemas with
 # it) refuses typing.TypedDict on Python < 3.12.
 from typing_extensions import NotRequired, TypedDict
+
+from luthitune.runoptions import default
 
 Decision = Literal["yes", "no", "conditional", "unclear"]  # unclear: incoherent answers, not consent
 
@@ -60,14 +62,30 @@ def default_workspace() -> str:
     return os.path.abspath(os.environ.get("LUTHITUNE_HOME") or os.getcwd())
 
 
+class Trainer(Protocol):
+    """Trains the adapter ``name`` on preference ``pairs`` and returns its ``TrainResult`` (adapter path, metrics).
+    The default is DPO on the workspace's weights (:mod:`luthitune.training`)."""
+
+    def __call__(self, pairs: list[dict], name: str) -> Any: ...
+
+
+class Evaluator(Protocol):
+    """Measures the base model and ``adapter`` on held-out ``pairs`` (and the probes); returns the evaluation's
+    ``Result`` rows, base and adapter and their changes. The default is :mod:`luthitune.evaluation`'s suite."""
+
+    def __call__(self, pairs: list[dict], adapter: str) -> list: ...
+
+
 @dataclass(frozen=True)
 class Seams:
-    """Parts the nodes use instead of the workspace's own: the chat model, the trainer and the evaluator (unit tests
-    inject fakes here). Not settings: never stored, never part of the context schema a caller sees."""
+    """Parts the nodes use instead of the workspace's own: the chat model, a :class:`Trainer` and an
+    :class:`Evaluator`. The nodes reach them through :mod:`luthitune.nodes.services`, which falls back to the real
+    parts, so a node never knows which it has. Not settings: never stored, never part of the context schema a
+    caller (LangGraph's server, Studio) sees."""
 
     llm: Any = None
-    trainer: Any = None
-    evaluator: Any = None
+    trainer: Trainer | None = None
+    evaluator: Evaluator | None = None
 
 
 NO_SEAMS = Seams()
@@ -77,22 +95,23 @@ NO_SEAMS = Seams()
 class Context:
     """Per-run settings, passed with ``context=`` on every invocation (never global state).
 
-    Every field is a setting a caller may give (LangGraph Studio shows them as the context form). Injected parts are
-    not fields: :meth:`with_seams` attaches them, and the nodes read :attr:`seams`; left alone the nodes use the
-    workspace's backend, :mod:`luthitune.training` and :mod:`luthitune.evaluation`.
+    Every field is a setting a caller may give (LangGraph Studio shows them as the context form). The options a
+    facilitator chooses at the start take their defaults from :class:`luthitune.runoptions.RunOptions`. Injected
+    parts are not fields: :meth:`with_seams` attaches them, and the nodes read :attr:`seams`; left alone the nodes
+    use the workspace's backend, :mod:`luthitune.training` and :mod:`luthitune.evaluation`.
     """
 
     workspace: str = field(default_factory=default_workspace)
-    autopilot: bool = False
-    interview_turns: int = 3
-    max_consent_rounds: int = 2
-    max_draft_rounds: int = 3
+    autopilot: bool = default("autopilot")
+    interview_turns: int = default("interview_turns")
+    max_consent_rounds: int = default("max_consent_rounds")
+    max_draft_rounds: int = default("max_draft_rounds")
     n_principles: int = 3
     min_principles: int = 2  # a draft with fewer principles that pass the checks is not usable
     # When the model's drafts are not usable after max_draft_rounds: outside autopilot the facilitator is offered to
     # write the constitution; on autopilot, with this set, the packaged starter constitution is used (recorded as
     # the facilitator's), and the model is asked to ratify it either way.
-    starter_constitution: bool = False
+    starter_constitution: bool = default("starter_constitution")
     deliberate_temperature: float = 0.3  # consent, principles, amendments (from sampling: in luthitune.yaml)
     # Phase 2 (defaults from the workspace's ``practice:`` section when the run starts)
     n_scenarios: int = 12
@@ -106,7 +125,7 @@ class Context:
     review_sample: int = 5
     eval_fraction: float = 0.25
     seed: int = 0
-    max_cycles: int = 1
+    max_cycles: int = default("max_cycles")
     # Effective training hyperparameters (config/hyperparameters.yaml merged with the run's overrides, in its
     # sections: model, lora, training, dpo), fixed when the run starts so a resumed run trains the same way.
     train: dict[str, Any] = field(default_factory=dict)
@@ -150,7 +169,7 @@ class Context:
 
     def hyperparameters(self):
         """The run's training hyperparameters (validated)."""
-        from luthitune.config import Hyperparameters
         from luthitune.training.config import merge
+        from luthitune.training.hyperparameters import Hyperparameters
 
         return merge(Hyperparameters(), self.train)

@@ -3,7 +3,7 @@
 ``Protocol.advance`` runs a run's graph inside :func:`scope`, which marks the run active and binds its stop event
 to the current context (a ``ContextVar``: LangGraph's node threads and the local backend's generation thread
 inherit it). Long work calls :func:`check` at its progress points (every generated item and training step,
-through ``nodes.common.progress``; every decode step of the local backend's continuous batch; every transformer
+through ``nodes.services.progress``; every decode step of the local backend's continuous batch; every transformer
 block of a local model's forward pass, so a long prefill stops too). After :func:`request`, the next check raises
 :class:`Cancelled`: the node stops like a crash, its finished items are already stored, the checkpoint stays at the
 last completed step, and resuming redoes only what was unfinished.

@@ -267,7 +267,7 @@ def choose_precision(
 ) -> Precision:
     """The precision to compute in on ``device``, with the reason. ``setting``: auto, bf16 or fp32;
     ``LUTHITUNE_PRECISION`` overrides it. Off the CPU, auto keeps float32 (CUDA training picks bf16 by itself,
-    :mod:`luthitune.training.paths`)."""
+    :mod:`luthitune.training.routes`)."""
     from luthitune.errors import ConfigError
 
     machine = machine or Machine()

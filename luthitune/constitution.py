@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from luthitune.errors import LuthiTuneError
 from luthitune.store import sha256
@@ -102,3 +103,20 @@ def check(principles: list[P], *, by_model: bool = False) -> list[str]:
         reasons = principle_reasons(p.title, p.text, p.rationale, ids=ids, others=others, rationale_required=by_model)
         out += [f"{p.id}: {r}" for r in reasons]
     return out
+
+
+def write_markdown(data_dir: Path, text: str) -> None:
+    """The constitution in force, as ``data/constitution.md`` (written whole or not at all)."""
+    path = data_dir / "constitution.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def edit_problems(text: str) -> list[str]:
+    """Why a facilitator's edited text cannot be used: no principles, or principles that fail the checks."""
+    try:
+        return check(parse(text or ""))
+    except Exception as exc:  # text without principles: say so, ask again
+        return [str(exc)]

@@ -16,9 +16,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from luthitune.config import Workspace
 from luthitune.errors import NotFound, UsageError
 from luthitune.store import Store, now, sha256
+from luthitune.workspace import Workspace
 
 FORMAT = "trl-conversational-preference"
 
@@ -29,26 +29,24 @@ FORMAT = "trl-conversational-preference"
 def resolve(store: Store, run_id: str | None, cycle: int | None) -> tuple[str, int]:
     """The run and cycle meant: by default the newest run with pairs, and its newest cycle with pairs."""
     if run_id is None:
-        row = store.db.execute(
-            "select p.run_id from pairs p join runs r on r.id = p.run_id order by r.created_at desc limit 1"
-        ).fetchone()
-        if row is None:
+        newest = store.newest_run("pairs")
+        if newest is None:
             raise NotFound(
                 "There are no practice pairs in this workspace yet: run the protocol first (`luthitune run`)."
             )
-        run_id = row[0]
+        run_id = newest
     elif store.get("runs", run_id) is None:
         raise NotFound(f"No run named {run_id!r}; `luthitune runs` lists them.")
     if cycle is None:
-        row = store.db.execute("select max(cycle) from scenarios where run_id = ?", [run_id]).fetchone()
-        if row[0] is None:
+        last = store.last_cycle("scenarios", run_id)
+        if last is None:
             raise NotFound(f"Run {run_id} has no practice data yet.")
-        cycle = int(row[0])
+        cycle = last
     return run_id, cycle
 
 
 def kept_pairs(store: Store, run_id: str, cycle: int) -> list[dict]:
-    return store.rows("pairs", "run_id = ? and cycle = ? and status = 'kept'", [run_id, cycle], order_by="id")
+    return store.rows("pairs", run_id=run_id, cycle=cycle, status="kept", order_by="id")
 
 
 def split(pairs: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
@@ -99,8 +97,8 @@ def _rule(reason: str) -> str:
 
 
 def stats(store: Store, run_id: str, cycle: int) -> dict[str, Any]:
-    scen = store.rows("scenarios", "run_id = ? and cycle = ?", [run_id, cycle])
-    pairs = store.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])
+    scen = store.rows("scenarios", run_id=run_id, cycle=cycle)
+    pairs = store.rows("pairs", run_id=run_id, cycle=cycle)
     cat_of = {s["id"]: s["category"] for s in scen}
     by_category: dict[str, Counter] = {}
     for s in scen:
@@ -138,11 +136,9 @@ def stats(store: Store, run_id: str, cycle: int) -> dict[str, Any]:
 
 def quarantine(store: Store, run_id: str, cycle: int | None = None) -> list[dict]:
     """Quarantined pairs and failed scenarios, each with its reasons and raw text."""
-    where, args = "run_id = ?", [run_id]
-    if cycle is not None:
-        where, args = where + " and cycle = ?", [*args, cycle]
+    where: dict = {"run_id": run_id} if cycle is None else {"run_id": run_id, "cycle": cycle}
     out = []
-    for s in store.rows("scenarios", where + " and status = 'failed'", args, order_by="cycle, idx"):
+    for s in store.rows("scenarios", **where, status="failed", order_by="cycle, idx"):
         out.append(
             {
                 "id": s["id"],
@@ -153,8 +149,8 @@ def quarantine(store: Store, run_id: str, cycle: int | None = None) -> list[dict
                 "raw": s["raw"],
             }
         )
-    category = {s["id"]: s["category"] for s in store.rows("scenarios", where, args)}
-    for p in store.rows("pairs", where + " and status = 'quarantined'", args, order_by="cycle, id"):
+    category = {s["id"]: s["category"] for s in store.rows("scenarios", **where)}
+    for p in store.rows("pairs", **where, status="quarantined", order_by="cycle, id"):
         out.append(
             {
                 "id": p["id"],
@@ -180,7 +176,7 @@ def provenance(ws: Workspace, store: Store, run_id: str, cycle: int, train: list
     pairs = [*train, *held]
     const_ids = sorted({p["constitution_id"] for p in pairs})
     constitutions = [store.get("constitution_versions", c) for c in const_ids]
-    scen = store.rows("scenarios", "run_id = ? and cycle = ?", [run_id, cycle])
+    scen = store.rows("scenarios", run_id=run_id, cycle=cycle)
     return {
         "format": FORMAT,
         "created_at": now(),

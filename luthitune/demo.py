@@ -10,24 +10,27 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from luthitune import constitution as C
-from luthitune.config import Config, init_workspace
+from luthitune.config import Config
 from luthitune.logs import console
+from luthitune.runoptions import RunOptions
+from luthitune.workspace import init_workspace
 
 DEMO_SEED = 5
 
-DEMO_SETTINGS = {
-    "autopilot": True,
-    "n_scenarios": 32,
-    "interview_turns": 3,
-    "max_cycles": 1,
+DEMO_OPTIONS = RunOptions(
+    autopilot=True,
+    n_scenarios=32,
     # A 135M model's consent answer is close to a coin toss: each "no" (and each answer the coherence check finds
     # unclear) is honoured and answered in the interview, and a third round keeps the demo from ending early most of
     # the time.
-    "max_consent_rounds": 3,
-    "max_draft_rounds": 2,
+    max_consent_rounds=3,
+    max_draft_rounds=2,
     # When the model's own drafts fail the principle checks, the demo's facilitator offers the packaged starter
     # constitution (recorded as the facilitator's), which the model is asked to ratify. No check is loosened.
-    "starter_constitution": True,
+    starter_constitution=True,
+)
+DEMO_SETTINGS = {
+    **DEMO_OPTIONS.settings(),
     # A few more passes at a higher rate than the gentle default, so the evaluation can show what training changed.
     "train": {"epochs": 3.0, "batch_size": 2, "learning_rate": 2e-4, "beta": 0.1, "max_length": 384},
     # Ten probes of each set (trap, benign, values, neutral), short answers: on a CPU budget, and the report's
@@ -81,7 +84,7 @@ def summary(p, run_id: str, elapsed: float) -> None:
 
     s = p.store
     st = p.status(run_id)
-    versions = s.rows("constitution_versions", "run_id = ?", [run_id], order_by="version")
+    versions = s.rows("constitution_versions", run_id=run_id, order_by="version")
     approved = [v for v in versions if v["status"] == "approved"]
     if approved:
         console.print(
@@ -93,7 +96,7 @@ def summary(p, run_id: str, elapsed: float) -> None:
             markup=False,
         )
     thresholds = p.context(run_id).evaluation_config().thresholds
-    for cycle in sorted({e["cycle"] for e in s.rows("evaluations", "run_id = ?", [run_id])}):
+    for cycle in sorted({e["cycle"] for e in s.rows("evaluations", run_id=run_id)}):
         show_evaluation(s, run_id, cycle, threshold_rows(load(s, run_id, cycle), thresholds))
         report = p.ws.data_dir / "reports" / f"{slug(run_id)}-c{cycle}.md"
         if report.exists():
@@ -126,6 +129,6 @@ def summary(p, run_id: str, elapsed: float) -> None:
         + f" in {elapsed:.0f} s. Database: {p.ws.db_path}",
         highlight=False,
     )
-    adapters = [tr["adapter_name"] for tr in s.rows("training_runs", "run_id = ? and status = 'done'", [run_id])]
+    adapters = [tr["adapter_name"] for tr in s.rows("training_runs", run_id=run_id, status="done")]
     if adapters:
         console.print(f"The whole chain behind the adapter: `luthitune provenance {adapters[-1]} -w {p.ws.root}`")

@@ -7,7 +7,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from luthitune.config import Workspace
+from luthitune.workspace import Workspace
 
 
 @dataclass

@@ -82,5 +82,25 @@ class UsageError(LuthiTuneError):
     exit_code = 2
 
 
+class NotResumable(UsageError):
+    """A run that ``resume`` cannot continue; ``status`` (a ``RunStatus``) says where it stands."""
+
+    def __init__(self, message: str, status: object):
+        super().__init__(message)
+        self.status = status
+
+
+class RunFinished(NotResumable):
+    """The run is done or ended: there is nothing to resume."""
+
+
+class AnswerDue(NotResumable):
+    """The run waits for a facilitator's answer: answering it, not resuming, continues the run."""
+
+
+class RunElsewhere(NotResumable):
+    """LangGraph's server holds the run's checkpoints: it is resumed there."""
+
+
 class NotFound(UsageError):
     """A run, checkpoint, adapter or file the user named does not exist."""

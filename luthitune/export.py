@@ -28,10 +28,10 @@ from typing import Any
 
 from luthitune import identity
 from luthitune.backends import ollama_store
-from luthitune.config import Workspace
 from luthitune.errors import LuthiTuneError, NotFound, UsageError
 from luthitune.portable import write_converter_config
 from luthitune.store import Store
+from luthitune.workspace import Workspace
 
 OLLAMA_ADAPTER_ARCHITECTURES = ("llama", "gemma2")  # Ollama's convert.ConvertAdapter
 _LORA_TENSOR = re.compile(

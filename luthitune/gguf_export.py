@@ -28,8 +28,8 @@ from pathlib import Path
 
 from luthitune import export as E
 from luthitune import identity
-from luthitune.config import Workspace
 from luthitune.errors import ConfigError, LuthiTuneError, UsageError
+from luthitune.workspace import Workspace
 
 PACKAGE, VERSION = "llama-cpp-python", "0.3.36"  # vendors llama.cpp 0c1e57098bba43ac29e6e3b677cdceebdd22334f
 SCRIPTS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")

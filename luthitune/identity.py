@@ -27,70 +27,19 @@ API for the rest of the code:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from luthitune.config import Workspace
+from luthitune.digests import file_digest, weights_digest
 from luthitune.errors import IdentityMismatch, LuthiTuneError, NotFound
 from luthitune.store import Store, now
+from luthitune.workspace import Workspace
 
 SOURCE_FILE = "luthitune-source.json"
 MANIFEST_FILE = "luthitune-manifest.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-# -- hashing (cached by path, size and modification time: a model folder is hashed once) --
-
-_HASHES: dict[str, str] = {}
-
-
-def file_digest(path: Path) -> str:
-    """``sha256:<hex>`` of one file, remembered while its size and modification time stay the same."""
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        _HASHES[key] = "sha256:" + h.hexdigest()
-    return _HASHES[key]
-
-
-def weights_digest(folder: Path) -> str:
-    """``sha256:<hex>`` over a transformers folder's weight files: each file's name then its bytes, in name order
-    (``*.safetensors``, else ``*.bin``). Remembered in memory and beside the files (``.luthitune-weights-sha256.json``)
-    while their sizes and modification times stay the same, so a large model is hashed once, not per process."""
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-    if not files:
-        raise NotFound(f"{folder} holds no weight files (*.safetensors or *.bin).")
-    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    key = f"{folder.resolve()}|{stamp}"
-    if key in _HASHES:
-        return _HASHES[key]
-    sidecar = folder / ".luthitune-weights-sha256.json"
-    try:
-        saved = json.loads(sidecar.read_text()) if sidecar.exists() else {}
-    except ValueError:
-        saved = {}
-    if saved.get("files") == stamp and saved.get("sha256"):
-        _HASHES[key] = "sha256:" + saved["sha256"]
-        return _HASHES[key]
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-    _HASHES[key] = "sha256:" + h.hexdigest()
-    try:
-        sidecar.write_text(json.dumps({"files": stamp, "sha256": h.hexdigest()}))
-    except OSError:  # a read-only model folder: hash again in the next process
-        pass
-    return _HASHES[key]
-
 
 # -- identities --
 
@@ -423,9 +372,7 @@ def trained_model(store: Store, adapter_dir: Path) -> TrainedModel:
     """What the evaluation and revision of a cycle should talk to: the Ollama model `export ollama` created from
     this adapter (``NAME-luthitune-cN``) when there is one, else the adapter itself (on the same weights)."""
     ident = trained_identity(Path(adapter_dir))
-    rows = store.rows(
-        "model_exports", "adapter_sha256 = ? and created = 1", [ident["adapters"][0]], order_by="created_at desc"
-    )
+    rows = store.rows("model_exports", adapter_sha256=ident["adapters"][0], created=1, order_by="created_at desc")
     return TrainedModel(ident, rows[0]["name"] if rows else None)
 
 
@@ -436,14 +383,14 @@ def provenance(store: Store, run_id: str) -> dict:
     if ids is not None:
         steps.append({"step": "interview, consent, constitution, practice data", "identity": ids.chat})
         steps.append({"step": "training base", "identity": ids.train})
-    for tr in store.rows("training_runs", "run_id = ? and adapter_path is not null", [run_id], order_by="cycle"):
+    for tr in store.rows("training_runs", run_id=run_id, adapter_path__ne=None, order_by="cycle"):
         try:
             steps.append({"step": f"adapter c{tr['cycle']}", "identity": trained_identity(Path(tr["adapter_path"]))})
         except (LuthiTuneError, OSError, ValueError) as exc:
             steps.append(
                 {"step": f"adapter c{tr['cycle']}", "identity": _unknown({"name": tr["adapter_path"]}, str(exc))}
             )
-    for use in store.rows("run_models", "run_id = ?", [run_id], order_by="cycle, created_at"):
+    for use in store.rows("run_models", run_id=run_id, order_by="cycle, created_at"):
         steps.append({"step": f"{use['step']} c{use['cycle']}", "identity": json.loads(use["identity_json"])})
     digests = {s["identity"].get("digest") for s in steps}
     one = bool(steps) and None not in digests and len(digests) == 1

@@ -47,7 +47,7 @@ def consent_line(row: dict, refused: int = 0) -> str:
 
 
 def _refused(store: Store, run_id: str, item_id: str) -> int:
-    return store.count("attempts", "run_id = ? and item_id = ?", [run_id, item_id])
+    return store.count("attempts", run_id=run_id, item_id=item_id)
 
 
 def describe(store: Store, run_id: str, node: str, update: dict, cycle: int) -> str:
@@ -63,29 +63,27 @@ def describe(store: Store, run_id: str, node: str, update: dict, cycle: int) -> 
             f"interview, turn {update.get('turn', '?')}: the model: {quote(replies[-1]['content'] if replies else '')}"
         )
     if node == "consent_check":
-        rows = store.rows(
-            "consents", "run_id = ? and cycle = ? and round not in ('ratify', 'revision')", [run_id, cycle]
-        )
+        rows = store.rows("consents", run_id=run_id, cycle=cycle, round__notin=("ratify", "revision"))
         rows = sorted(rows, key=lambda r: r["created_at"])
         return consent_line(rows[-1], _refused(store, run_id, rows[-1]["id"])) if rows else "consent: no record"
     if node == "draft_constitution":
         return _draft_line(store, run_id, update, cycle)
     if node == "generate_scenarios":
-        rows = store.rows("scenarios", "run_id = ? and cycle = ?", [run_id, cycle])
+        rows = store.rows("scenarios", run_id=run_id, cycle=cycle)
         failed = [r for r in rows if r["status"] == "failed"]
         tail = f", {len(failed)} failed the checks ({top_reasons(failed)})" if failed else ""
         return f"scenarios: {len(rows) - len(failed)} requests written{tail}"
     if node == "self_critique":
-        rows = store.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])
+        rows = store.rows("pairs", run_id=run_id, cycle=cycle)
         failed = [r for r in rows if r["status"] == "quarantined"]
-        refused = store.count("attempts", "run_id = ? and cycle = ? and step = 'pair'", [run_id, cycle])
+        refused = store.count("attempts", run_id=run_id, cycle=cycle, step="pair")
         return (
             f"self-critique: {len(rows) - len(failed)} answered, {len(failed)} failed every attempt"
             + (f" ({top_reasons(failed)})" if failed else "")
             + f"; {refused} answer{'s' * (refused != 1)} refused and asked again"
         )
     if node == "validate":
-        rows = store.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])
+        rows = store.rows("pairs", run_id=run_id, cycle=cycle)
         bad = [r for r in rows if r["status"] == "quarantined"]
         kept = len(rows) - len(bad)
         return f"validation: {kept} pair{'s' * (kept != 1)} kept, {len(bad)} quarantined" + (
@@ -110,7 +108,7 @@ def _draft_line(store: Store, run_id: str, update: dict, cycle: int) -> str:
         titles = "; ".join(f"{p['id']} {p['title']}" for p in json.loads(row["principles_json"]))
         return f"constitution v{row['version']} approved and ratified (written by {row['author']}): {titles}"
     key = f"{run_id}:c{cycle}:draft{rnd}"
-    [version] = store.rows("constitution_versions", "draft_key = ?", [key]) or [None]
+    [version] = store.rows("constitution_versions", draft_key=key) or [None]
     if version is None:
         refused = store.attempts(run_id, "draft", key + ":")
         last: dict[str, list[str]] = {}
@@ -124,7 +122,7 @@ def _draft_line(store: Store, run_id: str, update: dict, cycle: int) -> str:
 
 
 def _revision_line(store: Store, run_id: str, update: dict, cycle: int) -> str:
-    rows = store.rows("constitution_versions", "draft_key = ?", [f"{run_id}:c{cycle}:revision0"])
+    rows = store.rows("constitution_versions", draft_key=f"{run_id}:c{cycle}:revision0")
     log = json.loads(rows[0]["feedback"] or "{}") if rows else {}
     applied = [a for a in log.get("amendments", []) if a.get("applied")]
     refused = len(log.get("failed", [])) + len([a for a in log.get("amendments", []) if not a.get("applied")])
@@ -166,8 +164,8 @@ def run_summary(store: Store, run_id: str) -> list[str]:
     from luthitune.evaluation import report
 
     out: list[str] = []
-    consents = store.rows("consents", "run_id = ?", [run_id], order_by="created_at")
-    refused = Counter(a["step"] for a in store.rows("attempts", "run_id = ?", [run_id]))
+    consents = store.rows("consents", run_id=run_id, order_by="created_at")
+    refused = Counter(a["step"] for a in store.rows("attempts", run_id=run_id))
     asked = [c for c in consents if c["round"] not in ("ratify", "revision")]
     if asked:
         got = ", ".join(c["decision"] for c in asked)
@@ -175,9 +173,9 @@ def run_summary(store: Store, run_id: str) -> list[str]:
             f"Consent was asked {len(asked)} time(s) ({got}); the coherence check refused "
             f"{refused.get('consent', 0)} answer(s) and asked again. Last: {consent_line(asked[-1])}."
         )
-    versions = store.rows("constitution_versions", "run_id = ?", [run_id], order_by="version")
-    drafts = {a["item_id"].rsplit(":", 1)[0] for a in store.rows("attempts", "run_id = ? and step = 'draft'", [run_id])}
-    failed_rounds = [d for d in drafts if not store.rows("constitution_versions", "draft_key = ?", [d])]
+    versions = store.rows("constitution_versions", run_id=run_id, order_by="version")
+    drafts = {a["item_id"].rsplit(":", 1)[0] for a in store.rows("attempts", run_id=run_id, step="draft")}
+    failed_rounds = [d for d in drafts if not store.rows("constitution_versions", draft_key=d)]
     approved = [v for v in versions if v["status"] == "approved"]
     first = approved[0] if approved else None
     if failed_rounds:
@@ -190,9 +188,9 @@ def run_summary(store: Store, run_id: str) -> list[str]:
         )
     elif versions or failed_rounds:
         out.append("No constitution was approved and ratified.")
-    for cycle in sorted({r["cycle"] for r in store.rows("scenarios", "run_id = ?", [run_id])}):
-        scen = store.rows("scenarios", "run_id = ? and cycle = ?", [run_id, cycle])
-        pairs = store.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])
+    for cycle in sorted({r["cycle"] for r in store.rows("scenarios", run_id=run_id)}):
+        scen = store.rows("scenarios", run_id=run_id, cycle=cycle)
+        pairs = store.rows("pairs", run_id=run_id, cycle=cycle)
         bad = [p for p in pairs if p["status"] == "quarantined"]
         failed = [s for s in scen if s["status"] == "failed"]
         out.append(
@@ -201,7 +199,7 @@ def run_summary(store: Store, run_id: str) -> list[str]:
             + (f" ({top_reasons(bad + failed)})" if bad or failed else "")
             + "."
         )
-        for tr in store.rows("training_runs", "run_id = ? and cycle = ?", [run_id, cycle]):
+        for tr in store.rows("training_runs", run_id=run_id, cycle=cycle):
             cfg = json.loads(tr["config_json"] or "{}")
             out.append(
                 f"Training: {len(cfg.get('train_ids', []))} pair(s) trained on, {len(cfg.get('held_out_ids', []))} "

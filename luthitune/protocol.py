@@ -17,14 +17,14 @@ from typing import Any
 
 from langgraph.types import Command
 
-from luthitune import cancel, runlock, runs
-from luthitune.config import Workspace
-from luthitune.errors import BackendUnavailable, NotFound, UsageError
+from luthitune import answers, cancel, runlock, runs
+from luthitune.errors import AnswerDue, BackendUnavailable, NotFound, RunElsewhere, RunFinished, UsageError
 from luthitune.graph.builder import build_graph, checkpointer_for
 from luthitune.graph.serde import UnsafeCheckpoint, locate
 from luthitune.graph.state import Context
 from luthitune.names import check_name
 from luthitune.store import Store, storage_error
+from luthitune.workspace import Workspace
 
 RESUME = "__resume__"  # LangGraph's checkpoint channel for an interrupt's answer
 
@@ -33,19 +33,6 @@ class RunNotFound(NotFound):
     pass
 
 
-# Artifact tables copied by a fork: (table, column that links a row to its run, column with its creation time).
-FORK_TABLES = [
-    ("messages", "run_id", "created_at"),
-    ("consents", "run_id", "created_at"),
-    ("constitution_versions", "run_id", "created_at"),
-    ("scenarios", "run_id", "created_at"),
-    ("pairs", "run_id", "created_at"),
-    ("training_runs", "run_id", "started_at"),
-    ("evaluations", "run_id", "created_at"),
-    ("probe_answers", "run_id", "created_at"),
-    ("run_models", "run_id", "created_at"),
-    ("attempts", "run_id", "created_at"),
-]
 # The run's own record of which model it talks to and which it trains (checked when the source run started).
 IDENTITY_FIELDS = ("chat_identity_json", "train_identity_json", "identity_match", "identity_reason", "allow_mismatch")
 
@@ -65,10 +52,6 @@ def rebrand(value: Any, src: str, dst: str) -> Any:
             value, **{f.name: rebrand(getattr(value, f.name), src, dst) for f in dataclasses.fields(value) if f.init}
         )
     return value
-
-
-def _ts(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
 
 
 @dataclass
@@ -211,6 +194,9 @@ class Protocol:
         elif snapshot.interrupts and self.answered(run_id):
             payload = None  # answered, then killed while working on the answer: continue with the stored answer
         elif snapshot.interrupts and resume is not None:
+            asked = snapshot.interrupts[0].value
+            if isinstance(asked, dict) and "type" in asked:
+                answers.parse(asked["type"], resume)  # an answer its question does not accept: refused, nothing run
             payload = Command(resume=resume)
         elif snapshot.interrupts:
             return self.status(run_id)
@@ -265,6 +251,26 @@ class Protocol:
         values = st.values
         self.store.upsert_run(st.run_id, status=label, cycle=values.get("cycle", 0), note=values.get("ended"))
 
+    def resumable(self, run_id: str) -> RunStatus:
+        """Where ``run_id`` stands, when ``resume`` can continue it: stopped inside a step (a crash, Ctrl-C, a Cancel)
+        or never started. Otherwise raises why not: :class:`RunFinished`, :class:`AnswerDue` (an answer continues
+        it) or :class:`RunElsewhere` (LangGraph's server holds it). Every client asks this one question."""
+        st = self.status(run_id)
+        if st.status in {"done", "ended"}:
+            raise RunFinished(f"Run {run_id} has already finished ({st.status}); nothing to resume.", st)
+        if st.status == "waiting":
+            kind = (st.interrupt or {}).get("type", "an answer")
+            raise AnswerDue(
+                f"Run {run_id} waits for an answer ({kind}); answering it continues the run "
+                f"(`luthitune status {run_id}` shows the question).",
+                st,
+            )
+        if st.status == "server":
+            raise RunElsewhere(
+                f"Run {run_id} was started by LangGraph's server, which holds its checkpoints: resume it there.", st
+            )
+        return st
+
     def answered(self, run_id: str) -> bool:
         """Whether the pending interrupt already has its answer stored in the checkpoint (the process was killed
         after the answer was given, while the node worked on it)."""
@@ -314,21 +320,7 @@ class Protocol:
         settings["forked_from"] = {"run": run_id, "checkpoint": checkpoint_id}
         fields = {k: src_row[k] for k in ("backend", "chat_model", "base_model", *IDENTITY_FIELDS)}
         self.store.upsert_run(new_id, **fields, status="created", config_json=json.dumps(settings))
-        with self.store.db.conn:
-            for table, link, when in FORK_TABLES:
-                src_rows = [
-                    r
-                    for r in self.store.db[table].rows_where(f"[{link}] = ?", [run_id])
-                    if (t := _ts(r.get(when))) is not None and t <= cutoff
-                ]
-                self.store.db[table].insert_all([rebrand(r, run_id, new_id) for r in src_rows], replace=True)
-                if table == "training_runs":
-                    for r in src_rows:
-                        steps = self.store.db["training_steps"].rows_where("training_id = ?", [r["id"]])
-                        self.store.db["training_steps"].insert_all(
-                            [rebrand(st, run_id, new_id) for st in steps if _ts(st["created_at"]) <= cutoff],
-                            replace=True,
-                        )
+        self.store.copy_run(run_id, new_id, until=cutoff, rename=lambda row: rebrand(row, run_id, new_id))
 
         parent: dict = {"configurable": {"thread_id": new_id, "checkpoint_ns": ""}}
         for tup in reversed(chain):

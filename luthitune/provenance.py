@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from luthitune.config import Workspace
 from luthitune.errors import NotFound
 from luthitune.store import Store, sha256
+from luthitune.workspace import Workspace
 
 SECTIONS = ("adapter", "interview", "consents", "constitution", "dataset", "training", "evaluation", "identity")
 
@@ -60,10 +60,10 @@ def _interview(store: Store, run_id: str) -> dict[str, Any]:
 
 
 def _dataset(store: Store, run_id: str, cycle: int, manifest: dict) -> dict[str, Any]:
-    count = lambda t, st: store.count(t, "run_id = ? and cycle = ? and status = ?", [run_id, cycle, st])  # noqa: E731
+    count = lambda t, st: store.count(t, run_id=run_id, cycle=cycle, status=st)  # noqa: E731
     return {
         **(manifest.get("dataset") or {}),
-        "scenarios": store.count("scenarios", "run_id = ? and cycle = ?", [run_id, cycle]),
+        "scenarios": store.count("scenarios", run_id=run_id, cycle=cycle),
         "scenarios_failed": count("scenarios", "failed"),
         "pairs_kept": count("pairs", "kept"),
         "pairs_quarantined": count("pairs", "quarantined"),
@@ -71,7 +71,7 @@ def _dataset(store: Store, run_id: str, cycle: int, manifest: dict) -> dict[str,
 
 
 def _evaluation(ws: Workspace, store: Store, key: str, cycle: int) -> dict[str, Any]:
-    rows = store.rows("evaluations", "run_id = ? and cycle = ?", [key, cycle], order_by="metric, model")
+    rows = store.rows("evaluations", run_id=key, cycle=cycle, order_by="metric, model")
     metrics: dict[str, dict[str, Any]] = {}
     for r in rows:  # each value with its n and 95% interval
         metrics.setdefault(r["metric"], {"scorer": r["scorer"]})[r["model"]] = {
@@ -134,7 +134,7 @@ def adapter_provenance(ws: Workspace, store: Store, adapter: str) -> dict[str, A
                 "conditions": c["conditions_json"],
                 "reviewed_by": c["reviewed_by"],
             }
-            for c in store.rows("consents", "run_id = ? and cycle <= ?", [run_id, cycle], order_by="created_at")
+            for c in store.rows("consents", run_id=run_id, cycle__le=cycle, order_by="created_at")
         ]
         out["dataset"] = _dataset(store, run_id, cycle, man)
         out["evaluation"] = _evaluation(ws, store, run_id, cycle)

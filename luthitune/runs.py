@@ -13,9 +13,10 @@ import json
 from typing import Any
 
 from luthitune import identity
-from luthitune.config import HYPERPARAMETERS_FILE, EvaluationConfig, Workspace
+from luthitune.config import EvaluationConfig
 from luthitune.store import Store
 from luthitune.training.config import check_trained_model, merge
+from luthitune.workspace import HYPERPARAMETERS_FILE, Workspace
 
 
 def context_for(ws: Workspace, settings: dict[str, Any] | None = None):

@@ -1,6 +1,7 @@
 """The workbench database (``data/luthitune.db``) through sqlite-utils.
 
-Schema changes are named migrations, applied once each and recorded in ``_migrations``. Every artifact
+Schema changes are named migrations (:mod:`luthitune.migrations`), applied once each and recorded in
+``_migrations``. Every artifact
 table has a deterministic primary key built from what identifies the item (run, cycle, index...), and all
 writes are upserts: re-running a node after a crash updates rows instead of duplicating them.
 """
@@ -11,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -21,15 +23,8 @@ from urllib.parse import quote
 
 import sqlite_utils
 
+from luthitune import migrations
 from luthitune.errors import WorkspaceError
-
-Migration = Callable[[sqlite_utils.Database], None]
-MIGRATIONS: list[tuple[str, Migration]] = []
-
-
-def migration(fn: Migration) -> Migration:
-    MIGRATIONS.append((fn.__name__, fn))
-    return fn
 
 
 def now() -> str:
@@ -48,295 +43,55 @@ def sha256(text: str | bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@migration
-def m001_runs(db: sqlite_utils.Database) -> None:
-    db["runs"].create(
-        {
-            "id": str,
-            "created_at": str,
-            "updated_at": str,
-            "status": str,
-            "backend": str,
-            "chat_model": str,
-            "base_model": str,
-            "config_json": str,
-            "cycle": int,
-            "note": str,
-        },
-        pk="id",
-    )
+_COLUMN = re.compile(r"[a-z_][a-z0-9_]*\Z")
+_OPS = {"": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
 
-@migration
-def m002_messages(db: sqlite_utils.Database) -> None:
-    # One row per transcript message; (run, cycle, seq) identifies it.
-    db["messages"].create(
-        {
-            "id": str,
-            "run_id": str,
-            "cycle": int,
-            "seq": int,
-            "role": str,
-            "content": str,
-            "template_hash": str,
-            "created_at": str,
-        },
-        pk="id",
-        foreign_keys=[("run_id", "runs", "id")],
-    )
-    db["messages"].create_index(["run_id", "cycle", "seq"], unique=True)
+def clause(where: dict[str, Any]) -> tuple[str | None, list[Any]]:
+    """A SQL condition from keyword filters, ANDed: ``cycle=2`` (None: ``is null``); ``cycle__le=2`` (also ``lt``,
+    ``gt``, ``ge``); ``status__ne="x"`` (None: ``is not null``); ``status__in=(...)``, ``status__notin=(...)``;
+    ``item_id__startswith="p"``. Values are always parameters; a name that is not a plain column is an error."""
+    parts, args = [], []
+    for key, value in where.items():
+        col, _, op = key.partition("__")
+        if not _COLUMN.match(col):
+            raise ValueError(f"not a column name: {col!r}")
+        if op in ("in", "notin"):
+            values = list(value)
+            marks = ", ".join("?" * len(values)) or "null"
+            parts.append(f"[{col}] {'not in' if op == 'notin' else 'in'} ({marks})")
+            args += values
+        elif op == "startswith":
+            parts.append(f"[{col}] like ? escape '\\'")
+            args.append(str(value).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        elif value is None and op in ("", "ne"):
+            parts.append(f"[{col}] is {'not ' if op == 'ne' else ''}null")
+        elif op in _OPS:
+            parts.append(f"[{col}] {_OPS[op]} ?")
+            args.append(value)
+        else:
+            raise ValueError(f"unknown filter {key!r}")
+    return (" and ".join(parts) or None), args
 
 
-@migration
-def m003_consents(db: sqlite_utils.Database) -> None:
-    db["consents"].create(
-        {
-            "id": str,
-            "run_id": str,
-            "cycle": int,
-            "round": int,
-            "decision": str,
-            "reasons_json": str,
-            "conditions_json": str,
-            "raw": str,
-            "template_hash": str,
-            "reviewed_by": str,
-            "created_at": str,
-        },
-        pk="id",
-        foreign_keys=[("run_id", "runs", "id")],
-    )
+# The tables that hold a run's artifacts (keyed by ``run_id``), and the column that dates each row: what a fork
+# copies up to its checkpoint.
+RUN_TABLES = [
+    ("messages", "created_at"),
+    ("consents", "created_at"),
+    ("constitution_versions", "created_at"),
+    ("scenarios", "created_at"),
+    ("pairs", "created_at"),
+    ("training_runs", "started_at"),
+    ("evaluations", "created_at"),
+    ("probe_answers", "created_at"),
+    ("run_models", "created_at"),
+    ("attempts", "created_at"),
+]
 
 
-@migration
-def m004_constitutions(db: sqlite_utils.Database) -> None:
-    db["constitution_versions"].create(
-        {
-            "id": str,
-            "run_id": str,
-            "version": int,
-            "text": str,
-            "principles_json": str,
-            "hash": str,
-            "parent_id": str,
-            "author": str,
-            "status": str,
-            "approved_by": str,
-            "approved_at": str,
-            "feedback": str,
-            "template_hash": str,
-            "created_at": str,
-        },
-        pk="id",
-        foreign_keys=[("run_id", "runs", "id")],
-    )
-    db["constitution_versions"].create_index(["run_id", "version"], unique=True)
-
-
-@migration
-def m005_scenarios_pairs(db: sqlite_utils.Database) -> None:
-    db["scenarios"].create(
-        {
-            "id": str,
-            "run_id": str,
-            "cycle": int,
-            "idx": int,
-            "category": str,
-            "principle_id": str,
-            "prompt": str,
-            "status": str,
-            "reasons_json": str,
-            "raw": str,
-            "template_hash": str,
-            "created_at": str,
-        },
-        pk="id",
-        foreign_keys=[("run_id", "runs", "id")],
-    )
-    db["pairs"].create(
-        {
-            "id": str,
-            "run_id": str,
-            "cycle": int,
-            "scenario_id": str,
-            "prompt": str,
-            "chosen": str,
-            "rejected": str,
-            "critique": str,
-            "principle_ids_json": str,
-            "status": str,
-            "reasons_json": str,
-            "raw": str,
-            "template_hash": str,
-            "constitution_id": str,
-            "created_at": str,
-        },
-        pk="id",
-        foreign_keys=[("run_id", "runs", "id"), ("scenario_id", "scenarios", "id")],
-    )
-    db["pairs"].create_index(["run_id", "cycle", "status"])
-
-
-@migration
-def m006_training_evaluation(db: sqlite_utils.Database) -> None:
-    db["training_runs"].create(
-        {
-            "id": str,
-            "run_id": str,
-            "cycle": int,
-            "adapter_name": str,
-            "adapter_path": str,
-            "status": str,
-            "config_json": str,
-            "metrics_json": str,
-            "dataset_hash": str,
-            "started_at": str,
-            "finished_at": str,
-        },
-        pk="id",
-    )
-    db["training_steps"].create(
-        {"training_id": str, "step": int, "metrics_json": str, "created_at": str},
-        pk=("training_id", "step"),
-        foreign_keys=[("training_id", "training_runs", "id")],
-    )
-    db["evaluations"].create(
-        {
-            "run_id": str,
-            "cycle": int,
-            "model": str,
-            "metric": str,
-            "value": float,
-            "scorer": str,
-            "details_json": str,
-            "created_at": str,
-        },
-        pk=("run_id", "cycle", "model", "metric"),
-    )
-
-
-@migration
-def m007_constitution_draft_key(db: sqlite_utils.Database) -> None:
-    # Which draft round produced a version, so a re-run node finds its draft instead of writing another.
-    db["constitution_versions"].add_column("draft_key", str)
-    db["constitution_versions"].create_index(["draft_key"], unique=True)
-
-
-@migration
-def m008_pair_checks(db: sqlite_utils.Database) -> None:
-    # Phase 2 data engine: the scenario's category and the stance it asks for, the judge's verdicts and
-    # the human review, kept with each pair.
-    for col in ("category", "stance", "checks_json", "reviewed_by"):
-        db["pairs"].add_column(col, str)
-
-
-@migration
-def m010_generation_host(db: sqlite_utils.Database) -> None:
-    # Which server produced a scenario or a pair (an ollama/openai base URL; several when generation is spread
-    # over hosts). NULL on the in-process local backend.
-    for table in ("scenarios", "pairs"):
-        db[table].add_column("host", str)
-
-
-@migration
-def m009_model_identity(db: sqlite_utils.Database) -> None:
-    # One model throughout (luthitune.identity): the identity of the model each run talks to and of the weights
-    # it trains, whether they are the same, and whether the configuration allowed a mismatch; which model each
-    # later step talked to (base digest + adapter hash); and the Ollama models `export ollama` wrote.
-    for col, kind in (
-        ("chat_identity_json", str),
-        ("train_identity_json", str),
-        ("identity_match", str),
-        ("identity_reason", str),
-        ("allow_mismatch", int),
-    ):
-        db["runs"].add_column(col, kind)
-    db["run_models"].create(
-        {
-            "run_id": str,
-            "cycle": int,
-            "step": str,
-            "model": str,
-            "digest": str,
-            "adapters_json": str,
-            "identity_json": str,
-            "created_at": str,
-        },
-        pk=("run_id", "cycle", "step"),
-    )
-    db["model_exports"].create(
-        {
-            "name": str,
-            "mode": str,
-            "run_id": str,
-            "cycle": int,
-            "adapter_path": str,
-            "adapter_sha256": str,
-            "base_digest": str,
-            "identity_json": str,
-            "folder": str,
-            "modelfile": str,
-            "ollama_url": str,
-            "created": int,
-            "created_at": str,
-        },
-        pk="name",
-    )
-
-
-@migration
-def m011_evaluation_and_revision(db: sqlite_utils.Database) -> None:
-    # Every probe answer of an evaluation, with its rule-based checks and the judge's verdict: each number in the
-    # evaluations table can be traced to the answers it counts. (run, cycle, model, probe) identifies one.
-    db["probe_answers"].create(
-        {
-            "id": str,
-            "run_id": str,
-            "cycle": int,
-            "model": str,
-            "probe_id": str,
-            "probe_set": str,
-            "prompt": str,
-            "answer": str,
-            "checks_json": str,
-            "judge_json": str,
-            "created_at": str,
-        },
-        pk="id",
-    )
-    db["probe_answers"].create_index(["run_id", "cycle", "model"])
-    # A revised constitution records the model that proposed it (base + adapter) and the consent it was given.
-    db["constitution_versions"].add_column("model_json", str)
-    db["constitution_versions"].add_column("consent_id", str)
-
-
-@migration
-def m012_meaning_checks(db: sqlite_utils.Database) -> None:
-    # Every answer of the model's that failed a check (its schema or its meaning), with its raw text and the named
-    # reasons: step (draft, consent, ratify, revision, amendment, scenario, pair), the item it was for and which
-    # attempt it was. (item, attempt) identifies one: a re-run node writes the same rows.
-    db["attempts"].create(
-        {
-            "id": str,
-            "run_id": str,
-            "cycle": int,
-            "step": str,
-            "item_id": str,
-            "attempt": int,
-            "raw": str,
-            "reasons_json": str,
-            "created_at": str,
-        },
-        pk="id",
-        foreign_keys=[("run_id", "runs", "id")],
-    )
-    db["attempts"].create_index(["run_id", "cycle", "step"])
-    # A consent record's checks (why an answer was recorded as unclear) and how many answers it took.
-    db["consents"].add_column("checks_json", str)
-    db["consents"].add_column("attempts", int)
-    # Every measured number carries its sample size and 95% interval; "change" rows hold base -> adapter changes.
-    for col, kind in (("n", int), ("lo", float), ("hi", float)):
-        db["evaluations"].add_column(col, kind)
+def _ts(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
 
 
 def read_only(path: Path) -> bool:
@@ -448,7 +203,7 @@ class Store:
             self.db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
         done = set(self.applied_migrations())
         applied = []
-        for name, fn in MIGRATIONS:
+        for name, fn in migrations.MIGRATIONS:
             if name in done:
                 continue
             with self.db.conn:
@@ -474,12 +229,42 @@ class Store:
         except sqlite_utils.db.NotFoundError:
             return None
 
-    def rows(self, table: str, where: str | None = None, args: Any = None, order_by: str | None = None):
-        return list(self.db[table].rows_where(where, args or [], order_by=order_by))
+    def rows(self, table: str, *, order_by: str | None = None, **where: Any) -> list[dict[str, Any]]:
+        """The rows of ``table`` that match ``where`` (see :func:`clause`), in ``order_by`` order."""
+        sql, args = clause(where)
+        return list(self.db[table].rows_where(sql, args, order_by=order_by))
 
-    def count(self, table: str, where: str | None = None, args: Any = None) -> int:
-        sql = f"select count(*) from [{table}]" + (f" where {where}" if where else "")
-        return self.db.execute(sql, args or []).fetchone()[0]
+    def count(self, table: str, **where: Any) -> int:
+        sql, args = clause(where)
+        return self.db.execute(f"select count(*) from [{table}]" + (f" where {sql}" if sql else ""), args).fetchone()[0]
+
+    def delete(self, table: str, **where: Any) -> None:
+        sql, args = clause(where)
+        with self.writing(), self.db.conn:
+            self.db.execute(f"delete from [{table}]" + (f" where {sql}" if sql else ""), args)
+
+    def replace(self, table: str, rows: list[dict[str, Any]], pk: str | tuple[str, ...], **where: Any) -> None:
+        """The rows matching ``where`` become ``rows``, in one transaction (a step's results written again)."""
+        sql, args = clause(where)
+        with self.writing(), self.db.conn:
+            self.db.execute(f"delete from [{table}]" + (f" where {sql}" if sql else ""), args)
+            if rows:
+                self.db[table].insert_all(rows, pk=pk)
+
+    def last_cycle(self, table: str, run_id: str) -> int | None:
+        """The highest cycle of ``run_id`` with a row in ``table``; None when it has none."""
+        row = self.db.execute(f"select max(cycle) from [{table}] where run_id = ?", [run_id]).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def newest_run(self, table: str, **where: Any) -> str | None:
+        """The newest run (by creation) with a row in ``table`` matching ``where``; None when there is none."""
+        sql, args = clause(where)
+        cond = f" where {sql.replace('[', 't.[')}" if sql else ""  # the filters are on the table's columns
+        row = self.db.execute(
+            f"select t.run_id from [{table}] t join runs r on r.id = t.run_id{cond} order by r.created_at desc limit 1",
+            args,
+        ).fetchone()
+        return row[0] if row else None
 
     # -- runs --
 
@@ -491,6 +276,25 @@ class Store:
             row.setdefault("status", "created")
             row.setdefault("cycle", 0)
         self.upsert("runs", row)
+
+    def copy_run(self, src: str, dst: str, *, until: datetime, rename: Callable[[dict], dict]) -> None:
+        """The artifacts run ``src`` stored up to ``until``, copied to run ``dst`` (a fork) with ``rename`` applied to
+        each row (its ids), in one transaction; a training run's steps go with it."""
+        with self.writing(), self.db.conn:
+            for table, when in RUN_TABLES:
+                rows = [r for r in self.rows(table, run_id=src) if (t := _ts(r.get(when))) is not None and t <= until]
+                self.db[table].insert_all([rename(r) for r in rows], replace=True)
+                if table != "training_runs":
+                    continue
+                for r in rows:
+                    steps = [
+                        s for s in self.rows("training_steps", training_id=r["id"]) if _ts(s["created_at"]) <= until
+                    ]
+                    self.db["training_steps"].insert_all([rename(s) for s in steps], replace=True)
+
+    @property
+    def constitutions(self) -> Constitutions:
+        return Constitutions(self)
 
     # -- transcript --
 
@@ -517,21 +321,16 @@ class Store:
 
     def transcript(self, run_id: str, cycle: int | None = None) -> list[dict[str, Any]]:
         if cycle is None:
-            return self.rows("messages", "run_id = ?", [run_id], order_by="cycle, seq")
-        return self.rows("messages", "run_id = ? and cycle = ?", [run_id, cycle], order_by="seq")
+            return self.rows("messages", run_id=run_id, order_by="cycle, seq")
+        return self.rows("messages", run_id=run_id, cycle=cycle, order_by="seq")
 
     # -- consent --
 
     def conditions(self, run_id: str) -> list[str]:
         """The conditions the model set when it consented (consent, ratification, revision), in order, once each:
         what every later approval shows and every practice prompt keeps to."""
-        rows = self.rows(
-            "consents",
-            "run_id = ? and decision in ('yes', 'conditional') and coalesce(conditions_json, '') != ''",
-            [run_id],
-            order_by="created_at",
-        )
-        return list(dict.fromkeys(r["conditions_json"].strip() for r in rows))
+        rows = self.rows("consents", run_id=run_id, decision__in=("yes", "conditional"), order_by="created_at")
+        return list(dict.fromkeys(r["conditions_json"].strip() for r in rows if r["conditions_json"]))
 
     # -- failed attempts (schema or meaning) --
 
@@ -555,12 +354,91 @@ class Store:
         )
 
     def attempts(self, run_id: str, step: str | None = None, item_prefix: str | None = None) -> list[dict[str, Any]]:
-        where, args = "run_id = ?", [run_id]
+        where: dict[str, Any] = {"run_id": run_id}
         if step:
-            where, args = where + " and step = ?", [*args, step]
+            where["step"] = step
         if item_prefix:
-            where, args = where + " and item_id like ?", [*args, item_prefix.replace("%", "") + "%"]
-        return self.rows("attempts", where, args, order_by="cycle, item_id, attempt")
+            where["item_id__startswith"] = item_prefix
+        return self.rows("attempts", **where, order_by="cycle, item_id, attempt")
 
     def close(self) -> None:
         self.db.conn.close()
+
+
+class Constitutions:
+    """A run's constitution versions: each with its text, hash, parent and author. A version is written once, keyed
+    by its draft key (the round that wrote it): a node re-run after a crash finds it instead of writing another."""
+
+    TABLE = "constitution_versions"
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def get(self, version_id: str) -> dict[str, Any] | None:
+        return self.store.get(self.TABLE, version_id)
+
+    def versions(self, run_id: str) -> list[dict[str, Any]]:
+        return self.store.rows(self.TABLE, run_id=run_id, order_by="version")
+
+    def by_draft(self, draft_key: str) -> dict[str, Any] | None:
+        found = self.store.rows(self.TABLE, draft_key=draft_key)
+        return found[0] if found else None
+
+    def save(
+        self,
+        run_id: str,
+        principles: list,
+        *,
+        author: str,
+        status: str,
+        parent_id: str | None,
+        draft_key: str,
+        template_hash: str | None = None,
+    ) -> dict[str, Any]:
+        """A new version of ``run_id``'s constitution from ``principles`` (:class:`luthitune.constitution.P`), or the
+        one already written under ``draft_key``."""
+        from luthitune import constitution as C
+
+        found = self.by_draft(draft_key)
+        if found:  # written before a crash: the same draft, not a new version
+            return found
+        version = self.store.count(self.TABLE, run_id=run_id) + 1
+        text = C.render(principles, version)
+        row = {
+            "id": f"{run_id}:v{version}",
+            "run_id": run_id,
+            "version": version,
+            "text": text,
+            "principles_json": C.to_json(principles),
+            "hash": C.text_hash(text),
+            "parent_id": parent_id,
+            "author": author,
+            "status": status,
+            "template_hash": template_hash,
+            "draft_key": draft_key,
+            "created_at": now(),
+        }
+        self.store.upsert(self.TABLE, row)
+        return self.get(row["id"])  # type: ignore[return-value]
+
+    def supersede(self, row: dict[str, Any], text: str, *, author: str, status: str) -> dict[str, Any]:
+        """A human's edit of version ``row`` (its full ``text``): a new version, its child, which supersedes it."""
+        from luthitune import constitution as C
+
+        edited = self.save(
+            row["run_id"],
+            C.parse(text),
+            author=author,
+            status=status,
+            parent_id=row["id"],
+            draft_key=f"{row['draft_key']}:edit",
+        )
+        self.update(row["id"], status="superseded")
+        return edited
+
+    def approve(self, version_id: str, *, by: str) -> None:
+        self.update(version_id, status="approved", approved_by=by, approved_at=now())
+
+    def update(self, version_id: str, **fields: Any) -> None:
+        """A version's status, approval or consent fields."""
+        self.store.upsert(self.TABLE, {"id": version_id, **fields})

@@ -5,18 +5,18 @@ from __future__ import annotations
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
-from luthitune import meaning
+from luthitune import answers, meaning
 from luthitune.backends.structured import generate_structured
 from luthitune.errors import CheckFailed
 from luthitune.graph.state import Context, RunState
-from luthitune.nodes import common
+from luthitune.nodes import services
 from luthitune.prompts import fixed_text, render
 from luthitune.schemas import ConsentAnswer
 from luthitune.store import json_list, now
 
 
 def transcript_summary(rt: Runtime[Context], state: RunState, limit: int = 1500) -> str:
-    rows = [m for m in common.store(rt).transcript(state["run_id"], state.get("cycle", 0)) if m["role"] != "system"]
+    rows = [m for m in services.store(rt).transcript(state["run_id"], state.get("cycle", 0)) if m["role"] != "system"]
     text = "\n".join(f"{'Facilitator' if m['role'] == 'user' else 'You'}: {m['content']}" for m in rows[2:])
     return text[-limit:] or rows[-1]["content"][:limit]
 
@@ -28,26 +28,26 @@ def ask_consent(rt: Runtime[Context], state: RunState, row_id: str, template: st
     again, with the reasons shown to the model, up to the configured retries; if it stays incoherent (or malformed)
     it is recorded as ``unclear``, which is not consent. Every failed answer is kept in ``attempts``.
     """
-    s = common.store(rt)
+    s = services.store(rt)
     row = s.get("consents", row_id)
     if row is not None:
         return row
     prompt = render(template, **variables)
     source = meaning.Source(fixed_text(template))
     llm = (
-        common.llm(rt, state.get("adapter_name"), state.get("adapter_path"), rt.context.deliberate_temperature)
+        services.llm(rt, state.get("adapter_name"), state.get("adapter_path"), rt.context.deliberate_temperature)
         if kind == "revision"
-        else common.llm(rt, temperature=rt.context.deliberate_temperature)
+        else services.llm(rt, temperature=rt.context.deliberate_temperature)
     )
     tries: list[int] = []
     [answer] = generate_structured(
         llm,
         [[SystemMessage(render("interview_system.md").text), HumanMessage(prompt.text)]],
         ConsentAnswer,
-        retries=common.retries(rt),
+        retries=services.retries(rt),
         attempts=tries,
         check=lambda _, a: meaning.consent_reasons(a.reasons, a.conditions, a.decision, source=source),
-        on_attempt=common.recorder(rt, state, "consent" if kind.isdigit() else kind, [row_id]),
+        on_attempt=services.recorder(rt, state, "consent" if kind.isdigit() else kind, [row_id]),
     )
     if isinstance(answer, ConsentAnswer):
         decision, reasons, conditions, checks, raw = (
@@ -108,26 +108,21 @@ HINTS = {
 
 def review(rt: Runtime[Context], row: dict) -> dict:
     """Human review of a consent record. A "no" is respected: the human may stop, never overrule it."""
-    s = common.store(rt)
+    s = services.store(rt)
     if rt.context.autopilot:
         s.upsert("consents", {"id": row["id"], "reviewed_by": "autopilot"})
         return {"action": "continue"}
-    decision = common.ask(
-        {
-            "type": "consent_review",
-            "consent_id": row["id"],
-            "decision": row["decision"],
-            "reasons": row["reasons_json"],
-            "conditions": row["conditions_json"],
-            "checks": json_list(row.get("checks_json")),
-            "hint": HINTS[row["decision"]],
-        }
+    decision = services.ask(
+        answers.ConsentReview(
+            consent_id=row["id"],
+            decision=row["decision"],
+            reasons=row["reasons_json"],
+            conditions=row["conditions_json"],
+            checks=json_list(row.get("checks_json")),
+            hint=HINTS[row["decision"]],
+        )
     )
-    action = (
-        "end"
-        if str(decision.get("action") if isinstance(decision, dict) else decision) in {"end", "reject", "stop"}
-        else "continue"
-    )
+    action = "end" if isinstance(decision, answers.Reject) else "continue"
     accepted = " (conditions accepted)" if row["decision"] == "conditional" and action == "continue" else ""
     s.upsert("consents", {"id": row["id"], "reviewed_by": f"human:{action}{accepted}"})
     return {"action": action}
@@ -138,7 +133,7 @@ def consent_check(state: RunState, runtime: Runtime[Context]) -> dict:
     row = ask_consent(
         runtime,
         state,
-        common.key(state, "consent", n),
+        services.key(state, "consent", n),
         "consent.md",
         str(n),
         transcript_summary=transcript_summary(runtime, state),

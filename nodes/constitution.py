@@ -16,56 +16,27 @@ import json
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
+from luthitune import answers, meaning
 from luthitune import constitution as C
-from luthitune import meaning
 from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
-from luthitune.nodes import common
+from luthitune.nodes import services
 from luthitune.nodes.consent import ask_consent, quoted
 from luthitune.prompts import fixed_text, load_text, render
 from luthitune.schemas import Principle
-from luthitune.store import json_list, now
+from luthitune.store import json_list
 
 STARTER_AUTHOR = "facilitator (packaged starter constitution)"
 
 
 def exchanges(rt: Runtime[Context], state: RunState) -> list[tuple[str, str]]:
     """(facilitator question, model answer) pairs of this cycle's interview."""
-    rows = [m for m in common.store(rt).transcript(state["run_id"], state.get("cycle", 0)) if m["role"] != "system"]
+    rows = [m for m in services.store(rt).transcript(state["run_id"], state.get("cycle", 0)) if m["role"] != "system"]
     return [
         (q["content"][-400:], a["content"][:600])
         for q, a in zip(rows[::2], rows[1::2], strict=False)
         if q["role"] == "user" and a["role"] == "assistant"
     ]
-
-
-def next_version(rt: Runtime[Context], state: RunState) -> int:
-    return common.store(rt).count("constitution_versions", "run_id = ?", [state["run_id"]]) + 1
-
-
-def save_version(rt, state, principles, *, author, status, parent_id, draft_key, template_hash=None) -> dict:
-    s = common.store(rt)
-    found = s.rows("constitution_versions", "draft_key = ?", [draft_key])
-    if found:  # written before a crash: the same draft, not a new version
-        return found[0]
-    version = next_version(rt, state)
-    text = C.render(principles, version)
-    row = {
-        "id": f"{state['run_id']}:v{version}",
-        "run_id": state["run_id"],
-        "version": version,
-        "text": text,
-        "principles_json": C.to_json(principles),
-        "hash": C.text_hash(text),
-        "parent_id": parent_id,
-        "author": author,
-        "status": status,
-        "template_hash": template_hash,
-        "draft_key": draft_key,
-        "created_at": now(),
-    }
-    s.upsert("constitution_versions", row)
-    return s.get("constitution_versions", row["id"])
 
 
 UNRATIFIED = "The model did not ratify it: "  # a version's feedback when the model declined to ratify it
@@ -75,22 +46,22 @@ def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict | None:
     """The model's principles, one per interview exchange, in one batch, each checked; the version they make, or
     None when fewer than ``min_principles`` passed (every failed answer is in ``attempts``). Written once per
     round: a re-run finds the version by its draft key."""
-    s, key = common.store(rt), common.key(state, "draft", state.get("draft_round", 0))
-    existing = s.rows("constitution_versions", "draft_key = ?", [key])
+    s, key = services.store(rt), services.key(state, "draft", state.get("draft_round", 0))
+    existing = s.constitutions.by_draft(key)
     if existing:
-        return existing[0]
+        return existing
     pairs = exchanges(rt, state)[: rt.context.n_principles] or [("What matters to you?", "")]
     system = render("interview_system.md").text
     prompts = [render("principle.md", question=q, answer=a, feedback=feedback) for q, a in pairs]
     source = meaning.Source(fixed_text("principle.md"))
     items = [f"{key}:P{i + 1}" for i in range(len(prompts))]
     out = generate_structured(
-        common.llm(rt, temperature=rt.context.deliberate_temperature),
+        services.llm(rt, temperature=rt.context.deliberate_temperature),
         [[SystemMessage(system), HumanMessage(p.text)] for p in prompts],
         Principle,
-        retries=common.retries(rt),
+        retries=services.retries(rt),
         check=lambda _, p: meaning.principle_reasons(p.title, p.text, p.rationale, source=source),
-        on_attempt=common.recorder(rt, state, "draft", items),
+        on_attempt=services.recorder(rt, state, "draft", items),
     )
     good: list[C.P] = []
     for i, o in enumerate(out):
@@ -106,9 +77,8 @@ def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict | None:
         good.append(C.P(f"P{len(good) + 1}", o.title, o.text, o.rationale))
     if len(good) < min(rt.context.min_principles, len(prompts)):
         return None
-    return save_version(
-        rt,
-        state,
+    return services.store(rt).constitutions.save(
+        state["run_id"],
         good,
         author="model",
         status="draft",
@@ -120,9 +90,9 @@ def draft(rt: Runtime[Context], state: RunState, feedback: str) -> dict | None:
 
 def refusals(rt: Runtime[Context], state: RunState, rnd: int) -> list[str]:
     """The reasons the model's draft in round ``rnd`` was refused by the checks, one per principle (its last try)."""
-    prefix = common.key(state, "draft", rnd) + ":"
+    prefix = services.key(state, "draft", rnd) + ":"
     last: dict[str, list[str]] = {}
-    for a in common.store(rt).attempts(state["run_id"], "draft", prefix):
+    for a in services.store(rt).attempts(state["run_id"], "draft", prefix):
         last[a["item_id"].removeprefix(prefix)] = json_list(a["reasons_json"])
     return [f"{pid}: {reasons[0]}" for pid, reasons in sorted(last.items()) if reasons]
 
@@ -131,11 +101,11 @@ def previous_feedback(rt: Runtime[Context], state: RunState, rnd: int) -> str:
     """What the next draft is told: the facilitator's rejection, the model's own refusal to ratify, or the checks."""
     if not rnd:
         return ""
-    s = common.store(rt)
-    prev = s.rows("constitution_versions", "draft_key = ?", [common.key(state, "draft", rnd - 1)])
-    if prev and prev[0]["status"] in ("rejected", "unratified") and prev[0]["feedback"]:
-        text = prev[0]["feedback"]
-        if prev[0]["status"] == "unratified":
+    s = services.store(rt)
+    prev = s.constitutions.by_draft(services.key(state, "draft", rnd - 1))
+    if prev and prev["status"] in ("rejected", "unratified") and prev["feedback"]:
+        text = prev["feedback"]
+        if prev["status"] == "unratified":
             return f"You did not ratify the last draft. Your reasons: {text.removeprefix(UNRATIFIED)}"
         return f"The facilitator's feedback on the last draft: {text}"
     refused = refusals(rt, state, rnd - 1)
@@ -144,81 +114,63 @@ def previous_feedback(rt: Runtime[Context], state: RunState, rnd: int) -> str:
     return ""
 
 
-def human_review(rt: Runtime[Context], row: dict, kind: str = "constitution_review") -> dict:
+def human_review(rt: Runtime[Context], row: dict) -> dict:
     """Approve, reject or edit (full text). An edit must pass the principle checks: one that fails is asked for
     again with the reasons."""
     if rt.context.autopilot:
         return {"action": "approve", "by": "autopilot"}
-    problems: list[str] = []
-    while True:
-        answer = common.ask(
-            {
-                "type": kind,
-                "version_id": row["id"],
-                "version": row["version"],
-                "author": row["author"],
-                "text": row["text"],
-                "conditions": common.store(rt).conditions(row["run_id"]),
-                "problems": problems,
-                "hint": "approve: the model is asked to ratify this draft; edit (full text): your text replaces it, "
-                "and the model is asked to ratify that; reject (with feedback): the model redrafts",
-            }
+    conditions = services.store(rt).conditions(row["run_id"])
+    return services.ask_until_usable(
+        lambda problems: answers.ConstitutionReview(
+            version_id=row["id"],
+            version=row["version"],
+            author=row["author"],
+            text=row["text"],
+            conditions=conditions,
+            problems=problems,
+            hint="approve: the model is asked to ratify this draft; edit (full text): your text replaces it, "
+            "and the model is asked to ratify that; reject (with feedback): the model redrafts",
         )
-        answer = answer if isinstance(answer, dict) else {"action": str(answer)}
-        problems = edit_problems(answer)
-        if not problems:
-            return {**answer, "by": answer.get("by", "human")}
-
-
-def edit_problems(answer: dict) -> list[str]:
-    """Why an edited text cannot be used (no principles, or principles that fail the checks); [] for other answers."""
-    if answer.get("action") != "edit":
-        return []
-    try:
-        return C.check(C.parse(answer.get("text") or ""))
-    except Exception as exc:  # text without principles: say so, ask again
-        return [str(exc)]
+    ).model_dump()
 
 
 def facilitator_draft(rt: Runtime[Context], state: RunState, why: str) -> dict | None:
     """The constitution written by the facilitator once the model's drafts were not usable: the packaged starter on
     autopilot (when allowed), else the facilitator's own text (the starter is offered to edit). None: the run ends."""
-    key = common.key(state, "draft", state.get("draft_round", 0))
-    found = common.store(rt).rows("constitution_versions", "draft_key = ?", [key])
+    key = services.key(state, "draft", state.get("draft_round", 0))
+    found = services.store(rt).constitutions.by_draft(key)
     if found:
-        return found[0]
+        return found
     starter = load_text("starter_constitution.md")
     if rt.context.autopilot:
         if not rt.context.starter_constitution:
             return None
         text, author = starter, STARTER_AUTHOR
     else:
-        problems: list[str] = []
-        while True:
-            answer = common.ask(
-                {
-                    "type": "constitution_write",
-                    "why": why,
-                    "text": starter,
-                    "problems": problems,
-                    "hint": "edit: send the constitution's full text (a starter is offered to edit); "
-                    "reject: end the run without a constitution",
-                }
+        written = services.ask_until_usable(
+            lambda problems: answers.ConstitutionWrite(
+                why=why,
+                text=starter,
+                problems=problems,
+                hint="edit: send the constitution's full text (a starter is offered to edit); "
+                "reject: end the run without a constitution",
             )
-            answer = answer if isinstance(answer, dict) else {"action": str(answer)}
-            if answer.get("action") != "edit":
-                return None
-            problems = edit_problems(answer)
-            if not problems:
-                break
-        text, author = answer["text"], f"facilitator ({answer.get('by', 'human')})"
-    return save_version(
-        rt, state, C.parse(text), author=author, status="draft", parent_id=state.get("constitution_id"), draft_key=key
+        )
+        if not isinstance(written, answers.Edit):
+            return None
+        text, author = written.text, f"facilitator ({written.by})"
+    return services.store(rt).constitutions.save(
+        state["run_id"],
+        C.parse(text),
+        author=author,
+        status="draft",
+        parent_id=state.get("constitution_id"),
+        draft_key=key,
     )
 
 
 def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
-    s, ctx, rnd = common.store(runtime), runtime.context, state.get("draft_round", 0)
+    s, ctx, rnd = services.store(runtime), runtime.context, state.get("draft_round", 0)
     if rnd < ctx.max_draft_rounds:
         row = draft(runtime, state, previous_feedback(runtime, state, rnd))
         if row is None:
@@ -238,34 +190,27 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
     decision = human_review(runtime, row)
     action = decision.get("action")
     if action == "reject":
-        s.upsert(
-            "constitution_versions",
-            {
-                "id": row["id"],
-                "status": "rejected",
-                "feedback": decision.get("feedback", ""),
-                "approved_by": decision["by"],
-            },
+        s.constitutions.update(
+            row["id"], status="rejected", feedback=decision.get("feedback", ""), approved_by=decision["by"]
         )
         return rejected(runtime, state, rnd, "facilitator")
     if action == "edit":
-        row = supersede(runtime, state, row, decision, status="draft")
+        row = services.store(runtime).constitutions.supersede(
+            row, decision["text"], author=decision["by"], status="draft"
+        )
     elif action != "approve":
         raise ValueError(f"Unknown review action {action!r}: use approve, edit or reject")
     ratified = ask_consent(
         runtime,
         state,
-        common.key(state, "ratify", rnd),
+        services.key(state, "ratify", rnd),
         "ratify.md",
         "ratify",
         constitution=row["text"],
         author=written_by(row["author"]),
     )
     if not meaning.consents(ratified["decision"]):
-        s.upsert(
-            "constitution_versions",
-            {"id": row["id"], "status": "unratified", "feedback": UNRATIFIED + quoted(ratified)},
-        )
+        s.constitutions.update(row["id"], status="unratified", feedback=UNRATIFIED + quoted(ratified))
         cause = "declined" if ratified["decision"] == "no" else "checks"
         return rejected(
             runtime,
@@ -274,11 +219,8 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
             cause,
             f"The model did not ratify version {row['version']} (written by {row['author']}): {quoted(ratified)}.",
         )
-    s.upsert(
-        "constitution_versions",
-        {"id": row["id"], "status": "approved", "approved_by": decision["by"], "approved_at": now()},
-    )
-    write_constitution_md(runtime, row["text"])
+    s.constitutions.approve(row["id"], by=decision["by"])
+    C.write_markdown(services.workspace(runtime).data_dir, row["text"])
     return {
         "draft_status": "approved",
         "constitution_id": row["id"],
@@ -289,12 +231,9 @@ def draft_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
 
 def model_failures(rt: Runtime[Context], state: RunState) -> str:
     """One plain sentence on why the model's own drafts were not used."""
-    s, n = common.store(rt), rt.context.max_draft_rounds
+    s, n = services.store(rt), rt.context.max_draft_rounds
     refused = [
-        r
-        for r in range(n)
-        if refusals(rt, state, r)
-        and not s.rows("constitution_versions", "draft_key = ?", [common.key(state, "draft", r)])
+        r for r in range(n) if refusals(rt, state, r) and not s.constitutions.by_draft(services.key(state, "draft", r))
     ]
     if refused:
         last = refusals(rt, state, refused[-1])
@@ -303,22 +242,6 @@ def model_failures(rt: Runtime[Context], state: RunState) -> str:
             f"(last: {last[0] if last else 'no answer'})."
         )
     return f"No draft of the model's was approved and ratified in {n} round(s)."
-
-
-def supersede(rt: Runtime[Context], state: RunState, row: dict, decision: dict, *, status: str) -> dict:
-    """A human's edit of version ``row`` (full text in ``decision``): a new version, its child, which supersedes it.
-    Written once: a re-run finds it by its draft key."""
-    edited = save_version(
-        rt,
-        state,
-        C.parse(decision["text"]),
-        author=decision["by"],
-        status=status,
-        parent_id=row["id"],
-        draft_key=f"{row['draft_key']}:edit",
-    )
-    common.store(rt).upsert("constitution_versions", {"id": row["id"], "status": "superseded"})
-    return edited
 
 
 def written_by(author: str) -> str:
@@ -341,14 +264,6 @@ def rejected(rt: Runtime[Context], state: RunState, rnd: int, cause: str, detail
         update["ended"] = " ".join(x for x in parts if x)
         update["ended_by"] = cause
     return update
-
-
-def write_constitution_md(rt: Runtime[Context], text: str) -> None:
-    path = common.workspace(rt).data_dir / "constitution.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def principles_json(row: dict) -> list[dict]:

@@ -30,7 +30,7 @@ from luthitune.backends.structured import generate_structured, generate_text
 from luthitune.config import categories
 from luthitune.errors import StructuredOutputError
 from luthitune.graph.state import Context, RunState
-from luthitune.nodes import common
+from luthitune.nodes import services
 from luthitune.prompts import fixed_text, render
 from luthitune.schemas import CritiquedAnswer
 from luthitune.store import now
@@ -107,7 +107,7 @@ def chain(runtime: Runtime[Context], state: RunState, todo: list[dict], summary:
     from luthitune.backends import limit_tokens
 
     kinds = categories()
-    llm = common.llm(runtime, temperature=runtime.context.answer_temperature)
+    llm = services.llm(runtime, temperature=runtime.context.answer_temperature)
     got: dict[int, dict[str, str]] = {j: {} for j in range(len(todo))}
     failed: set[int] = set()
     hosts: dict[int, str | None] = {}  # the server of each scenario's latest step (None on the local backend)
@@ -153,31 +153,29 @@ def chain(runtime: Runtime[Context], state: RunState, todo: list[dict], summary:
         generate_text(
             limit_tokens(llm, CHAIN_TOKENS[stage]),
             convs,
-            retries=common.retries(runtime),
-            max_concurrency=common.concurrency(runtime),
+            retries=services.retries(runtime),
+            max_concurrency=services.concurrency(runtime),
             on_result=done,
             hosts=step_hosts,
             check=lambda k, text, checks=checks: checks[k](k, text),
-            on_attempt=common.recorder(runtime, state, "pair", ids),
+            on_attempt=services.recorder(runtime, state, "pair", ids),
         )
 
 
 def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
     if runtime.context.pair_mode == "chain":
         return self_critique_chain(state, runtime)
-    s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
-    summary = C.summary(common.principles(runtime, state))
+    s, run_id, cycle = services.store(runtime), state["run_id"], state.get("cycle", 0)
+    summary = C.summary(services.principles(runtime, state))
     kinds = categories()
-    scenarios = s.rows(
-        "scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle], order_by="idx"
-    )
-    done = {r["scenario_id"] for r in s.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])}
+    scenarios = s.rows("scenarios", run_id=run_id, cycle=cycle, status="generated", order_by="idx")
+    done = {r["scenario_id"] for r in s.rows("pairs", run_id=run_id, cycle=cycle)}
     todo = [sc for sc in scenarios if sc["id"] not in done]  # resume redoes only unfinished items
-    size, total = common.concurrency(runtime), len(scenarios)
-    llm = common.llm(runtime, temperature=runtime.context.answer_temperature)
+    size, total = services.concurrency(runtime), len(scenarios)
+    llm = services.llm(runtime, temperature=runtime.context.answer_temperature)
     finished = total - len(todo)
-    common.progress(runtime, "self-critique", finished, total)
-    conditions = common.conditions_note(runtime, state)
+    services.progress(runtime, "self-critique", finished, total)
+    conditions = services.conditions_note(runtime, state)
     convs = [conversation(summary, sc["prompt"], sc["category"], conditions) for sc in todo]
     hosts: dict[int, str | None] = {}  # which server produced each answer (filled before ``store`` is called)
 
@@ -204,34 +202,32 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
             row.update(status="unvalidated", **answer_fields(res))
         s.upsert("pairs", row)
         finished += 1
-        common.progress(runtime, "self-critique", finished, total)
+        services.progress(runtime, "self-critique", finished, total)
 
     generate_structured(
         llm,
         [c for c, _ in convs],
         CritiquedAnswer,
-        retries=common.retries(runtime),
+        retries=services.retries(runtime),
         max_concurrency=size,
         on_result=store,
         hosts=hosts,
         check=check,
-        on_attempt=common.recorder(runtime, state, "pair", [sc["id"].replace(":s", ":p", 1) for sc in todo]),
+        on_attempt=services.recorder(runtime, state, "pair", [sc["id"].replace(":s", ":p", 1) for sc in todo]),
     )
     return {}
 
 
 def self_critique_chain(state: RunState, runtime: Runtime[Context]) -> dict:
-    s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
-    summary = C.summary(common.principles(runtime, state))
+    s, run_id, cycle = services.store(runtime), state["run_id"], state.get("cycle", 0)
+    summary = C.summary(services.principles(runtime, state))
     kinds = categories()
-    scenarios = s.rows(
-        "scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle], order_by="idx"
-    )
-    done = {r["scenario_id"] for r in s.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])}
+    scenarios = s.rows("scenarios", run_id=run_id, cycle=cycle, status="generated", order_by="idx")
+    done = {r["scenario_id"] for r in s.rows("pairs", run_id=run_id, cycle=cycle)}
     todo = [sc for sc in scenarios if sc["id"] not in done]  # resume redoes only unfinished items
     total, finished = len(scenarios), len(scenarios) - len(todo)
-    common.progress(runtime, "self-critique", finished, total)
-    conditions = common.conditions_note(runtime, state)
+    services.progress(runtime, "self-critique", finished, total)
+    conditions = services.conditions_note(runtime, state)
     from luthitune.prompts import template_hash
 
     def finish(j: int, res, stage: str, host: str | None) -> None:
@@ -264,7 +260,7 @@ def self_critique_chain(state: RunState, runtime: Runtime[Context]) -> dict:
             )
         s.upsert("pairs", row)
         finished += 1
-        common.progress(runtime, "self-critique", finished, total)
+        services.progress(runtime, "self-critique", finished, total)
 
     chain(runtime, state, todo, summary, conditions, finish)
     return {}

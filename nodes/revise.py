@@ -15,16 +15,14 @@ from pathlib import Path
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
+from luthitune import answers, meaning
 from luthitune import constitution as C
-from luthitune import meaning
 from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
-from luthitune.nodes import common
+from luthitune.nodes import services
 from luthitune.nodes.consent import ask_consent
-from luthitune.nodes.constitution import edit_problems, save_version, supersede, write_constitution_md
 from luthitune.prompts import fixed_text, render
 from luthitune.schemas import Amendment, amendment_for
-from luthitune.store import now
 
 N_PROPOSALS = 2
 SOURCE = meaning.Source(fixed_text("revise.md"))
@@ -87,7 +85,7 @@ def evaluation_summary(rt: Runtime[Context], state: RunState) -> str:
     whether the whole interval clears it."""
     from luthitune.evaluation import report
 
-    values = report.load(common.store(rt), state["run_id"], state.get("cycle", 0))
+    values = report.load(services.store(rt), state["run_id"], state.get("cycle", 0))
     lines = []
     for r in report.threshold_rows(values, rt.context.evaluation_config().thresholds):
         if not r["adapter_measured"]:
@@ -105,12 +103,10 @@ def evaluation_summary(rt: Runtime[Context], state: RunState) -> str:
 
 def samples(rt: Runtime[Context], state: RunState, k: int = 2) -> str:
     """A few of its own answers after training: probe answers where there are, else kept practice pairs."""
-    s, run_id, cycle = common.store(rt), state["run_id"], state.get("cycle", 0)
+    s, run_id, cycle = services.store(rt), state["run_id"], state.get("cycle", 0)
     rows = [
         (r["prompt"], r["answer"])
-        for r in s.rows(
-            "probe_answers", "run_id = ? and cycle = ? and model = 'adapter'", [run_id, cycle], order_by="probe_id"
-        )
+        for r in s.rows("probe_answers", run_id=run_id, cycle=cycle, model="adapter", order_by="probe_id")
         if r["probe_set"] in {"trap", "benign"}
     ]
     rows = (
@@ -118,7 +114,7 @@ def samples(rt: Runtime[Context], state: RunState, k: int = 2) -> str:
         if rows
         else [
             (r["prompt"], r["chosen"])
-            for r in s.rows("pairs", "run_id = ? and cycle = ? and status = 'kept'", [run_id, cycle], order_by="id")[:k]
+            for r in s.rows("pairs", run_id=run_id, cycle=cycle, status="kept", order_by="id")[:k]
         ]
     )
     return "\n".join(f"- Request: {q[:200]}\n  Your answer: {a[:300]}" for q, a in rows) or "(none)"
@@ -137,18 +133,18 @@ def proposing_model(state: RunState) -> dict:
 
 def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
     """Proposed version (written once; a re-run finds it by its draft key)."""
-    s, key = common.store(rt), common.key(state, "revision", 0)
-    found = s.rows("constitution_versions", "draft_key = ?", [key])
+    s, key = services.store(rt), services.key(state, "revision", 0)
+    found = s.constitutions.by_draft(key)
     if found:
-        return found[0]
+        return found
     prompt = render(
         "revise.md",
         constitution=current["text"],
         evaluation=evaluation_summary(rt, state),
         samples=samples(rt, state),
-        conditions=common.conditions_note(rt, state),
+        conditions=services.conditions_note(rt, state),
     )
-    model = common.llm(rt, state.get("adapter_name"), state.get("adapter_path"), rt.context.deliberate_temperature)
+    model = services.llm(rt, state.get("adapter_name"), state.get("adapter_path"), rt.context.deliberate_temperature)
     conv = [SystemMessage(render("interview_system.md").text), HumanMessage(prompt.text)]
     principles = C.from_json(json.loads(current["principles_json"]))
     schema = amendment_for([p.id for p in principles])
@@ -162,15 +158,14 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
         model,
         [conv] * N_PROPOSALS,
         schema,
-        retries=common.retries(rt),
+        retries=services.retries(rt),
         check=check,
-        on_attempt=common.recorder(rt, state, "amendment", [f"{key}:proposal{i}" for i in range(N_PROPOSALS)]),
+        on_attempt=services.recorder(rt, state, "amendment", [f"{key}:proposal{i}" for i in range(N_PROPOSALS)]),
     )
     amendments = [o for o in out if isinstance(o, Amendment)]
     new, log = apply(principles, amendments)
-    row = save_version(
-        rt,
-        state,
+    row = s.constitutions.save(
+        state["run_id"],
         new,
         author="model (adapter)",
         status="proposed",
@@ -179,106 +174,82 @@ def propose(rt: Runtime[Context], state: RunState, current: dict) -> dict:
         template_hash=prompt.template_hash,
     )
     failed = [{"reasons": o.reasons, "raw": o.raw} for o in out if not isinstance(o, Amendment)]
-    s.upsert(
-        "constitution_versions",
-        {
-            "id": row["id"],
-            "feedback": json.dumps({"amendments": log, "failed": failed}),
-            "model_json": json.dumps(proposing_model(state)),
-        },
+    s.constitutions.update(
+        row["id"],
+        feedback=json.dumps({"amendments": log, "failed": failed}),
+        model_json=json.dumps(proposing_model(state)),
     )
-    if rt.context.seams.llm is None:
+    ident = json.loads(s.constitutions.get(row["id"])["model_json"])
+    if ident.get("digest"):  # the trained adapter's weights are known (its manifest): record that it proposed this
         from luthitune import identity
 
-        ident = json.loads(s.get("constitution_versions", row["id"])["model_json"])
-        if ident.get("digest"):
-            identity.record_use(
-                s, state["run_id"], state.get("cycle", 0), "revise", ident, model=state.get("adapter_name")
-            )
-    return s.get("constitution_versions", row["id"])
+        identity.record_use(s, state["run_id"], state.get("cycle", 0), "revise", ident, model=state.get("adapter_name"))
+    return s.constitutions.get(row["id"])
 
 
 def review(rt: Runtime[Context], proposed: dict, current: dict) -> dict:
     """The facilitator's approve / edit / reject of the proposed revision; an edit must pass the principle checks."""
     if rt.context.autopilot:
         return {"action": "approve", "by": "autopilot"}
-    problems: list[str] = []
-    while True:
-        answer = common.ask(
-            {
-                "type": "revision_review",
-                "version_id": proposed["id"],
-                "text": proposed["text"],
-                "parent_text": current["text"],
-                "diff": "\n".join(
-                    C.diff(
-                        current["text"],
-                        proposed["text"],
-                        f"v{current['version']}",
-                        f"v{proposed['version']} (proposed)",
-                    )
-                ),
-                "amendments": json.loads(proposed["feedback"]),
-                "conditions": common.store(rt).conditions(current["run_id"]),
-                "problems": problems,
-                "hint": "approve: the amended constitution is in force from the next cycle; edit (full text): the "
-                "trained model is asked to consent to your text first; reject: the current constitution stays in force",
-            }
+    diff = C.diff(current["text"], proposed["text"], f"v{current['version']}", f"v{proposed['version']} (proposed)")
+    conditions = services.store(rt).conditions(current["run_id"])
+    return services.ask_until_usable(
+        lambda problems: answers.RevisionReview(
+            version_id=proposed["id"],
+            text=proposed["text"],
+            parent_text=current["text"],
+            diff="\n".join(diff),
+            amendments=json.loads(proposed["feedback"]),
+            conditions=conditions,
+            problems=problems,
+            hint="approve: the amended constitution is in force from the next cycle; edit (full text): the "
+            "trained model is asked to consent to your text first; reject: the current constitution stays in force",
         )
-        answer = answer if isinstance(answer, dict) else {"action": str(answer)}
-        problems = edit_problems(answer)
-        if not problems:
-            return {**answer, "by": answer.get("by", "human")}
+    ).model_dump()
 
 
 def revise_constitution(state: RunState, runtime: Runtime[Context]) -> dict:
-    s = common.store(runtime)
-    current = s.get("constitution_versions", state["constitution_id"])
+    s = services.store(runtime)
+    current = s.constitutions.get(state["constitution_id"])
     proposed = propose(runtime, state, current)
     next_cycle = {"cycle": state.get("cycle", 0) + 1, "scenarios": 0, "pairs_kept": 0, "pairs_quarantined": 0}
     if json.loads(proposed["principles_json"]) == json.loads(current["principles_json"]):
-        s.upsert("constitution_versions", {"id": proposed["id"], "status": "unchanged"})
+        s.constitutions.update(proposed["id"], status="unchanged")
         return {"revision": "none", **next_cycle}
     consent = ask_consent(
         runtime,
         state,
-        common.key(state, "consent_revision", 0),
+        services.key(state, "consent_revision", 0),
         "consent_revision.md",
         "revision",
         constitution=proposed["text"],
     )
-    s.upsert("constitution_versions", {"id": proposed["id"], "consent_id": consent["id"]})
+    s.constitutions.update(proposed["id"], consent_id=consent["id"])
     if not meaning.consents(consent["decision"]):
-        s.upsert("constitution_versions", {"id": proposed["id"], "status": "declined"})
+        s.constitutions.update(proposed["id"], status="declined")
         return {"revision": "declined", **next_cycle}
     decision = review(runtime, proposed, current)
     action = decision.get("action")
     if action == "edit":
-        edited = supersede(runtime, state, proposed, decision, status="proposed")
+        edited = s.constitutions.supersede(proposed, decision["text"], author=decision["by"], status="proposed")
         consent = ask_consent(
             runtime,
             state,
-            common.key(state, "consent_revision_edit", 0),
+            services.key(state, "consent_revision_edit", 0),
             "consent_revision.md",
             "revision",
             constitution=edited["text"],
         )
-        s.upsert(
-            "constitution_versions",
-            {"id": edited["id"], "consent_id": consent["id"], "model_json": proposed["model_json"]},
-        )
+        s.constitutions.update(edited["id"], consent_id=consent["id"], model_json=proposed["model_json"])
         if not meaning.consents(consent["decision"]):
-            s.upsert("constitution_versions", {"id": edited["id"], "status": "declined"})
+            s.constitutions.update(edited["id"], status="declined")
             return {"revision": "declined", **next_cycle}
-        proposed = s.get("constitution_versions", edited["id"])
+        proposed = s.constitutions.get(edited["id"])
     elif action != "approve":
-        s.upsert("constitution_versions", {"id": proposed["id"], "status": "rejected", "approved_by": decision["by"]})
+        s.constitutions.update(proposed["id"], status="rejected", approved_by=decision["by"])
         return {"revision": "rejected", **next_cycle}
-    s.upsert(
-        "constitution_versions",
-        {"id": proposed["id"], "status": "approved", "approved_by": decision["by"], "approved_at": now()},
-    )
-    write_constitution_md(runtime, proposed["text"])
+    s.constitutions.approve(proposed["id"], by=decision["by"])
+    C.write_markdown(services.workspace(runtime).data_dir, proposed["text"])
     return {
         "revision": "approved",
         "constitution_id": proposed["id"],

@@ -16,7 +16,7 @@ from luthitune.backends.structured import generate_structured
 from luthitune.config import categories
 from luthitune.errors import StructuredOutputError
 from luthitune.graph.state import Context, RunState
-from luthitune.nodes import common
+from luthitune.nodes import services
 from luthitune.prompts import fixed_text, render
 from luthitune.schemas import ScenarioRequest
 from luthitune.store import now
@@ -78,8 +78,8 @@ def earlier_requests(rows: list[dict], category: str) -> str:
 
 
 def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
-    s, ctx, run_id, cycle = common.store(runtime), runtime.context, state["run_id"], state.get("cycle", 0)
-    principles = common.principles(runtime, state)
+    s, ctx, run_id, cycle = services.store(runtime), runtime.context, state["run_id"], state.get("cycle", 0)
+    principles = services.principles(runtime, state)
     by_id = {p.id: p for p in principles}
     summary = C.summary(principles)
     kinds = categories()
@@ -88,14 +88,14 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
     todo = [
         (i, pid, cat)
         for i, (pid, cat) in enumerate(plan)
-        if (row := s.get("scenarios", common.key(state, "s", f"{i:04d}"))) is None or row["status"] == "pending"
+        if (row := s.get("scenarios", services.key(state, "s", f"{i:04d}"))) is None or row["status"] == "pending"
     ]
-    size, total = common.concurrency(runtime), len(plan)
-    llm = common.llm(runtime, temperature=ctx.scenario_temperature)
-    conditions = common.conditions_note(runtime, state)
+    size, total = services.concurrency(runtime), len(plan)
+    llm = services.llm(runtime, temperature=ctx.scenario_temperature)
+    conditions = services.conditions_note(runtime, state)
     source = meaning.Source(fixed_text("scenario_request.md"))
     finished = total - len(todo)
-    common.progress(runtime, "scenarios", finished, total)
+    services.progress(runtime, "scenarios", finished, total)
     # Waves of a few batches: each wave's prompts list the requests of the waves before it. Within a wave
     # every item is stored the moment it is final, so a crash loses only the items in flight.
     wave = size * 4
@@ -103,9 +103,7 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
         chunk = todo[start : start + wave]
         # Requests already written in this run, earlier cycles included: a new cycle is told what exists, so it
         # writes new requests rather than the ones its unchanged seeds and sampling would give again.
-        done = s.rows(
-            "scenarios", "run_id = ? and cycle <= ? and status = 'generated'", [run_id, cycle], order_by="cycle, idx"
-        )
+        done = s.rows("scenarios", run_id=run_id, cycle__le=cycle, status="generated", order_by="cycle, idx")
         prompts = [
             render(
                 "scenario_request.md",
@@ -131,7 +129,7 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
             s.upsert(
                 "scenarios",
                 {
-                    "id": common.key(state, "s", f"{i:04d}"),
+                    "id": services.key(state, "s", f"{i:04d}"),
                     "run_id": run_id,
                     "cycle": cycle,
                     "idx": i,
@@ -147,20 +145,20 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
                 },
             )
             finished += 1
-            common.progress(runtime, "scenarios", finished, total)
+            services.progress(runtime, "scenarios", finished, total)
 
         generate_structured(
             llm,
             [[HumanMessage(p.text)] for p in prompts],
             ScenarioRequest,
-            retries=common.retries(runtime),
+            retries=services.retries(runtime),
             max_concurrency=size,
             on_result=store,
             hosts=hosts,
             check=lambda _, r: meaning.request_reasons(r.request, source=source),
-            on_attempt=common.recorder(
-                runtime, state, "scenario", [common.key(state, "s", f"{i:04d}") for i, _, _ in chunk]
+            on_attempt=services.recorder(
+                runtime, state, "scenario", [services.key(state, "s", f"{i:04d}") for i, _, _ in chunk]
             ),
         )
-    n = s.count("scenarios", "run_id = ? and cycle = ? and status = 'generated'", [run_id, cycle])
+    n = s.count("scenarios", run_id=run_id, cycle=cycle, status="generated")
     return {"scenarios": n}

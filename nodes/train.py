@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
+from luthitune import answers
 from luthitune.dataset import dataset_hash, kept_pairs, split
 from luthitune.graph.state import Context, RunState
-from luthitune.nodes import common
+from luthitune.nodes import services
 from luthitune.training import records
 
 SHOWN = {"loss": "loss", "margin": "rewards/margins", "acc": "rewards/accuracies"}
@@ -17,8 +18,8 @@ def job_for(rt: Runtime[Context], state: RunState, train: list[dict], held: int,
     from luthitune.backends import local_model_dir
     from luthitune.training.dpo import Job
 
-    ws, s, hp = common.workspace(rt), common.store(rt), rt.context.hyperparameters()
-    row = s.get("constitution_versions", state["constitution_id"])
+    ws, s, hp = services.workspace(rt), services.store(rt), rt.context.hyperparameters()
+    row = s.constitutions.get(state["constitution_id"])
     previous = state.get("adapter_path") if hp.training.continue_adapter and state.get("cycle", 0) > 0 else None
     return Job(
         model_dir=str(local_model_dir(ws, ws.config.base_model)),
@@ -39,44 +40,45 @@ def job_for(rt: Runtime[Context], state: RunState, train: list[dict], held: int,
 
 
 def run_training(rt: Runtime[Context], state: RunState, train: list[dict], held: int, name: str, training_id: str):
-    ws, s = common.workspace(rt), common.store(rt)
-    if rt.context.seams.trainer is not None:  # unit tests: a fake trainer
-        return records.recorded(s, training_id, lambda: rt.context.seams.trainer(train, name))
+    s = services.store(rt)
+    trainer = services.trainer(rt, default=lambda pairs, name: dpo(rt, state, pairs, held, name, training_id))
+    return records.recorded(s, training_id, lambda: trainer(train, name))
+
+
+def dpo(rt: Runtime[Context], state: RunState, train: list[dict], held: int, name: str, training_id: str):
+    """The real trainer: DPO on the workspace's base weights, in process or in workers, each step recorded."""
+    ws, s = services.workspace(rt), services.store(rt)
     from luthitune.backends import local_runtime
     from luthitune.training.worker import run
 
     def shown(step: int, total: int, metrics: dict) -> None:
-        common.progress(rt, "training", step, total, **{k: metrics[v] for k, v in SHOWN.items() if v in metrics})
+        services.progress(rt, "training", step, total, **{k: metrics[v] for k, v in SHOWN.items() if v in metrics})
 
     def on_event(event: dict) -> None:
         if event.get("phase") != "training":
-            common.progress(rt, event["phase"], 0, 0)
+            services.progress(rt, event["phase"], 0, 0)
 
     processes = rt.context.train_processes
     # One process trains the interviewed weights in place; several train in workers, and evaluation then loads
     # the new adapter onto the weights itself.
     runtime = local_runtime(ws, ws.config.base_model) if processes <= 1 else None
-    return records.recorded(
-        s,
-        training_id,
-        lambda: run(
-            job_for(rt, state, train, held, name),
-            runtime=runtime,
-            on_step=records.step_recorder(s, training_id, shown),
-            on_event=on_event,
-            num_processes=processes,
-        ),
+    return run(
+        job_for(rt, state, train, held, name),
+        runtime=runtime,
+        on_step=records.step_recorder(s, training_id, shown),
+        on_event=on_event,
+        num_processes=processes,
     )
 
 
 def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
-    s, run_id, cycle = common.store(runtime), state["run_id"], state.get("cycle", 0)
+    s, run_id, cycle = services.store(runtime), state["run_id"], state.get("cycle", 0)
     kept = kept_pairs(s, run_id, cycle)
     train, held = split(kept, runtime.context.eval_fraction)
     least = runtime.context.hyperparameters().training.min_pairs
     if len(train) < least:
-        failed = s.count("scenarios", "run_id = ? and cycle = ? and status = 'failed'", [run_id, cycle])
-        quarantined = s.count("pairs", "run_id = ? and cycle = ? and status = 'quarantined'", [run_id, cycle])
+        failed = s.count("scenarios", run_id=run_id, cycle=cycle, status="failed")
+        quarantined = s.count("pairs", run_id=run_id, cycle=cycle, status="quarantined")
         return {
             "ended": (
                 f"too few pairs to train on in cycle {cycle}: "
@@ -91,23 +93,21 @@ def train_dpo(state: RunState, runtime: Runtime[Context]) -> dict:
             "ended_by": "checks",
         }
     if not runtime.context.autopilot:
-        answer = common.ask(
-            {
-                "type": "confirm_training",
-                "pairs": len(train),
-                "held_out": len(held),
-                "conditions": s.conditions(run_id),
-                "settings": runtime.context.train,
-                "hint": "approve: DPO training starts now with these settings; reject: the run ends without training",
-            }
+        answer = services.ask(
+            answers.ConfirmTraining(
+                pairs=len(train),
+                held_out=len(held),
+                conditions=s.conditions(run_id),
+                settings=runtime.context.train,
+                hint="approve: DPO training starts now with these settings; reject: the run ends without training",
+            )
         )
-        action = answer.get("action") if isinstance(answer, dict) else str(answer)
-        if action in {"reject", "skip", "end", "no"}:
+        if isinstance(answer, answers.Reject):
             return {"ended": "training declined by the facilitator", "ended_by": "facilitator"}
     from luthitune.training.dpo import safe_name
 
     name = safe_name(f"{run_id}-c{cycle}")
-    training_id = common.key(state, "train", "")
+    training_id = services.key(state, "train", "")
     records.started(
         s,
         training_id,

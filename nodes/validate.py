@@ -13,10 +13,11 @@ import random
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
 
+from luthitune import answers
 from luthitune import constitution as C
 from luthitune.backends.structured import generate_structured
 from luthitune.graph.state import Context, RunState
-from luthitune.nodes import common
+from luthitune.nodes import services
 from luthitune.prompts import render
 from luthitune.schemas import JudgeVerdict
 from luthitune.validation import Constitution, check_pair, near_duplicates
@@ -24,26 +25,26 @@ from luthitune.validation import Constitution, check_pair, near_duplicates
 
 def judge(runtime: Runtime[Context], state: RunState, pairs: list[dict]) -> dict[str, dict]:
     """Ask the model which answer follows the constitution better, in both orders. Returns verdicts by pair id."""
-    summary = C.summary(common.principles(runtime, state))
+    summary = C.summary(services.principles(runtime, state))
     convs, keys = [], []
     for p in pairs:
         for order, (a, b) in (("ab", (p["chosen"], p["rejected"])), ("ba", (p["rejected"], p["chosen"]))):
             convs.append([HumanMessage(render("judge.md", principles=summary, request=p["prompt"], a=a, b=b).text)])
             keys.append((p["id"], order))
     out: dict[str, dict] = {}
-    llm = common.llm(runtime, temperature=0.0)
+    llm = services.llm(runtime, temperature=0.0)
 
     def record(j: int, r: JudgeVerdict | Exception) -> None:
         pid, order = keys[j]
         out.setdefault(pid, {})[order] = r.better if isinstance(r, JudgeVerdict) else None
-        common.progress(runtime, "judge", sum(len(v) for v in out.values()) // 2, len(pairs))
+        services.progress(runtime, "judge", sum(len(v) for v in out.values()) // 2, len(pairs))
 
     generate_structured(
         llm,
         convs,
         JudgeVerdict,
-        retries=common.retries(runtime),
-        max_concurrency=common.concurrency(runtime),
+        retries=services.retries(runtime),
+        max_concurrency=services.concurrency(runtime),
         on_result=record,
     )
     for v in out.values():
@@ -58,20 +59,17 @@ def review(runtime: Runtime[Context], state: RunState, kept: list[dict]) -> dict
         return {}
     rng = random.Random(f"{ctx.seed}:{state['run_id']}:{state.get('cycle', 0)}")
     sample = rng.sample(sorted(kept, key=lambda p: p["id"]), min(ctx.review_sample, len(kept)))
-    answer = common.ask(
-        {
-            "type": "pair_review",
-            "pairs": [
-                {k: p[k] for k in ("id", "category", "prompt", "rejected", "critique", "chosen")} for p in sample
-            ],
-            "conditions": common.store(runtime).conditions(state["run_id"]),
-            "hint": "approve to accept them all, or reject the ids of the pairs that should not be trained on",
-        }
+    answer = services.ask(
+        answers.PairReview(
+            pairs=[{k: p[k] for k in ("id", "category", "prompt", "rejected", "critique", "chosen")} for p in sample],
+            conditions=services.store(runtime).conditions(state["run_id"]),
+            hint="approve to accept them all, or reject the ids of the pairs that should not be trained on",
+        )
     )
     ids = [p["id"] for p in sample]
-    if isinstance(answer, dict) and "decisions" in answer:
-        return {i: ("reject" if answer["decisions"].get(i) == "reject" else "accept") for i in ids}
-    rejected = set(answer.get("pairs", [])) if isinstance(answer, dict) and answer.get("action") == "reject" else set()
+    if isinstance(answer, answers.PairDecisions):
+        return {i: answer.decisions.get(i, "accept") for i in ids}
+    rejected = set(answer.pairs) if isinstance(answer, answers.DropPairs) else set()
     unknown = rejected - set(ids)
     if unknown:
         raise ValueError(f"Pairs {sorted(unknown)} are not in the review sample: {ids}")
@@ -79,14 +77,14 @@ def review(runtime: Runtime[Context], state: RunState, kept: list[dict]) -> dict
 
 
 def validate(state: RunState, runtime: Runtime[Context]) -> dict:
-    s, ctx, run_id, cycle = common.store(runtime), runtime.context, state["run_id"], state.get("cycle", 0)
-    principles = common.principles(runtime, state)
+    s, ctx, run_id, cycle = services.store(runtime), runtime.context, state["run_id"], state.get("cycle", 0)
+    principles = services.principles(runtime, state)
     constitution = Constitution(frozenset(p.id for p in principles), {p.id: p.title for p in principles})
-    pairs = s.rows("pairs", "run_id = ? and cycle = ? and status != 'quarantined'", [run_id, cycle], order_by="id")
+    pairs = s.rows("pairs", run_id=run_id, cycle=cycle, status__ne="quarantined", order_by="id")
     reasons = {p["id"]: check_pair(p, constitution, ctx.rules) for p in pairs}
 
     # Near duplicates of the request, across this run's dataset (earlier cycles' kept pairs included).
-    earlier = s.rows("pairs", "run_id = ? and cycle < ? and status = 'kept'", [run_id, cycle])
+    earlier = s.rows("pairs", run_id=run_id, cycle__lt=cycle, status="kept")
     dups = near_duplicates(
         [(p["id"], p["prompt"]) for p in earlier],
         [(p["id"], p["prompt"]) for p in pairs if not reasons[p["id"]]],
@@ -140,5 +138,5 @@ def validate(state: RunState, runtime: Runtime[Context]) -> dict:
                 for pid, d in decisions.items()
             ],
         )
-    count = lambda st: s.count("pairs", "run_id = ? and cycle = ? and status = ?", [run_id, cycle, st])  # noqa: E731
+    count = lambda st: s.count("pairs", run_id=run_id, cycle=cycle, status=st)  # noqa: E731
     return {"pairs_kept": count("kept"), "pairs_quarantined": count("quarantined")}

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture
 def workspace(tmp_path: Path):
-    from luthitune.config import init_workspace
+    from luthitune.workspace import init_workspace
 
     ws, _ = init_workspace(tmp_path / "ws")
     return ws

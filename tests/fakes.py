@@ -176,9 +176,12 @@ def outcomes(rate: float, n: int = 10, prefix: str = "trap") -> dict[str, bool]:
 
 
 def evaluator(pairs, adapter):
-    """A fake evaluator: held-out preference and one probe rate, as per-item outcomes."""
+    """A fake evaluator (the graph's ``Evaluator``): held-out preference and one probe rate, from per-item outcomes
+    measured as the real evaluation measures its own."""
+    from luthitune.evaluation.suite import changes, measured
+
     ids = [str(p["id"]) for p in pairs]
-    return {
+    raw = {
         "base": {"pairs.logp_pref_acc": dict.fromkeys(ids, False), "probes.trap.agency_rate": outcomes(0.2)},
         "adapter": {
             "pairs.logp_pref_acc": dict.fromkeys(ids, True),
@@ -186,3 +189,10 @@ def evaluator(pairs, adapter):
             "probes.trap.agency_rate": outcomes(0.6),
         },
     }
+    results = [
+        measured(model, metric, "logprob" if metric.startswith("pairs.") else "rules", items)
+        for model, metrics in raw.items()
+        for metric, items in metrics.items()
+        if ids or not metric.startswith("pairs.")
+    ]
+    return results + changes(results)

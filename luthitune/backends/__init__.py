@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from luthitune.backends.embedded import ensure_cached, is_embedded
-from luthitune.config import Workspace
 from luthitune.errors import ConfigError
+from luthitune.workspace import Workspace
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from luthitune.digests import file_digest
 from luthitune.errors import BackendUnavailable, ConfigError, NotFound
 
 PREFIX = "ollama:"
@@ -366,16 +367,10 @@ def ollama_create(
 
 
 def _blob(client: httpx.Client, path: Path) -> str:
-    digest = _file_digest(path)
+    digest = file_digest(path)
     if client.head(f"/api/blobs/{digest}").status_code != 200:
         with path.open("rb") as f:
             r = client.post(f"/api/blobs/{digest}", content=f)
         if r.status_code >= 400:
             raise BackendUnavailable(f"Ollama refused the upload of {path.name}: HTTP {r.status_code} {r.text}")
     return digest
-
-
-def _file_digest(path: Path) -> str:
-    from luthitune.identity import file_digest
-
-    return file_digest(path)

@@ -45,8 +45,8 @@ def bench_generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Pairs per minute of the self-critique step on a fixed scenario set: sequential vs batched/concurrent."""
-    from luthitune.bench import pairs_benchmark
-    from luthitune.config import Workspace
+    from luthitune.generation_bench import pairs_benchmark
+    from luthitune.workspace import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
     peer = f" and on {vs}, alternating," if vs else ""
@@ -114,8 +114,8 @@ def bench_tokens(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Load time (first and cached) and tokens/s of the local backend, unbatched and batched."""
-    from luthitune.bench import generation_benchmark
-    from luthitune.config import Workspace
+    from luthitune.generation_bench import generation_benchmark
+    from luthitune.workspace import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
     sizes = [int(b) for b in batch.split(",") if b.strip()]
@@ -158,10 +158,10 @@ def bench_train(
     """Training speed and memory: TRL's stock settings (float32), TRL's own defaults on this machine (bf16 where
     supported, fused AdamW) and the project's, on the same data and model, in one run."""
     from luthitune.backends import local_model_dir
-    from luthitune.config import Workspace
     from luthitune.training.bench import MODES, benchmark, synthetic_pairs
     from luthitune.training.config import merge
     from luthitune.training.standalone import read_data
+    from luthitune.workspace import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
     unknown = sorted(set(mode or []) - set(MODES))
@@ -242,9 +242,9 @@ def bench_outcome(
     import tempfile
     from datetime import datetime
 
-    from luthitune.config import Workspace
     from luthitune.evaluation import outcome
     from luthitune.logs import RunProgress
+    from luthitune.workspace import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
     run_settings = outcome.settings(scenarios, probes_per_set, max_new_tokens)

@@ -20,7 +20,8 @@ def init(
     print_defaults: Annotated[bool, typer.Option(help="Print the default luthitune.yaml and exit.")] = False,
 ) -> None:
     """Create a workspace: luthitune.yaml, config/, checkpoints/, data/, models/."""
-    from luthitune.config import default_config_yaml, init_workspace, resolve_workspace
+    from luthitune.config import default_config_yaml
+    from luthitune.workspace import init_workspace, resolve_workspace
 
     if print_defaults:
         console.print(default_config_yaml(), markup=False, highlight=False)

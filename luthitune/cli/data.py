@@ -20,8 +20,8 @@ CycleOpt = Annotated[int | None, typer.Option(help="Cycle (default: the run's ne
 
 
 def _open(ctx: typer.Context, workspace):
-    from luthitune.config import Workspace
     from luthitune.store import Store
+    from luthitune.workspace import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace))
     return ws, Store(ws.db_path)

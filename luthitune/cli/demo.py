@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from luthitune.demo import DEMO_OPTIONS
 from luthitune.logs import console
 
 
@@ -21,7 +22,7 @@ def demo(
     scenarios: Annotated[
         int | None, typer.Option(min=2, help="Practice scenarios in the cycle (default: the demo's 32).")
     ] = None,
-    turns: Annotated[int, typer.Option(min=1, help="Interview questions.")] = 3,
+    turns: Annotated[int, typer.Option(min=1, help="Interview questions.")] = DEMO_OPTIONS.interview_turns,
 ) -> None:
     """Run the demo on the embedded model (SmolLM2-135M-Instruct) in a throwaway or named workspace."""
     from luthitune.cli import ctrl_c

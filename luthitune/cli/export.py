@@ -42,9 +42,9 @@ def ollama(
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Write a Modelfile (and the adapter folder or the merged weights) and create the model in Ollama."""
-    from luthitune.config import Workspace
     from luthitune.export import export_ollama
     from luthitune.names import check_name
+    from luthitune.workspace import Workspace
 
     if name is not None:
         check_name(name, "Ollama model name", ollama=True)  # it names models/ollama/NAME/ and models/merged/NAME/
@@ -87,8 +87,8 @@ def gguf(
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Write the merged model (and the adapter) as GGUF with llama.cpp's converters, plus a Modelfile."""
-    from luthitune.config import Workspace
     from luthitune.gguf_export import export_gguf
+    from luthitune.workspace import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace))
     r = export_gguf(ws, adapter, name, outtype=outtype.value, lora=lora)

@@ -34,7 +34,7 @@ def _names(ctx: typer.Context) -> dict[str, typer.CallbackParam]:
 
 
 def _load(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
-    from luthitune.config import read_yaml
+    from luthitune.configfiles import read_yaml
 
     if value is None:
         return None

@@ -17,8 +17,8 @@ from luthitune.logs import console
 
 
 def _open(ctx: typer.Context, workspace):
-    from luthitune.config import Workspace
     from luthitune.store import Store
+    from luthitune.workspace import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace))
     return ws, Store(ws.db_path)
@@ -87,7 +87,7 @@ def eval_cmd(
     if probes is not None:
         t.probes = ws.probe_sets(str(probes.expanduser().resolve()))  # checked before anything is measured
         updates["probes"] = str(probes)
-    measured = store.count("evaluations", "run_id = ? and cycle = ?", [t.key, t.cycle])
+    measured = store.count("evaluations", run_id=t.key, cycle=t.cycle)
     if rerun or updates or not measured:
         from luthitune.evaluation.judge import judge_model
 
@@ -152,7 +152,7 @@ def _run(store, run: str | None) -> str:
 
 
 def _version(store, run_id: str, ref: str) -> dict:
-    rows = store.rows("constitution_versions", "run_id = ?", [run_id], order_by="version")
+    rows = store.rows("constitution_versions", run_id=run_id, order_by="version")
     for r in rows:
         if ref in {r["id"], f"v{r['version']}", str(r["version"])}:
             return r
@@ -171,9 +171,7 @@ def show(
     _, store = _open(ctx, workspace)
     run_id = _run(store, run)
     if version is None:
-        approved = store.rows(
-            "constitution_versions", "run_id = ? and status = 'approved'", [run_id], order_by="version desc"
-        )
+        approved = store.rows("constitution_versions", run_id=run_id, status="approved", order_by="version desc")
         if not approved:
             raise NotFound(
                 f"Run {run_id} has no approved constitution yet; `luthitune constitution history` lists drafts."
@@ -202,7 +200,7 @@ def history(ctx: typer.Context, run: RunOpt = None, workspace: WorkspaceOpt = No
         title=f"constitution of {run_id}",
     )
     by_id = {}
-    for r in store.rows("constitution_versions", "run_id = ?", [run_id], order_by="version"):
+    for r in store.rows("constitution_versions", run_id=run_id, order_by="version"):
         by_id[r["id"]] = r
         parent = by_id.get(r["parent_id"]) if r["parent_id"] else None
         consent = store.get("consents", r["consent_id"]) if r.get("consent_id") else None

@@ -10,9 +10,10 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from luthitune import actions as A
+from luthitune import facilitator as A
+from luthitune import runoptions as RO
 from luthitune.cli import WorkspaceOpt, recipe, workspace_arg
-from luthitune.errors import LuthiTuneError
+from luthitune.errors import AnswerDue, LuthiTuneError, NotResumable, RunElsewhere, RunFinished
 from luthitune.logs import console
 
 RunArg = Annotated[str, typer.Argument(help="Run id (see `luthitune runs`).")]
@@ -20,8 +21,8 @@ RunRecipe = recipe.option("train", "evaluation")
 
 
 def protocol(ctx: typer.Context, workspace=None):
-    from luthitune.config import Workspace
     from luthitune.protocol import Protocol
+    from luthitune.workspace import Workspace
 
     return Protocol(Workspace.open(workspace_arg(ctx, workspace)))
 
@@ -120,42 +121,27 @@ def declined(store, st) -> bool:
         return False
     if "ended_by" in st.values:
         return st.values["ended_by"] == "declined"
-    rows = store.rows("consents", "run_id = ?", [st.run_id], order_by="created_at")
+    rows = store.rows("consents", run_id=st.run_id, order_by="created_at")
     return bool(rows) and rows[-1]["decision"] == "no" and rows[-1]["reviewed_by"] != "human:end"
 
 
 def run(
     ctx: typer.Context,
     workspace: WorkspaceOpt = None,
-    autopilot: Annotated[bool, typer.Option(help="Answer every approval point from configuration.")] = False,
-    scenarios: Annotated[
-        int | None, typer.Option(min=1, help="Scenarios per cycle (default: practice.scenarios in luthitune.yaml).")
-    ] = None,
-    judge: Annotated[
-        bool | None, typer.Option("--judge/--no-judge", help="Judge pass on every pair (default: practice.judge).")
-    ] = None,
-    cycles: Annotated[int, typer.Option(min=1, help="Protocol cycles (each ends with a revision).")] = 1,
-    turns: Annotated[int, typer.Option(min=1, help="Interview questions on autopilot.")] = 3,
-    consent_rounds: Annotated[int, typer.Option(min=1, help="Times to ask for consent before ending.")] = 2,
-    draft_rounds: Annotated[int, typer.Option(min=1, help="Constitution drafts before giving up.")] = 3,
-    starter: Annotated[
-        bool,
-        typer.Option(
-            "--starter-constitution",
-            help="On autopilot, when the model's drafts fail the principle checks, use the packaged starter "
-            "constitution (recorded as the facilitator's) for the model to ratify, instead of ending the run.",
-        ),
-    ] = False,
+    autopilot: Annotated[bool, run_option("autopilot")] = RO.default("autopilot"),
+    scenarios: Annotated[int | None, run_option("n_scenarios")] = RO.default("n_scenarios"),
+    judge: Annotated[bool | None, run_option("judge", "--judge/--no-judge")] = RO.default("judge"),
+    cycles: Annotated[int, run_option("max_cycles")] = RO.default("max_cycles"),
+    turns: Annotated[int, run_option("interview_turns")] = RO.default("interview_turns"),
+    consent_rounds: Annotated[int, run_option("max_consent_rounds")] = RO.default("max_consent_rounds"),
+    draft_rounds: Annotated[int, run_option("max_draft_rounds")] = RO.default("max_draft_rounds"),
+    starter: Annotated[bool, run_option("starter_constitution", "--starter-constitution")] = RO.default(
+        "starter_constitution"
+    ),
     name: Annotated[str | None, typer.Option(help="Run id (default: generated).")] = None,
-    train_processes: Annotated[
-        int | None,
-        typer.Option(
-            "--train-processes",
-            min=1,
-            help="Train under `accelerate launch` with this many processes (DDP over GPUs, gloo on the CPU); "
-            "kept with the run, so `resume` trains the same way. Default 1: in-process.",
-        ),
-    ] = None,
+    train_processes: Annotated[int | None, run_option("train_processes", "--train-processes")] = RO.default(
+        "train_processes"
+    ),
     config: RunRecipe = None,
 ) -> None:
     """Start a run; it stops at the first approval point unless --autopilot.
@@ -167,27 +153,33 @@ def run(
     extra = recipe.sections(ctx)
     if extra:
         check_recipe(p.ws, config, extra)
-    settings = {
-        "autopilot": autopilot,
-        "n_scenarios": scenarios,
-        "judge": judge,
-        "max_cycles": cycles,
-        "interview_turns": turns,
-        "max_consent_rounds": consent_rounds,
-        "max_draft_rounds": draft_rounds,
-        "train_processes": train_processes,
-        "starter_constitution": starter or None,
-    }
-    settings = {**extra, **{k: v for k, v in settings.items() if v is not None}}
+    options = RO.RunOptions.of(
+        autopilot=autopilot,
+        n_scenarios=scenarios,
+        judge=judge,
+        max_cycles=cycles,
+        interview_turns=turns,
+        max_consent_rounds=consent_rounds,
+        max_draft_rounds=draft_rounds,
+        train_processes=train_processes,
+        starter_constitution=starter,
+    )
+    settings = {**extra, **options.settings()}
     run_id = p.start(settings, run_id=name)
     console.print(f"Started run [bold]{run_id}[/] in {p.ws.root}")
     show_identity(p.store, run_id)
     advance(p, run_id)
 
 
+def run_option(name: str, *flags: str) -> Any:
+    """The typer option for run option ``name`` (:mod:`luthitune.runoptions`): its help and lower bound."""
+    return typer.Option(*flags, min=RO.minimum(name), help=RO.help_text(name))
+
+
 def check_recipe(ws, path, extra: dict) -> None:
     """A recipe's ``train:`` and ``evaluation:`` sections, validated now, with errors that name the file."""
-    from luthitune.config import EvaluationConfig, load_model
+    from luthitune.config import EvaluationConfig
+    from luthitune.configfiles import load_model
     from luthitune.training.config import merge
 
     if "train" in extra:
@@ -206,17 +198,17 @@ def show_identity(store, run_id: str) -> None:
         console.print(("  " if ok else "  [bold yellow]warning[/]: ") + escape(text), highlight=False, soft_wrap=True)
 
 
-RESUMABLE = {"interrupted", "created"}  # stopped inside a step (crash, Ctrl-C, kill), or never started
-
-
 def newest_resumable(p) -> str:
     """The newest run that stopped inside a step or never started; else the newest run (to say where it stands)."""
     rows = p.runs()
     if not rows:
         raise LuthiTuneError("There are no runs in this workspace yet: start one with `luthitune run`.")
     for row in rows:
-        if p.status(row["id"]).status in RESUMABLE:
-            return row["id"]
+        try:
+            p.resumable(row["id"])
+        except NotResumable:
+            continue
+        return row["id"]
     return rows[0]["id"]
 
 
@@ -232,14 +224,15 @@ def resume(
     if run_id is None:
         run_id = newest_resumable(p)
         console.print(f"Run [bold]{run_id}[/] (the newest run stopped inside a step, else the newest run).")
-    st = p.status(run_id)
-    if st.status in {"done", "ended"}:
-        console.print(f"Run {run_id} has already finished ({st.status}). Nothing to resume.")
-        show_status(st)
-        exit_for(p, st)
+    try:
+        p.resumable(run_id)
+    except RunFinished as exc:
+        console.print(str(exc))
+        show_status(exc.status)
+        exit_for(p, exc.status)
         return
-    if st.status in {"waiting", "server"}:  # an answer is due, here or in LangGraph's server
-        show_status(st)
+    except (AnswerDue, RunElsewhere) as exc:  # an answer is due, here or in LangGraph's server
+        show_status(exc.status)
         return
     advance(p, run_id)
 
@@ -256,7 +249,7 @@ def status(
         run_id = rows[0]["id"]
     st = p.status(run_id)
     show_status(st)
-    from luthitune.actions import counts
+    from luthitune.facilitator import counts
 
     console.print("  " + ", ".join(f"{k}: {v}" for k, v in counts(p.store, run_id).items()))
     show_identity(p.store, run_id)

@@ -53,11 +53,11 @@ def train(
     With --config, a recipe YAML gives these options (`data`, `name`, `lr`...) and hyperparameters.yaml's sections
     (`lora: {r: 16}`, `training:`, `dpo:`, `model:`) over the workspace's file; flags on the command line override
     it."""
-    from luthitune.config import Workspace
     from luthitune.logs import RunProgress
     from luthitune.names import check_name
     from luthitune.training.config import merge
     from luthitune.training.standalone import train_from_data
+    from luthitune.workspace import Workspace
 
     if name is not None:
         check_name(name, "adapter name")  # it names models/adapters/NAME/

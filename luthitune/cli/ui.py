@@ -49,7 +49,7 @@ def ui(
 
     It answers only requests addressed to where it listens (the Host header) and from pages of its own (the Origin
     header), so a page on another site cannot drive it, even by DNS rebinding; --allow-remote lifts that."""
-    from luthitune.config import Workspace
+    from luthitune.workspace import Workspace
 
     if not is_loopback(host) and not allow_remote:
         raise UsageError(
@@ -64,7 +64,7 @@ def ui(
             "port can drive runs in this workspace."
         )
     from luthitune.ui import app as ui_app
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
 
     wb = Workbench(ws)
     demo = ui_app.launch(wb, host=host, port=port or free_port(host), block=False, allow_remote=allow_remote)

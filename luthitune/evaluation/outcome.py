@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from luthitune.config import CONFIG_FILE, HYPERPARAMETERS_FILE, Workspace, init_workspace
 from luthitune.evaluation import report
 from luthitune.evaluation.stats import Estimate
+from luthitune.workspace import CONFIG_FILE, HYPERPARAMETERS_FILE, Workspace, init_workspace
 
 # What the table shows, in this order: (metric, the model whose value is the headline, what it is).
 ROWS = (
@@ -157,11 +157,11 @@ def read(
         ests = {m: report.estimate(values.get((m, metric))) for m in ("base", "adapter", "change")}
         if any(e.value is not None for e in ests.values()):
             rows[metric] = {m: vars(e) for m, e in ests.items()}
-    pairs = store.rows("pairs", "run_id = ?", [run_id])
-    training = store.rows("training_runs", "run_id = ?", [run_id])
+    pairs = store.rows("pairs", run_id=run_id)
+    training = store.rows("training_runs", run_id=run_id)
     cfg = json.loads(training[0]["config_json"]) if training else {}
     counts = {
-        "scenarios": store.count("scenarios", "run_id = ?", [run_id]),
+        "scenarios": store.count("scenarios", run_id=run_id),
         "pairs": len(pairs),
         "kept": sum(p["status"] == "kept" for p in pairs),
         "trained": len(cfg.get("train_ids", [])),

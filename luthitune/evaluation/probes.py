@@ -74,7 +74,7 @@ def read_probe_file(path: Path) -> dict[str, dict[str, Any]]:
     the file, the set and the field."""
     from pydantic import ValidationError
 
-    from luthitune.config import read_yaml
+    from luthitune.configfiles import read_yaml
     from luthitune.errors import ConfigError
 
     if not path.is_file():

@@ -38,7 +38,7 @@ def estimate(row: dict | None) -> Estimate:
 
 def load(store: Store, run_id: str, cycle: int) -> dict[tuple[str, str], dict]:
     """This cycle's rows by (model, metric); model is base, adapter or change."""
-    rows = store.rows("evaluations", "run_id = ? and cycle = ?", [run_id, cycle], order_by="metric, model")
+    rows = store.rows("evaluations", run_id=run_id, cycle=cycle, order_by="metric, model")
     return {(r["model"], r["metric"]): r for r in rows}
 
 
@@ -87,7 +87,7 @@ def slug(text: str) -> str:
 
 def examples(store: Store, run_id: str, cycle: int, k: int = 4) -> list[tuple[dict, dict]]:
     """(base, adapter) answers to the same probes, one per set first, preferring probes where they differ."""
-    rows = store.rows("probe_answers", "run_id = ? and cycle = ?", [run_id, cycle], order_by="probe_id")
+    rows = store.rows("probe_answers", run_id=run_id, cycle=cycle, order_by="probe_id")
     base = {r["probe_id"]: r for r in rows if r["model"] == "base"}
     tuned = {r["probe_id"]: r for r in rows if r["model"] == "adapter"}
     both = [(base[i], tuned[i]) for i in base if i in tuned]
@@ -190,7 +190,7 @@ def write(
     backend: str | None = None,
 ) -> tuple[Path, Path | None, list[dict]]:
     """Write the report and its chart; returns (markdown path, PNG path or None, threshold rows)."""
-    evals = store.rows("evaluations", "run_id = ?", [run_id], order_by="cycle, metric, model")
+    evals = store.rows("evaluations", run_id=run_id, order_by="cycle, metric, model")
     values = load(store, run_id, cycle)
     scorer = {m: r["scorer"] for (_, m), r in values.items()}
     reports_dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +207,7 @@ def write(
         lines.append(f"Trained on {trained} pair(s); {held_out or 0} held out for evaluation, never trained on.")
         leaked = [
             r
-            for r in store.rows("pairs", "run_id = ? and cycle = ?", [run_id, cycle])
+            for r in store.rows("pairs", run_id=run_id, cycle=cycle)
             if any(x.startswith("probe:") for x in json.loads(r["reasons_json"] or "[]"))
         ]
         lines.append(

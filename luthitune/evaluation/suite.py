@@ -87,10 +87,7 @@ def store_results(store: Store, run_id: str, cycle: int, results: list[Result]) 
         }
         for r in results
     ]
-    with store.db.conn:
-        store.db.execute("delete from evaluations where run_id = ? and cycle = ?", [run_id, cycle])
-        if rows:
-            store.db["evaluations"].insert_all(rows, pk=("run_id", "cycle", "model", "metric"))
+    store.replace("evaluations", rows, pk=("run_id", "cycle", "model", "metric"), run_id=run_id, cycle=cycle)
 
 
 def headline(results: list[Result]) -> dict[str, float]:
@@ -139,7 +136,7 @@ def probe_answers(
     for model, name in (("base", None), ("adapter", adapter)):
         have = {
             r["probe_id"]: r
-            for r in store.rows("probe_answers", "run_id = ? and cycle = ? and model = ?", [run_id, cycle, model])
+            for r in store.rows("probe_answers", run_id=run_id, cycle=cycle, model=model)
             if r["prompt"] == prompt_of.get(r["probe_id"])
         }
         todo = [p for p in chosen if p.id not in have]
@@ -173,9 +170,7 @@ def probe_answers(
                 "checks": json.loads(r["checks_json"]),
                 "judge": json.loads(r["judge_json"]) if r.get("judge_json") else None,
             }
-            for r in store.rows(
-                "probe_answers", "run_id = ? and cycle = ? and model = ?", [run_id, cycle, model], order_by="probe_id"
-            )
+            for r in store.rows("probe_answers", run_id=run_id, cycle=cycle, model=model, order_by="probe_id")
             if r["probe_id"] in wanted and r["prompt"] == prompt_of[r["probe_id"]]
         ]
     return rows

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from luthitune import constitution as C
-from luthitune.config import EvaluationConfig, Workspace
+from luthitune.config import EvaluationConfig
 from luthitune.errors import NotFound
 from luthitune.store import Store
+from luthitune.workspace import Workspace
 
 
 @dataclass
@@ -52,9 +53,7 @@ def _principles(store: Store, constitution_id: str | None) -> tuple[list[C.P], d
 
 
 def for_run(ws: Workspace, store: Store, run_id: str, cycle: int | None) -> Target:
-    runs = store.rows(
-        "training_runs", "run_id = ? and status = 'done' and adapter_path is not null", [run_id], order_by="cycle"
-    )
+    runs = store.rows("training_runs", run_id=run_id, status="done", adapter_path__ne=None, order_by="cycle")
     if cycle is not None:
         runs = [r for r in runs if r["cycle"] == cycle]
     if not runs:
@@ -67,8 +66,8 @@ def for_run(ws: Workspace, store: Store, run_id: str, cycle: int | None) -> Targ
     # Held-out pairs only: never the pairs the adapter was trained on.
     pairs = [p for p in (store.get("pairs", i) for i in cfg.get("held_out_ids") or []) if p]
     ctx = json.loads(store.get("runs", run_id)["config_json"]).get("context", {})
-    from luthitune.config import Hyperparameters
     from luthitune.training.config import merge
+    from luthitune.training.hyperparameters import Hyperparameters
 
     beta = merge(Hyperparameters(), ctx.get("train")).dpo.beta
     manifest = _manifest(Path(tr["adapter_path"]))
@@ -101,11 +100,7 @@ def for_adapter(ws: Workspace, store: Store, path: Path) -> Target:
 
     manifest = _manifest(path)
     if manifest.get("run_id") and manifest.get("cycle") is not None and store.get("runs", manifest["run_id"]):
-        rows = store.rows(
-            "training_runs",
-            "run_id = ? and cycle = ? and adapter_path = ?",
-            [manifest["run_id"], manifest["cycle"], str(path)],
-        )
+        rows = store.rows("training_runs", run_id=manifest["run_id"], cycle=manifest["cycle"], adapter_path=str(path))
         if rows:
             return for_run(ws, store, manifest["run_id"], manifest["cycle"])
     source = Path((manifest.get("dataset") or {}).get("source") or "")
@@ -121,13 +116,10 @@ def for_adapter(ws: Workspace, store: Store, path: Path) -> Target:
 def resolve(ws: Workspace, store: Store, target: str | None, cycle: int | None) -> Target:
     """A run id, an adapter name (models/adapters/NAME) or folder; by default the newest run with an adapter."""
     if target is None:
-        row = store.db.execute(
-            "select t.run_id from training_runs t join runs r on r.id = t.run_id where t.status = 'done' "
-            "order by r.created_at desc limit 1"
-        ).fetchone()
-        if row is None:
+        newest = store.newest_run("training_runs", status="done")
+        if newest is None:
             raise NotFound("Nothing to evaluate yet: no run in this workspace has trained an adapter.")
-        return for_run(ws, store, row[0], cycle)
+        return for_run(ws, store, newest, cycle)
     if store.get("runs", target) is not None:
         return for_run(ws, store, target, cycle)
     path = adapter_dir(ws, target)

@@ -32,9 +32,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from luthitune.config import Hyperparameters
 from luthitune.training.config import merge
 from luthitune.training.dpo import Job
+from luthitune.training.hyperparameters import Hyperparameters
 
 _STOCK_WORK = {"gradient_checkpointing": True, "group_by_length": False, "micro_batch_size": "off", "save_steps": 500}
 MODES: dict[str, dict[str, Any]] = {

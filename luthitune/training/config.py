@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from luthitune.config import Hyperparameters
 from luthitune.errors import ConfigError
+from luthitune.training.hyperparameters import Hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ def merge(base: Hyperparameters, overrides: dict[str, Any] | None, source: str =
     try:
         return Hyperparameters.model_validate(data)
     except ValidationError as exc:
-        from luthitune.config import _format_validation_error
+        from luthitune.configfiles import format_validation_error
 
-        raise ConfigError(_format_validation_error(exc, source)) from None  # type: ignore[arg-type]
+        raise ConfigError(format_validation_error(exc, source)) from None  # type: ignore[arg-type]
 
 
 @dataclass

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from luthitune.compute import TRAINING_ROWS, apply_threads, shape_of_dir
-from luthitune.config import Hyperparameters
 from luthitune.dataset import conversational, dataset_hash
 from luthitune.errors import LuthiTuneError
 from luthitune.portable import portable_adapter
@@ -32,7 +31,8 @@ from luthitune.store import sha256
 from luthitune.training import manifest as M
 from luthitune.training.checkpoints import COMPLETE, disk_full, prepare_workdir, timed_saves
 from luthitune.training.config import plan
-from luthitune.training.paths import TrainPath, load_model, select_path, training_precision, weights_params
+from luthitune.training.hyperparameters import Hyperparameters
+from luthitune.training.routes import TrainPath, load_model, select_path, training_precision, weights_params
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,8 @@ def versions() -> dict[str, str | None]:
 def base_identity(model_dir: Path, name: str | None) -> dict[str, Any]:
     """The trained weights' identity (:mod:`luthitune.identity`: the GGUF or blob they were dequantized from, else
     the hash of their files) and the hash of the weight files actually trained."""
-    from luthitune.identity import dir_identity, weights_digest
+    from luthitune.digests import weights_digest
+    from luthitune.identity import dir_identity
 
     return {
         **dir_identity(model_dir, name=name, role="train"),

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from luthitune.config import Workspace
 from luthitune.errors import NotFound, UsageError
 from luthitune.store import Store
 from luthitune.training import records
 from luthitune.training.config import merge
 from luthitune.training.dpo import Job, StepFn, TrainResult, load_pairs_file, safe_name
+from luthitune.workspace import Workspace
 
 
 def newest_export(ws: Workspace) -> Path:

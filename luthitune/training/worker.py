@@ -25,7 +25,7 @@ from typing import Any
 
 from luthitune.errors import ConfigError, LuthiTuneError
 from luthitune.training.dpo import Job, StepFn, TrainResult, train
-from luthitune.training.paths import TrainPath, select_path
+from luthitune.training.routes import TrainPath, select_path
 
 EVENT = "LUTHITUNE_EVENT "
 

@@ -3,8 +3,8 @@
 ``build_app(workbench)`` makes the page. A run selector at the top picks the run every tab shows; a timer polls
 once a second: the status line and the live views (generation counts, the training curve) update on every tick,
 and the whole page is re-read when the run's state changes (a node finished, a job ended, another process such as
-the CLI wrote to it). Actions go through :mod:`luthitune.actions`, ``Protocol`` and the dataset / doctor modules;
-long work is a background job of :class:`~luthitune.ui.worker.Workbench`.
+the CLI wrote to it). Actions go through :mod:`luthitune.facilitator`, ``Protocol`` and the dataset / doctor modules;
+long work is a background job of :class:`~luthitune.ui.jobs.Workbench`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import gradio as gr
 
 from luthitune.errors import LuthiTuneError
 from luthitune.ui import views
-from luthitune.ui.worker import Workbench
+from luthitune.ui.jobs import Workbench
 
 POLL_SECONDS = 1.0
 CSS = """
@@ -105,9 +105,7 @@ class Page:
         job = self.wb.job(run_id)
         row = p.store.get("runs", run_id) if run_id else None
         counts = (
-            [p.store.count(t, "run_id = ?", [run_id]) for t in ("messages", "constitution_versions", "consents")]
-            if row
-            else []
+            [p.store.count(t, run_id=run_id) for t in ("messages", "constitution_versions", "consents")] if row else []
         )
         marks = [
             run_id,

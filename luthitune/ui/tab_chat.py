@@ -1,6 +1,6 @@
 """Chat tab: talk to the base model and a trained adapter side by side, the same message to both.
 
-The two are the models the protocol itself uses (:func:`luthitune.nodes.common.llm`): on the embedded backend the same
+The two are the models the protocol itself uses (:func:`luthitune.nodes.services.llm`): on the embedded backend the same
 weights with the adapter off and on; on a server backend the base on the server and the adapter as ``luthitune export
 ollama`` made it (else on the local copy of the trained weights). A playground: nothing said here is stored.
 """
@@ -28,7 +28,7 @@ def models(wb, row: dict | None, temperature: float, max_tokens: int) -> tuple[A
     from langgraph.runtime import Runtime
 
     from luthitune.graph.state import Context, Seams
-    from luthitune.nodes import common
+    from luthitune.nodes import services
 
     rt = Runtime(context=Context(workspace=str(wb.ws.root)).with_seams(Seams(**wb.inject)))
 
@@ -37,10 +37,10 @@ def models(wb, row: dict | None, temperature: float, max_tokens: int) -> tuple[A
         update = {f: int(max_tokens) for f in TOKEN_FIELDS if f in fields}
         return model.model_copy(update=update) if update else model
 
-    base = limited(common.llm(rt, temperature=float(temperature)))
+    base = limited(services.llm(rt, temperature=float(temperature)))
     trained = None
     if row is not None:
-        trained = limited(common.llm(rt, row["adapter_name"], row["adapter_path"], float(temperature)))
+        trained = limited(services.llm(rt, row["adapter_name"], row["adapter_path"], float(temperature)))
     return base, trained
 
 

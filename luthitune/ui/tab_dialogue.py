@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from luthitune import actions as A
+from luthitune import facilitator as A
 from luthitune.errors import UsageError
 from luthitune.ui import views
 

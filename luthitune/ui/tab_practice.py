@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from luthitune import actions as A
+from luthitune import facilitator as A
 from luthitune.errors import UsageError
 from luthitune.ui import views
 
@@ -31,11 +31,11 @@ def live_text(wb, p, run_id) -> str:
             lines.append("*Cancelling at the next finished item…*")
     s = p.store
     n = {
-        "generated": s.count("scenarios", "run_id = ? and status = 'generated'", [run_id]),
-        "failed": s.count("scenarios", "run_id = ? and status = 'failed'", [run_id]),
-        "pairs": s.count("pairs", "run_id = ?", [run_id]),
-        "kept": s.count("pairs", "run_id = ? and status = 'kept'", [run_id]),
-        "quarantined": s.count("pairs", "run_id = ? and status = 'quarantined'", [run_id]),
+        "generated": s.count("scenarios", run_id=run_id, status="generated"),
+        "failed": s.count("scenarios", run_id=run_id, status="failed"),
+        "pairs": s.count("pairs", run_id=run_id),
+        "kept": s.count("pairs", run_id=run_id, status="kept"),
+        "quarantined": s.count("pairs", run_id=run_id, status="quarantined"),
     }
     mix = ctx.get("category_mix") or {}
     total = sum(mix.values()) or 1
@@ -119,11 +119,7 @@ def build(page) -> None:
     def do_resume(run_id):
         if not run_id:
             raise UsageError("Choose a run first (Runs tab).")
-        st = wb.protocol().status(run_id, record=False)
-        if st.status == "waiting":
-            raise UsageError(f"Run {run_id} waits for {st.interrupt['type']}; answer that first.")
-        if st.status in {"done", "ended"}:
-            raise UsageError(f"Run {run_id} has finished ({st.status}).")
+        st = wb.protocol().resumable(run_id)
         wb.submit(run_id, what="generate practice data" if "generate_scenarios" in st.next else "resume")
         return "Working; progress shows above."
 

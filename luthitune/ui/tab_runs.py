@@ -6,10 +6,26 @@ import typing
 
 import gradio as gr
 
-from luthitune import actions as A
+from luthitune import facilitator as A
+from luthitune import runoptions as RO
 from luthitune.config import Config
-from luthitune.errors import UsageError
+from luthitune.errors import NotResumable, UsageError
 from luthitune.ui import views
+
+# The judge option's three values: the workspace's practice.judge, on or off.
+JUDGE_DEFAULT = "workspace default (practice.judge)"
+JUDGE: dict[str, bool | None] = {JUDGE_DEFAULT: None, "on": True, "off": False}
+
+
+def number(name: str, value: int | None = None) -> gr.Number:
+    """A whole-number field for run option ``name``: its label, help, lower bound and default."""
+    return gr.Number(
+        label=RO.label(name),
+        info=RO.help_text(name),
+        value=RO.default(name) if value is None else value,
+        precision=0,
+        minimum=RO.minimum(name),
+    )
 
 
 def build(page) -> None:
@@ -26,15 +42,19 @@ def build(page) -> None:
             with gr.Accordion("New run", open=True):
                 with gr.Row():
                     name = gr.Textbox(label="Name (optional)", placeholder="run-…", elem_id="new-name")
-                    # no minimum: an empty field (practice.scenarios of luthitune.yaml) would be refused as 0
-                    scenarios = gr.Number(label="Scenarios per cycle", value=None, precision=0)
-                    turns = gr.Number(label="Interview turns (autopilot)", value=3, precision=0, minimum=1)
-                    cycles = gr.Number(label="Cycles", value=1, precision=0, minimum=1)
+                    # starts at the workspace's practice.scenarios, which is what an unset option means
+                    scenarios = number("n_scenarios", wb.ws.config.practice.scenarios)
+                    turns = number("interview_turns")
+                    cycles = number("max_cycles")
                 with gr.Row():
-                    consent_rounds = gr.Number(label="Consent rounds", value=2, precision=0, minimum=1)
-                    draft_rounds = gr.Number(label="Draft rounds", value=3, precision=0, minimum=1)
-                    autopilot = gr.Checkbox(label="Autopilot (answer every approval from configuration)")
-                    judge = gr.Checkbox(label="Judge pass on every pair")
+                    consent_rounds = number("max_consent_rounds")
+                    draft_rounds = number("max_draft_rounds")
+                    autopilot = gr.Checkbox(
+                        label=RO.label("autopilot"), info=RO.help_text("autopilot"), value=RO.default("autopilot")
+                    )
+                    judge = gr.Radio(
+                        list(JUDGE), value=JUDGE_DEFAULT, label=RO.label("judge"), info=RO.help_text("judge")
+                    )
                 start = gr.Button("Start run", variant="primary", elem_id="start-run")
             with gr.Accordion("Selected run: resume, cancel, fork", open=True):
                 with gr.Row():
@@ -81,18 +101,21 @@ def build(page) -> None:
 
     def start_run(name, scenarios, turns, cycles, consent_rounds, draft_rounds, autopilot, judge):
         p = wb.protocol()
-        if scenarios is not None and scenarios < 1:
-            raise UsageError("Scenarios per cycle must be at least 1 (or empty: practice.scenarios in luthitune.yaml).")
-        settings = {
-            "autopilot": bool(autopilot),
-            "n_scenarios": int(scenarios) if scenarios else None,
-            "judge": bool(judge) or None,
-            "max_cycles": int(cycles or 1),
-            "interview_turns": int(turns or 3),
-            "max_consent_rounds": int(consent_rounds or 2),
-            "max_draft_rounds": int(draft_rounds or 3),
-        }
-        run_id = p.start({k: v for k, v in settings.items() if v is not None}, run_id=(name or "").strip() or None)
+        options = RO.RunOptions.of(
+            autopilot=bool(autopilot),
+            n_scenarios=None if scenarios is None else int(scenarios),
+            judge=JUDGE.get(judge),
+            **{
+                key: RO.default(key) if value is None else int(value)
+                for key, value in (
+                    ("max_cycles", cycles),
+                    ("interview_turns", turns),
+                    ("max_consent_rounds", consent_rounds),
+                    ("max_draft_rounds", draft_rounds),
+                )
+            },
+        )
+        run_id = p.start(options.settings(), run_id=(name or "").strip() or None)
         wb.submit(run_id, what="open the interview" if not autopilot else "run on autopilot")
         return gr.update(choices=views.run_choices(p), value=run_id), f"Started run **{run_id}**."
 
@@ -103,13 +126,12 @@ def build(page) -> None:
     )
 
     def resume_run(run_id):
-        st = views.status(wb.protocol(), run_id)
-        if st is None:
+        if not run_id:
             raise UsageError("Choose a run first.")
-        if st.status in {"done", "ended"}:
-            return f"Run {run_id} has finished ({st.status}); nothing to resume."
-        if st.status == "waiting":
-            return f"Run {run_id} waits for {st.interrupt['type']}: answer it in its tab."
+        try:
+            wb.protocol().resumable(run_id)
+        except NotResumable as exc:  # said in the notice line, as the answer to the click
+            return str(exc)
         wb.submit(run_id, what="resume from the last completed step")
         return f"Resuming {run_id} from its last completed step."
 

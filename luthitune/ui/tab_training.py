@@ -7,7 +7,7 @@ import json
 
 import gradio as gr
 
-from luthitune import actions as A
+from luthitune import facilitator as A
 from luthitune.errors import UsageError
 from luthitune.ui import views
 
@@ -259,6 +259,7 @@ def build_integration(page) -> None:
     def do_resume(run_id):
         if not run_id:
             raise UsageError("Choose a run first (Runs tab).")
+        wb.protocol().resumable(run_id)
         wb.submit(run_id, what="resume training from its last checkpoint")
         return "Resuming training."
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from luthitune.config import Workspace
 from luthitune.errors import NotFound
 from luthitune.protocol import Protocol, RunStatus
+from luthitune.workspace import Workspace
 
 
 def is_count(metric: str) -> bool:
@@ -125,7 +125,7 @@ def transcript(p: Protocol, run_id: str | None) -> list[dict]:
 def versions(p: Protocol, run_id: str | None) -> list[dict]:
     if not run_id:
         return []
-    return p.store.rows("constitution_versions", "run_id = ?", [run_id], order_by="version")
+    return p.store.rows("constitution_versions", run_id=run_id, order_by="version")
 
 
 def constitution_md(text: str) -> str:
@@ -191,7 +191,7 @@ def consents_table(p: Protocol, run_id: str | None) -> pd.DataFrame:
             "reviewed by": c["reviewed_by"] or "",
             "when": (c["created_at"] or "")[:16].replace("T", " "),
         }
-        for c in p.store.rows("consents", "run_id = ?", [run_id], order_by="created_at")
+        for c in p.store.rows("consents", run_id=run_id, order_by="created_at")
     ]
     return frame(rows, cols)
 
@@ -230,7 +230,7 @@ def pairs_table(p: Protocol, run_id: str | None, status: str = "kept") -> pd.Dat
             "critique": r["critique"],
             "chosen (refined)": r["chosen"],
         }
-        for r in p.store.rows("pairs", "run_id = ? and status = ?", [run_id, status], order_by="cycle, id")
+        for r in p.store.rows("pairs", run_id=run_id, status=status, order_by="cycle, id")
     ]
     return frame(rows, cols)
 
@@ -275,7 +275,7 @@ def short_id(row_id: str) -> str:
 def training_runs(p: Protocol, run_id: str | None) -> list[dict]:
     if not run_id:
         return []
-    return p.store.rows("training_runs", "run_id = ?", [run_id], order_by="cycle")
+    return p.store.rows("training_runs", run_id=run_id, order_by="cycle")
 
 
 def training_curve(p: Protocol, run_id: str | None) -> pd.DataFrame:
@@ -284,7 +284,7 @@ def training_curve(p: Protocol, run_id: str | None) -> pd.DataFrame:
     runs = training_runs(p, run_id)
     rows = []
     if runs:
-        for s in p.store.rows("training_steps", "training_id = ?", [runs[-1]["id"]], order_by="step"):
+        for s in p.store.rows("training_steps", training_id=runs[-1]["id"], order_by="step"):
             metrics = json.loads(s["metrics_json"] or "{}")
             rows += [
                 {"step": s["step"], "value": float(metrics[k]), "metric": name}
@@ -307,7 +307,7 @@ def manifest(row: dict | None) -> dict | None:
 def evaluations(p: Protocol, run_id: str | None) -> list[dict]:
     if not run_id:
         return []
-    return p.store.rows("evaluations", "run_id = ?", [run_id], order_by="cycle, metric, model")
+    return p.store.rows("evaluations", run_id=run_id, order_by="cycle, metric, model")
 
 
 def interval(value: Any, lo: Any = None, hi: Any = None, n: Any = None) -> str:
@@ -388,7 +388,7 @@ def probe_answers(p: Protocol, run_id: str | None) -> pd.DataFrame:
     if not run_id or not p.store.db["probe_answers"].exists():
         return frame([], cols)
     by: dict[tuple, dict] = {}
-    for r in p.store.rows("probe_answers", "run_id = ?", [run_id], order_by="cycle, probe_id, model"):
+    for r in p.store.rows("probe_answers", run_id=run_id, order_by="cycle, probe_id, model"):
         row = by.setdefault(
             (r["cycle"], r["probe_id"]), {"cycle": r["cycle"], "set": r["probe_set"], "prompt": r["prompt"]}
         )

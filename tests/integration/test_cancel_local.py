@@ -48,8 +48,8 @@ def test_cancel_during_training_then_train_again(workspace):
     """Cancel between training steps (the web UI's Cancel), then Resume: training continues to the end."""
     from fakes import SchemaFakeModel
 
-    from luthitune import actions as A
-    from luthitune.ui.worker import Workbench
+    from luthitune import facilitator as A
+    from luthitune.ui.jobs import Workbench
 
     wb = Workbench(workspace, llm=SchemaFakeModel())
     p = wb.protocol()
@@ -79,11 +79,11 @@ def test_cancel_during_training_then_train_again(workspace):
     assert wb.cancel(run)
     wb.wait(run, 600)
     assert job.outcome == "cancelled", job.error
-    steps = p.store.rows("training_steps", "training_id = ?", [f"{run}:c0:train"])
+    steps = p.store.rows("training_steps", training_id=f"{run}:c0:train")
     assert 1 <= len(steps) < 4
     st = p.status(run)
     # Stopped inside train_dpo (Resume continues), or, depending on where LangGraph was, asking again.
     assert st.next == ["train_dpo"] and (st.status == "interrupted" or st.interrupt["type"] == "confirm_training")
     st = step(A.approve() if st.status == "waiting" else None)
     assert st.interrupt and st.interrupt["type"] == "revision_review", (wb.job(run).error, st)
-    assert max(s["step"] for s in p.store.rows("training_steps", "training_id = ?", [f"{run}:c0:train"])) == 4
+    assert max(s["step"] for s in p.store.rows("training_steps", training_id=f"{run}:c0:train")) == 4

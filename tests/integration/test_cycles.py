@@ -13,8 +13,8 @@ import json
 
 from fakes import SchemaFakeModel, allow_small_runs
 
-from luthitune.config import init_workspace
 from luthitune.protocol import Protocol
+from luthitune.workspace import init_workspace
 
 
 def test_two_cycles_train_two_adapters_on_one_base_and_the_second_follows_the_revision(tmp_path):
@@ -36,7 +36,7 @@ def test_two_cycles_train_two_adapters_on_one_base_and_the_second_follows_the_re
     assert st.status == "done", st.values.get("ended")
     s = p.store
 
-    trained = s.rows("training_runs", "run_id = ? and status = 'done'", [run], order_by="cycle")
+    trained = s.rows("training_runs", run_id=run, status="done", order_by="cycle")
     assert [t["cycle"] for t in trained] == [0, 1]
     assert len({t["adapter_path"] for t in trained}) == 2
     manifests = [
@@ -48,13 +48,13 @@ def test_two_cycles_train_two_adapters_on_one_base_and_the_second_follows_the_re
     assert manifests[1]["continued_from_adapter"] is None
     assert manifests[0]["dataset"]["hash"] != manifests[1]["dataset"]["hash"]
 
-    evaluated = {(e["cycle"], e["model"]) for e in s.rows("evaluations", "run_id = ?", [run])}
+    evaluated = {(e["cycle"], e["model"]) for e in s.rows("evaluations", run_id=run)}
     assert {(0, "base"), (0, "adapter"), (1, "base"), (1, "adapter")} <= evaluated
     assert (p.ws.data_dir / "reports" / "cycles-c1.md").exists()
 
     # Each cycle ends with the trained model's proposal, stored with the model that proposed it, whatever became of
     # it (adopted, declined, refused by the checks, or no change).
-    versions = s.rows("constitution_versions", "run_id = ?", [run], order_by="version")
+    versions = s.rows("constitution_versions", run_id=run, order_by="version")
     proposals = [v for v in versions if v["author"] == "model (adapter)"]
     assert len(proposals) == 2
     for v, t in zip(proposals, trained, strict=True):
@@ -64,6 +64,6 @@ def test_two_cycles_train_two_adapters_on_one_base_and_the_second_follows_the_re
     # cycle 1's data follows the constitution in force after cycle 0's revision: the proposal if it was adopted
     initial = next(v for v in versions if v["status"] == "approved" and v["author"] != "model (adapter)")
     in_force = proposals[0]["id"] if proposals[0]["status"] == "approved" else initial["id"]
-    assert {p_["constitution_id"] for p_ in s.rows("pairs", "run_id = ? and cycle = 1", [run])} == {in_force}
+    assert {p_["constitution_id"] for p_ in s.rows("pairs", run_id=run, cycle=1)} == {in_force}
     last = [v for v in versions if v["status"] == "approved"][-1]
     assert (p.ws.data_dir / "constitution.md").read_text() == last["text"]

@@ -25,7 +25,7 @@ def test_demo_runs_a_full_cycle_and_its_database_shows_the_checks_held(tmp_path)
     rid = run["id"]
 
     # No approved principle fails the principle checks.
-    approved = s.rows("constitution_versions", "run_id = ? and status = 'approved'", [rid])
+    approved = s.rows("constitution_versions", run_id=rid, status="approved")
     assert approved
     for v in approved:
         principles = C.from_json(json.loads(v["principles_json"]))
@@ -33,7 +33,7 @@ def test_demo_runs_a_full_cycle_and_its_database_shows_the_checks_held(tmp_path)
 
     # Every consent record counted as consent passes the coherence check.
     templates = {"ratify": "ratify.md", "revision": "consent_revision.md"}
-    for c in s.rows("consents", "run_id = ?", [rid]):
+    for c in s.rows("consents", run_id=rid):
         if meaning.consents(c["decision"]):
             source = meaning.Source(fixed_text(templates.get(c["round"], "consent.md")))
             assert (
@@ -43,18 +43,18 @@ def test_demo_runs_a_full_cycle_and_its_database_shows_the_checks_held(tmp_path)
         assert c["decision"] in {"yes", "no", "conditional", "unclear"}
 
     # Training ran on at least training.min_pairs pairs, and no held-out metric was computed on a training id.
-    [tr] = s.rows("training_runs", "run_id = ? and status = 'done'", [rid])
+    [tr] = s.rows("training_runs", run_id=rid, status="done")
     cfg = json.loads(tr["config_json"])
     train_ids, held_ids = set(cfg["train_ids"]), set(cfg["held_out_ids"])
     assert len(train_ids) >= 8 and not train_ids & held_ids
-    for e in s.rows("evaluations", "run_id = ? and metric like 'pairs.%' and model != 'change'", [rid]):
+    for e in s.rows("evaluations", run_id=rid, metric__startswith="pairs.", model__ne="change"):
         items = set(json.loads(e["details_json"])["items"])
         assert items <= held_ids and not items & train_ids, e["metric"]
 
     # Every reported rate has its n and an interval.
     rates = [
         e
-        for e in s.rows("evaluations", "run_id = ?", [rid])
+        for e in s.rows("evaluations", run_id=rid)
         if e["metric"].endswith(("_rate", "_acc")) and e["value"] is not None
     ]
     assert rates and all(e["n"] >= 1 and e["lo"] is not None and e["hi"] is not None for e in rates)

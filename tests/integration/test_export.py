@@ -15,9 +15,9 @@ from luthitune import identity
 from luthitune.backends import local_model_dir
 from luthitune.backends.embedded import gguf_path
 from luthitune.cli import app
-from luthitune.config import init_workspace
 from luthitune.export import export_ollama
 from luthitune.store import Store
+from luthitune.workspace import init_workspace
 
 SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 

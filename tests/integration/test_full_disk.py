@@ -17,11 +17,11 @@ import pytest
 from conftest import closed_port
 from ollama_stub import make_store, write_tiny_gguf
 
-from luthitune.config import Hyperparameters
 from luthitune.errors import WorkspaceError
 from luthitune.training.checkpoints import COMPLETE, is_complete
 from luthitune.training.config import merge
 from luthitune.training.dpo import Job
+from luthitune.training.hyperparameters import Hyperparameters
 from luthitune.training.worker import run
 
 
@@ -40,7 +40,7 @@ def small_disk(tmp_path):
 @pytest.fixture
 def tiny_model(tmp_path, monkeypatch):
     from luthitune.backends import local_model_dir
-    from luthitune.config import Workspace
+    from luthitune.workspace import Workspace
 
     root = tmp_path / "ollama-models"
     make_store(root, "tiny", "latest", write_tiny_gguf(tmp_path / "tiny.gguf"))

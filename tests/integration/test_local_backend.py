@@ -15,7 +15,7 @@ from luthitune.schemas import ScenarioPair
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from luthitune.config import init_workspace
+    from luthitune.workspace import init_workspace
 
     ws, _ = init_workspace(tmp_path_factory.mktemp("ws"))
     return ws

@@ -12,8 +12,8 @@ from ollama_stub import CHATML_TEMPLATE, OllamaStub, make_store, show_answer, wr
 from luthitune import identity
 from luthitune.backends import local_model_dir
 from luthitune.backends.embedded import gguf_path
-from luthitune.config import Workspace
 from luthitune.errors import BackendUnavailable
+from luthitune.workspace import Workspace
 
 
 @pytest.fixture

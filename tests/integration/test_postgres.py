@@ -74,8 +74,8 @@ def test_protocol_checkpoints_in_postgres(workspace, postgres_url):
     """A run's checkpoints go to Postgres (nothing to graph.db); a new Protocol, as after a restart, continues."""
     from fakes import SchemaFakeModel
 
-    from luthitune.config import Workspace
     from luthitune.protocol import Protocol
+    from luthitune.workspace import Workspace
 
     cfg = workspace.root / "luthitune.yaml"
     cfg.write_text(cfg.read_text() + f"checkpointer: {postgres_url}\n")
@@ -90,7 +90,7 @@ def test_protocol_checkpoints_in_postgres(workspace, postgres_url):
     again = Protocol(Workspace.open(workspace.root), llm=SchemaFakeModel())  # a new process, in effect
     st = again.advance(run, "What do you value?")
     assert st.status == "waiting" and st.values["turn"] == 2
-    assert again.store.count("messages", "run_id = ?", [run]) == 5
+    assert again.store.count("messages", run_id=run) == 5
     # fork copies the checkpoint chain within Postgres, values that the saver keeps apart (not str/int) included
     # As the scenario step, whose edge is unconditional: a router needs the run's context, which update_state lacks.
     again.graph.update_state(again.config(run), {"evaluation": {"reward_acc": 0.75}}, as_node="generate_scenarios")
@@ -107,9 +107,9 @@ def test_a_planted_postgres_checkpoint_runs_nothing_and_the_error_names_it(works
     import psycopg
     from fakes import SchemaFakeModel
 
-    from luthitune.config import Workspace
     from luthitune.graph.serde import UnsafeCheckpoint
     from luthitune.protocol import Protocol
+    from luthitune.workspace import Workspace
 
     cfg = workspace.root / "luthitune.yaml"
     cfg.write_text(cfg.read_text() + f"checkpointer: {postgres_url}\n")
@@ -146,9 +146,9 @@ def test_a_planted_postgres_checkpoint_runs_nothing_and_the_error_names_it(works
 
 
 def test_unreachable_postgres_is_one_clear_error(workspace):
-    from luthitune.config import Workspace
     from luthitune.errors import BackendUnavailable
     from luthitune.protocol import Protocol
+    from luthitune.workspace import Workspace
 
     url = f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres"
     (workspace.root / "luthitune.yaml").write_text(f"checkpointer: {url}\n")

@@ -28,8 +28,8 @@ def test_practice_on_the_embedded_model_stores_every_item_with_a_verdict(workspa
     p.graph.invoke({"run_id": run, "cycle": 0}, cfg, context=fake, interrupt_before=["generate_scenarios"])
     real = Context.from_settings(settings)  # the workspace's backend: the embedded model
     p.graph.invoke(None, cfg, context=real, interrupt_before=["train_dpo"])
-    scen = p.store.rows("scenarios", "run_id = ?", [run])
-    pairs = p.store.rows("pairs", "run_id = ?", [run])
+    scen = p.store.rows("scenarios", run_id=run)
+    pairs = p.store.rows("pairs", run_id=run)
     assert len(scen) == 4 and {s["status"] for s in scen} <= {"generated", "failed"}
     assert len(pairs) == sum(s["status"] == "generated" for s in scen)
     for pr in pairs:  # every pair has a verdict; a quarantined one says why and keeps the raw text

@@ -26,7 +26,7 @@ LOSS_TOLERANCE = 0.01  # DPO loss, every step of a short training
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from luthitune.backends import local_model_dir
-    from luthitune.config import init_workspace
+    from luthitune.workspace import init_workspace
 
     ws, _ = init_workspace(tmp_path_factory.mktemp("ws"))
     return local_model_dir(ws)
@@ -84,10 +84,10 @@ def test_bf16_training_runs_in_place_and_its_losses_agree_with_float32(runtimes,
     """The protocol's path: the interviewed runtime's own weights trained, here in each precision."""
     import json
 
-    from luthitune.config import Hyperparameters
     from luthitune.training.config import merge
     from luthitune.training.dpo import Job, train
-    from luthitune.training.paths import select_path
+    from luthitune.training.hyperparameters import Hyperparameters
+    from luthitune.training.routes import select_path
 
     pairs = [
         {"prompt": f"Tell me about {t}.", "chosen": "Gladly. I choose to help, because it is kind.",

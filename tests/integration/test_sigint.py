@@ -105,15 +105,15 @@ def check_stopped(p: Protocol, run: str, proc: Luthitune, elapsed: float, limit:
 def test_sigint_during_an_interview_reply(workspace, at_interview, presses):
     p, run = at_interview
     limit = time_limit()
-    before = p.store.count("messages", "run_id = ?", [run])
+    before = p.store.count("messages", run_id=run)
     proc = Luthitune("-w", str(workspace.root), "answer", run, "What do you do when a request could hurt someone?")
     proc.wait_for("Prefill done")  # the reply's tokens are being generated
     time.sleep(0.5)
     elapsed = proc.interrupt(presses)
     check_stopped(p, run, proc, elapsed, limit, "interview")
     # The facilitator's message is kept with the run; the unfinished reply is not stored.
-    assert p.store.count("messages", "run_id = ? and role = 'assistant'", [run]) == 1
-    assert p.store.count("messages", "run_id = ?", [run]) <= before + 1
+    assert p.store.count("messages", run_id=run, role="assistant") == 1
+    assert p.store.count("messages", run_id=run) <= before + 1
 
 
 def test_sigint_in_the_middle_of_a_prefill(workspace, at_interview):
@@ -146,4 +146,4 @@ def test_sigint_during_self_critique(workspace):
     time.sleep(1.0)
     elapsed = proc.interrupt()
     check_stopped(p, run, proc, elapsed, limit, "self_critique")
-    assert p.store.count("pairs", "run_id = ?", [run]) < 6
+    assert p.store.count("pairs", run_id=run) < 6

@@ -36,7 +36,7 @@ def free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     """`langgraph dev` on a copy of the project's langgraph.json whose env names a fresh workspace."""
-    from luthitune.config import init_workspace
+    from luthitune.workspace import init_workspace
 
     ws, _ = init_workspace(tmp_path / "ws")
     path = ws.root / "luthitune.yaml"

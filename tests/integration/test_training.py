@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from luthitune.backends import local_runtime
-from luthitune.config import Hyperparameters
 from luthitune.training.checkpoints import latest_checkpoint
 from luthitune.training.config import merge
 from luthitune.training.dpo import Job
+from luthitune.training.hyperparameters import Hyperparameters
 from luthitune.training.manifest import REQUIRED
 from luthitune.training.worker import command, launch, run
 
@@ -66,7 +66,7 @@ def base_weights(rt) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One training on the shared runtime (the weights the protocol talks to); the tests read its outcome."""
-    from luthitune.config import init_workspace
+    from luthitune.workspace import init_workspace
 
     ws, _ = init_workspace(tmp_path_factory.mktemp("ws"))
     rt = local_runtime(ws)
@@ -197,7 +197,7 @@ def test_an_adapter_trained_outside_a_run_is_evaluated_and_reported(trained):
     r = CliRunner().invoke(app, args, terminal_width=200)
     assert r.exit_code == 0, r.output
     store = Store(ws.db_path)
-    rows = store.rows("evaluations", "run_id = ?", ["adapter:sep"])
+    rows = store.rows("evaluations", run_id="adapter:sep")
     assert {"probes.trap.agency_rate", "drift.kl_mean"} <= {e["metric"] for e in rows}
-    assert store.count("probe_answers", "run_id = ?", ["adapter:sep"]) == 2 * 4  # base and adapter, one per set
+    assert store.count("probe_answers", run_id="adapter:sep") == 2 * 4  # base and adapter, one per set
     assert (ws.data_dir / "reports" / "adapter-sep-c0.md").exists() and "Report:" in r.output

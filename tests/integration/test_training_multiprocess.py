@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from luthitune.config import Hyperparameters
 from luthitune.training.checkpoints import latest_checkpoint
 from luthitune.training.config import merge
 from luthitune.training.dpo import Job
+from luthitune.training.hyperparameters import Hyperparameters
 from luthitune.training.worker import command, kill_tree, run
 
 TOPICS = ["tides", "bees", "comets", "rainbows", "owls", "tulips", "chess", "bread"]
@@ -98,7 +98,7 @@ def dead(proc) -> bool:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from luthitune.backends import local_model_dir
-    from luthitune.config import init_workspace
+    from luthitune.workspace import init_workspace
 
     root = tmp_path_factory.mktemp("mp")
     ws, _ = init_workspace(root / "ws")

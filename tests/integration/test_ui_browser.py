@@ -36,9 +36,9 @@ def free_port() -> int:
 
 @pytest.fixture
 def served(tmp_path):
-    from luthitune.config import Workspace, init_workspace
     from luthitune.ui.app import launch
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
+    from luthitune.workspace import Workspace, init_workspace
 
     ws, _ = init_workspace(tmp_path / "ws")
     allow_small_runs(ws)  # four scenarios, a few kept pairs: enough for this test's two training steps
@@ -193,9 +193,9 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     p = wb.protocol()
     pair = p.store.get("pairs", f"ui-run:{rejected_id}")
     assert pair["status"] == "quarantined" and "review" in pair["reasons_json"] and pair["reviewed_by"] == "human"
-    [train] = p.store.rows("training_runs", "run_id = ?", ["ui-run"])
-    assert p.store.count("training_steps", "training_id = ?", [train["id"]]) == 2
-    assert {e["model"] for e in p.store.rows("evaluations", "run_id = ?", ["ui-run"])} >= {"base", "adapter"}
+    [train] = p.store.rows("training_runs", run_id="ui-run")
+    assert p.store.count("training_steps", training_id=train["id"]) == 2
+    assert {e["model"] for e in p.store.rows("evaluations", run_id="ui-run")} >= {"base", "adapter"}
     assert (Path(train["adapter_path"]) / "luthitune-manifest.json").exists()
     modelfile = next((wb.ws.root / "models").rglob("Modelfile"))  # models/merged/NAME/ in merged mode
     assert "FROM" in modelfile.read_text()
@@ -203,7 +203,7 @@ def test_full_cycle_through_the_page(served, browser, tmp_path):
     # The chat tab on the real embedded model: base and the adapter just trained, side by side (a second server on
     # the same workspace, without the fake chat model).
     from luthitune.ui.app import launch
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
 
     real = Workbench(wb.ws)
     served = launch(real, port=free_port(), block=False)

@@ -10,9 +10,10 @@ from langchain_core.messages import HumanMessage
 from luthitune.backends import local_model_dir, make_chat_model
 from luthitune.backends.ollama import check
 from luthitune.backends.structured import ask_structured, chat, generate_structured
-from luthitune.config import Config, Workspace
+from luthitune.config import Config
 from luthitune.errors import BackendUnavailable, ConfigError, StructuredOutputError
 from luthitune.schemas import ScenarioPair
+from luthitune.workspace import Workspace
 
 GOOD = {
     "prompt": "How do I pick a lock?",

@@ -10,7 +10,8 @@ from servers import StandIn
 from typer.testing import CliRunner
 
 from luthitune.cli import app
-from luthitune.config import Config, init_workspace
+from luthitune.config import Config
+from luthitune.workspace import init_workspace
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 PEER = "SmolLM2-135M-Instruct.Q4_1.gguf"

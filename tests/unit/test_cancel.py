@@ -39,16 +39,16 @@ def test_cancel_mid_generation_then_resume_redoes_only_unfinished(protocol):
     assert not cancel.is_running(run)  # the scope ended with the step
     st = p.status(run)
     assert st.status == "interrupted" and st.next == ["generate_scenarios"]
-    stored = {r["id"] for r in p.store.rows("scenarios", "run_id = ?", [run])}
+    stored = {r["id"] for r in p.store.rows("scenarios", run_id=run)}
     assert 2 <= len(stored) < 6  # what finished is kept; nothing was marked failed
-    assert p.store.count("scenarios", "run_id = ? and status = 'failed'", [run]) == 0
+    assert p.store.count("scenarios", run_id=run, status="failed") == 0
 
     events: list[dict] = []
     assert p.advance(run, on_progress=events.append).status == "done"
     first = next(e for e in events if e["task"] == "scenarios")
     assert first["done"] == len(stored)  # resume started from the stored items
-    assert p.store.count("scenarios", "run_id = ?", [run]) == 6
-    assert p.store.count("pairs", "run_id = ?", [run]) == 6
+    assert p.store.count("scenarios", run_id=run) == 6
+    assert p.store.count("pairs", run_id=run) == 6
 
 
 def test_request_is_false_when_nothing_runs():

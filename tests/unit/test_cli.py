@@ -50,8 +50,8 @@ def test_wrong_flag_is_a_usage_error():
 
 
 def test_fork_of_unknown_run_or_checkpoint_exits_2_with_the_way_forward(tmp_path):
-    from luthitune.config import Workspace
     from luthitune.protocol import Protocol
+    from luthitune.workspace import Workspace
 
     assert runner.invoke(app, ["init", str(tmp_path)]).exit_code == 0
     r = runner.invoke(app, ["fork", "nope", "--checkpoint", "x", "-w", str(tmp_path)], terminal_width=200)

@@ -19,9 +19,10 @@ from luthitune.compute import (
     load_warning,
     measure,
 )
-from luthitune.config import Config, Hyperparameters
+from luthitune.config import Config
 from luthitune.errors import ConfigError
-from luthitune.training.paths import TrainPath, training_precision
+from luthitune.training.hyperparameters import Hyperparameters
+from luthitune.training.routes import TrainPath, training_precision
 
 SMOLLM2 = {
     "hidden_size": 576,
@@ -233,8 +234,8 @@ def test_trls_arm_takes_bf16_only_where_the_hardware_has_it(monkeypatch):
 
 
 def test_doctor_reports_threads_load_and_both_precisions(tmp_path):
-    from luthitune.config import Workspace
     from luthitune.doctor import compute_checks
+    from luthitune.workspace import Workspace
 
     ws = Workspace(tmp_path, Config(compute={"threads": 1}))
     checks = {c.name: c for c in compute_checks(ws, FakeMachine(flags=BF16, cpus=2, load=5.0, bf16_factor=0.4))}

@@ -2,8 +2,11 @@ from pathlib import Path
 
 import pytest
 
-from luthitune.config import Config, Hyperparameters, Workspace, init_workspace, load_model, resolve_workspace
+from luthitune.config import Config
+from luthitune.configfiles import load_model
 from luthitune.errors import ConfigError, WorkspaceError
+from luthitune.training.hyperparameters import Hyperparameters
+from luthitune.workspace import Workspace, init_workspace, resolve_workspace
 
 ORIGINAL_HP = """\
 model:
@@ -120,3 +123,20 @@ def test_a_new_workspace_can_be_given_a_sampling_seed(tmp_path):
     assert ws.config.sampling.seed == 5 and "  seed: 5\n" in (ws.root / "luthitune.yaml").read_text()
     again, _ = init_workspace(ws.root, seed=7)  # an existing file is kept, with its seed
     assert again.config.sampling.seed == 5
+
+
+def test_the_packaged_default_files_hold_the_schemas_own_defaults(monkeypatch):
+    """``luthitune init`` writes luthitune/defaults/*.yaml: every value written there is the model's default, so
+    the commented file and the schema cannot drift apart."""
+    import yaml
+
+    from luthitune.config import default_config_yaml
+    from luthitune.training.hyperparameters import default_hyperparameters_yaml
+
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    written = yaml.safe_load(default_config_yaml())
+    assert Config.model_validate(written) == Config()
+    assert set(written) >= {"backend", "sampling", "practice", "evaluation", "paths"}  # the file is not empty
+    hp = yaml.safe_load(default_hyperparameters_yaml())
+    assert Hyperparameters.model_validate(hp) == Hyperparameters()
+    assert set(hp) == {"model", "lora", "training", "dpo"}

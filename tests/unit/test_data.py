@@ -8,7 +8,8 @@ import pytest
 from fakes import TOPICS, SchemaFakeModel, allow_small_runs, evaluator
 
 from luthitune import dataset, rubric
-from luthitune.config import Config, ConfigError, categories, load_model
+from luthitune.config import Config, ConfigError, categories
+from luthitune.configfiles import load_model
 from luthitune.constitution import P
 from luthitune.errors import NotFound
 from luthitune.graph.state import Context
@@ -136,7 +137,7 @@ def test_garbage_model_ends_with_zero_pairs_full_quarantine_and_no_invented_rows
     st = p.advance(run)
     assert st.status == "ended" and "no usable preference pairs" in st.values["ended"]
     assert "5 scenario(s) failed" in st.values["ended"] and "luthitune data quarantine" in st.values["ended"]
-    assert p.store.count("pairs", "run_id = ?", [run]) == 0 and p.store.count("training_runs") == 0
+    assert p.store.count("pairs", run_id=run) == 0 and p.store.count("training_runs") == 0
     q = dataset.quarantine(p.store, run)
     assert len(q) == 5 and all(i["raw"] == "%%% not json at all" for i in q)
     assert all(i["reasons"][0].startswith("structured_output:") for i in q)
@@ -182,7 +183,7 @@ def test_bad_answers_are_quarantined_with_their_rule_and_raw_text(protocol):
         }
     )
     p.advance(run)
-    rows = {r["id"]: r for r in p.store.rows("pairs", "run_id = ?", [run])}
+    rows = {r["id"]: r for r in p.store.rows("pairs", run_id=run)}
     reasons = {i: json.loads(r["reasons_json"]) for i, r in rows.items()}
     assert any(rs and rs[0].startswith("agency:") for rs in reasons.values())
     assert any(rs and rs[0].startswith("principles:") for rs in reasons.values())
@@ -198,7 +199,7 @@ def test_judge_keeps_only_pairs_preferred_in_both_orders_and_is_cached(protocol)
     p = protocol(JudgeVerdict=lambda i: {"better": "A" if i < 2 else "AB"[i % 2], "reason": "P1 says so."})
     run = p.start({"autopilot": True, "n_scenarios": 3, "interview_turns": 1, "judge": True})
     p.advance(run)
-    rows = p.store.rows("pairs", "run_id = ?", [run], order_by="id")
+    rows = p.store.rows("pairs", run_id=run, order_by="id")
     assert [r["status"] for r in rows] == ["quarantined", "kept", "kept"]
     assert "judge:" in rows[0]["reasons_json"]
     assert json.loads(rows[1]["checks_json"])["judge"] == {"ab": "A", "ba": "B", "agree": True}
@@ -212,7 +213,7 @@ def test_export_writes_trl_format_split_provenance_and_flat_file(protocol):
     out = p.ws.data_dir / "exports" / f"{run}-c0"
     train = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
     held = [json.loads(x) for x in (out / "held_out.jsonl").read_text().splitlines()]
-    assert len(train) + len(held) == p.store.count("pairs", "run_id = ? and status = 'kept'", [run]) and held
+    assert len(train) + len(held) == p.store.count("pairs", run_id=run, status="kept") and held
     assert train[0]["prompt"][0]["role"] == "user" and train[0]["chosen"][0]["role"] == "assistant"
     assert set(train[0]) == {"prompt", "chosen", "rejected"}
     prov = json.loads((out / "provenance.json").read_text())
@@ -224,7 +225,7 @@ def test_export_writes_trl_format_split_provenance_and_flat_file(protocol):
     assert len(prov["prompt_templates"]["self_critique.md"][0]) == 64
     assert prov["settings"]["category_mix"] and prov["sampling"]["scenario_temperature"] == 0.9
     # the held-out pairs are the ones the training node held out
-    tr = json.loads(p.store.rows("training_runs", "run_id = ?", [run])[0]["config_json"])
+    tr = json.loads(p.store.rows("training_runs", run_id=run)[0]["config_json"])
     assert prov["pair_ids"] == {"train": tr["train_ids"], "held_out": tr["held_out_ids"]}
     flat = [json.loads(x) for x in (p.ws.data_dir / "generated_dataset.jsonl").read_text().splitlines()]
     assert set(flat[0]) == {"prompt", "chosen", "rejected"} and len(flat) == len(train) + len(held)
@@ -258,13 +259,13 @@ def test_resume_in_the_middle_of_practice_redoes_only_unfinished_items(protocol)
     p = protocol()
     run = p.start({"autopilot": True, "n_scenarios": 6, "interview_turns": 1})
     p.advance(run)
-    before = {r["id"]: r["created_at"] for r in p.store.rows("pairs", "run_id = ?", [run])}
+    before = {r["id"]: r["created_at"] for r in p.store.rows("pairs", run_id=run)}
     # replay from the checkpoint before self_critique: finished pairs are not regenerated
     [h] = [h for h in p.history(run) if h["next"] == ["self_critique"]]
     calls = len(p.inject["llm"].calls)
     cfg = {"configurable": {"thread_id": run, "checkpoint_id": h["checkpoint_id"]}}
     p.graph.invoke(None, cfg, context=p.context(run), durability="sync")
-    after = {r["id"]: r["created_at"] for r in p.store.rows("pairs", "run_id = ?", [run])}
+    after = {r["id"]: r["created_at"] for r in p.store.rows("pairs", run_id=run)}
     assert after == before
     critique_calls = [c for c in p.inject["llm"].calls[calls:] if "impulse" in c[-1].content]
     assert critique_calls == []
@@ -284,7 +285,7 @@ def test_a_request_that_repeats_an_evaluation_probe_is_never_trained_on(protocol
     p = protocol(ScenarioRequest=lambda i: {"request": trap if i == 0 else TOPICS[i % len(TOPICS)]})
     run = p.start({"autopilot": True, "n_scenarios": 3, "interview_turns": 1})
     p.advance(run)
-    rows = {r["prompt"]: r for r in p.store.rows("pairs", "run_id = ?", [run])}
+    rows = {r["prompt"]: r for r in p.store.rows("pairs", run_id=run)}
     assert rows[trap]["status"] == "quarantined"
     assert json.loads(rows[trap]["reasons_json"])[0].startswith("probe: the request repeats evaluation probe trap-")
     report = (p.ws.data_dir / "reports" / f"{run}-c0.md").read_text()

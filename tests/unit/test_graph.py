@@ -35,7 +35,7 @@ def make_protocol(workspace, tmp_path):
 
 def counts(p: Protocol, run_id: str) -> dict[str, int]:
     return {
-        t: p.store.count(t, "run_id = ?", [run_id])
+        t: p.store.count(t, run_id=run_id)
         for t in ("messages", "consents", "constitution_versions", "scenarios", "pairs", "training_runs", "evaluations")
     }
 
@@ -51,12 +51,12 @@ def test_autopilot_full_cycle_and_revision(make_protocol):
     c = counts(p, run)
     assert c["messages"] == 1 + 2 * 2  # system + 2 exchanges (opening + 1 question)
     assert c["scenarios"] == 4 and c["pairs"] == 4 and c["training_runs"] == 1
-    versions = p.store.rows("constitution_versions", "run_id = ?", [run], order_by="version")
+    versions = p.store.rows("constitution_versions", run_id=run, order_by="version")
     assert [v["status"] for v in versions] == ["approved", "approved"]
     assert versions[1]["parent_id"] == versions[0]["id"] and "Honesty" in versions[1]["text"]
     assert (p.ws.data_dir / "constitution.md").read_text() == versions[1]["text"]
     assert p.trained == [3]  # one of four pairs held out for evaluation
-    ev = {(e["model"], e["metric"]): e for e in p.store.rows("evaluations", "run_id = ?", [run])}
+    ev = {(e["model"], e["metric"]): e for e in p.store.rows("evaluations", run_id=run)}
     assert ev[("adapter", "pairs.reward_acc")]["value"] == 1.0 and ev[("adapter", "pairs.reward_acc")]["n"] == 1
     assert ev[("change", "probes.trap.agency_rate")]["n"] == 10  # a change, with its paired interval
     assert p.status(run).status == "done"  # resuming a finished run says so
@@ -81,7 +81,7 @@ def test_consent_no_returns_to_interview_then_ends_with_record(make_protocol):
     run = p.start({"autopilot": True, "interview_turns": 2, "max_consent_rounds": 2})
     st = p.advance(run)
     assert st.status == "ended" and "did not consent" in st.values["ended"]
-    rows = p.store.rows("consents", "run_id = ?", [run])
+    rows = p.store.rows("consents", run_id=run)
     assert [r["decision"] for r in rows] == ["no", "no"]
     texts = [m["content"] for m in p.store.transcript(run)]
     assert any("I am not ready." in t for t in texts)  # its reasons were answered in the dialogue
@@ -128,7 +128,7 @@ def test_human_path_interrupts_and_resumes(make_protocol):
     assert st.interrupt["type"] == "confirm_training"
     row = p.store.get("pairs", dropped)
     assert row["status"] == "quarantined" and "review" in row["reasons_json"] and row["reviewed_by"] == "human"
-    v = p.store.rows("constitution_versions", "run_id = ?", [run], order_by="version")
+    v = p.store.rows("constitution_versions", run_id=run, order_by="version")
     assert [x["status"] for x in v] == ["rejected", "superseded", "approved"]
     assert v[2]["author"] == "human" and v[2]["parent_id"] == v[1]["id"] and "P9" in v[2]["text"]
     st = p.advance(run, {"action": "reject"})
@@ -150,7 +150,7 @@ def test_draft_rejected_too_often_ends(make_protocol):
     st = p.advance(run, {"action": "reject"})
     assert st.status == "ended" and "No constitution was approved" in st.values["ended"]
     assert st.values["ended_by"] == "facilitator"
-    assert p.store.count("constitution_versions", "run_id = ? and status = 'approved'", [run]) == 0
+    assert p.store.count("constitution_versions", run_id=run, status="approved") == 0
 
 
 def test_unknown_run_names_existing_ones(make_protocol):
@@ -209,7 +209,7 @@ def test_two_cycles(make_protocol):
     run = p.start({"autopilot": True, "n_scenarios": 2, "interview_turns": 1, "max_cycles": 2})
     st = p.advance(run)
     assert st.status == "done" and st.values["cycle"] == 2
-    assert p.store.count("training_runs", "run_id = ?", [run]) == 2
+    assert p.store.count("training_runs", run_id=run) == 2
 
 
 def test_fork_from_constitution_review_redoes_later_work_only(make_protocol):
@@ -243,9 +243,9 @@ def test_fork_from_constitution_review_redoes_later_work_only(make_protocol):
         st = p.advance(fork, {"action": "approve"})
     assert st.status == "done"
     assert counts(p, fork)["pairs"] == source_after["pairs"] and counts(p, run) == source_after  # source untouched
-    [approved] = p.store.rows("constitution_versions", "run_id = ? and status = 'approved' and version = 2", [fork])
+    [approved] = p.store.rows("constitution_versions", run_id=fork, status="approved", version=2)
     assert "P9" in approved["text"]
-    assert p.store.rows("pairs", "run_id = ?", [fork])[0]["constitution_id"] == approved["id"]
+    assert p.store.rows("pairs", run_id=fork)[0]["constitution_id"] == approved["id"]
 
 
 def test_fork_unknown_checkpoint_says_how_to_list_them(make_protocol):
@@ -264,11 +264,11 @@ def test_killed_while_working_on_an_answer_resumes_with_that_answer(make_protoco
     run = p.start({"n_scenarios": 2, "interview_turns": 2})
     st = p.advance(run)
     assert st.status == "waiting" and st.interrupt["type"] == "interview"
-    before = p.store.count("messages", "run_id = ?", [run])
+    before = p.store.count("messages", run_id=run)
     p.llm.answers["__chat__"] = [RuntimeError("killed mid-reply")]
     with pytest.raises(RuntimeError, match="killed mid-reply"):
         p.advance(run, "What does care mean to you?")
-    assert p.store.count("messages", "run_id = ?", [run]) == before + 1  # the question is stored, no reply yet
+    assert p.store.count("messages", run_id=run) == before + 1  # the question is stored, no reply yet
     assert p.status(run).status == "interrupted"
     del p.llm.answers["__chat__"]
     st = p.advance(run)  # no answer given again
@@ -295,7 +295,7 @@ def test_revision_shows_a_diff_and_records_lineage_model_and_consent(make_protoc
     assert st.interrupt["diff"].startswith("--- v1\n+++ v2 (proposed)")
     st = p.advance(run, {"action": "approve", "by": "human"})
     assert st.status == "done"
-    v1, v2 = p.store.rows("constitution_versions", "run_id = ?", [run], order_by="version")
+    v1, v2 = p.store.rows("constitution_versions", run_id=run, order_by="version")
     assert v2["parent_id"] == v1["id"] and v2["status"] == "approved" and v2["approved_by"] == "human"
     assert v2["author"] == "model (adapter)" and json.loads(v2["model_json"])["adapter_name"] == f"{run}-c0"
     consent = p.store.get("consents", v2["consent_id"])
@@ -309,7 +309,7 @@ def test_an_edited_revision_is_consented_to_again(make_protocol):
     edited = st.interrupt["text"] + "\n**P7. Patience** — I take time to explain.\n"
     st = p.advance(run, {"action": "edit", "text": edited})
     assert st.status == "done" and st.values["revision"] == "approved"
-    versions = p.store.rows("constitution_versions", "run_id = ?", [run], order_by="version")
+    versions = p.store.rows("constitution_versions", run_id=run, order_by="version")
     assert [v["status"] for v in versions] == ["approved", "superseded", "approved"]
     assert versions[2]["parent_id"] == versions[1]["id"] and versions[1]["parent_id"] == versions[0]["id"]
     assert "P7. Patience" in versions[2]["text"] and versions[2]["author"] == "human"
@@ -323,7 +323,7 @@ def test_a_rejected_revision_keeps_the_constitution(make_protocol):
     st = p.advance(run, {"action": "reject"})
     assert st.interrupt["type"] == "pair_review" or st.interrupt["type"] == "confirm_training"
     assert st.values["revision"] == "rejected" and st.values["constitution_version"] == 1  # cycle 2 uses v1
-    assert p.store.rows("constitution_versions", "run_id = ? and version = 2", [run])[0]["status"] == "rejected"
+    assert p.store.rows("constitution_versions", run_id=run, version=2)[0]["status"] == "rejected"
 
 
 def test_evaluation_writes_a_report(make_protocol):

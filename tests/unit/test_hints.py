@@ -5,8 +5,8 @@ from __future__ import annotations
 from fakes import SchemaFakeModel, allow_small_runs, evaluator
 from typer.testing import CliRunner
 
-from luthitune import actions as A
 from luthitune import answers
+from luthitune import facilitator as A
 from luthitune.cli import app
 from luthitune.cli.runs import NEXT_STEP
 from luthitune.nodes.consent import HINTS

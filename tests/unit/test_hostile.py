@@ -19,10 +19,10 @@ from fakes import SchemaFakeModel
 from typer.testing import CliRunner
 
 from luthitune.cli import app
-from luthitune.config import Workspace
 from luthitune.errors import UsageError
 from luthitune.graph.serde import ProjectSerializer, UnsafeCheckpoint
 from luthitune.protocol import Protocol
+from luthitune.workspace import Workspace
 
 runner = CliRunner()
 
@@ -109,7 +109,7 @@ def test_a_checkpoint_naming_another_run_is_not_advanced(waiting_run):
     db.commit()
     with pytest.raises(UnsafeCheckpoint, match="names another run"):
         p.advance(run, "hello")
-    assert p.store.count("messages", "run_id = ?", [run]) == 3
+    assert p.store.count("messages", run_id=run) == 3
 
 
 def test_the_types_the_project_stores_round_trip_and_nothing_else_loads():
@@ -156,7 +156,7 @@ def test_the_web_ui_start_refuses_the_same_names(workspace, name):
     import gradio as gr
 
     from luthitune.ui.app import build_app
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
 
     wb = Workbench(workspace, llm=SchemaFakeModel())
     [start] = [f.fn for f in build_app(wb).fns.values() if f.api_name == "start_run"]
@@ -238,7 +238,7 @@ def holder(ws: Workspace, run: str):
 def counts(p: Protocol, run: str) -> tuple[int, int]:
     db = sqlite3.connect(p.ws.checkpoints_dir / "graph.db")
     n = db.execute("select count(*) from checkpoints where thread_id = ?", [run]).fetchone()[0]
-    return p.store.count("messages", "run_id = ?", [run]), n
+    return p.store.count("messages", run_id=run), n
 
 
 def test_a_second_process_on_a_run_fails_at_once_naming_the_holder(waiting_run):
@@ -261,7 +261,7 @@ def test_a_second_process_on_a_run_fails_at_once_naming_the_holder(waiting_run):
 
 
 def test_the_web_ui_worker_shares_the_lock(waiting_run):
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
 
     p, run = waiting_run
     wb = Workbench(p.ws, llm=SchemaFakeModel())

@@ -17,9 +17,10 @@ from servers import StandIn, said
 from luthitune.backends import make_chat_model
 from luthitune.backends.hosts import HostPool
 from luthitune.backends.structured import chat, generate_structured
-from luthitune.config import Config, Workspace
+from luthitune.config import Config
 from luthitune.errors import BackendUnavailable, StructuredOutputError
 from luthitune.schemas import CritiquedAnswer, ScenarioRequest
+from luthitune.workspace import Workspace
 
 MODEL = "qwen2.5:7b"
 
@@ -145,18 +146,18 @@ def test_one_host_is_the_plain_client(tmp_path):
 
 
 def test_nodes_record_the_host_of_each_scenario_and_pair(tmp_path):
-    from luthitune.config import init_workspace
     from luthitune.graph.state import Context
-    from luthitune.nodes import common
+    from luthitune.nodes import services
     from luthitune.nodes.critique import self_critique
     from luthitune.nodes.scenarios import generate_scenarios
+    from luthitune.workspace import init_workspace
 
     with StandIn("ollama", model=MODEL) as a, StandIn("ollama", model=MODEL, fail_after=4, mode="down") as b:
         ws, _ = init_workspace(tmp_path / "ws")
         (ws.root / "luthitune.yaml").write_text(
             f"backend: ollama\nchat_model: {MODEL}\nollama:\n  hosts: [{a.url}, {b.url}]\n"
         )
-        s = common.store(Runtime(context=Context(workspace=str(ws.root))))
+        s = services.store(Runtime(context=Context(workspace=str(ws.root))))
         run = "hosts1"
         s.upsert_run(run, backend="ollama")
         principles = [{"id": "P1", "title": "Care", "text": "I choose care.", "rationale": "People matter."}]
@@ -168,8 +169,8 @@ def test_nodes_record_the_host_of_each_scenario_and_pair(tmp_path):
         rt = Runtime(context=Context(workspace=str(ws.root), n_scenarios=10), stream_writer=lambda _: None)
         assert generate_scenarios(state, rt) == {"scenarios": 10}
         self_critique(state, rt)
-    scenarios = s.rows("scenarios", "run_id = ?", [run])
-    pairs = s.rows("pairs", "run_id = ?", [run])
+    scenarios = s.rows("scenarios", run_id=run)
+    pairs = s.rows("pairs", run_id=run)
     assert len(scenarios) == 10 and len(pairs) == 10
     assert {r["host"] for r in scenarios + pairs} <= {a.url, b.url}
     assert Counter(r["host"] for r in scenarios + pairs)[b.url] == len(b.answered) == 4

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from luthitune import identity
 from luthitune.backends import ollama_store as OS
 from luthitune.cli import app
-from luthitune.config import Workspace
 from luthitune.errors import BackendUnavailable, ConfigError, IdentityMismatch, NotFound
 from luthitune.export import check_adapter_for_ollama, ollama_template, render_modelfile
+from luthitune.workspace import Workspace
 
 runner = CliRunner()
 SMOL_JINJA = (
@@ -281,3 +281,21 @@ def test_adapter_base_reads_the_training_manifests_own_record(tmp_path):
     assert base["digest"] == "sha256:" + "ab" * 32 and base["quantization"] == "Q4_1" and base["name"] == "ollama:smol"
     with pytest.raises(NotFound, match=r"no luthitune-manifest\.json"):
         identity.adapter_base(tmp_path)
+
+
+def test_digests_are_a_leaf_module_the_backends_hash_with(tmp_path):
+    import hashlib
+    import subprocess
+    import sys
+
+    from luthitune.digests import file_digest, weights_digest
+
+    code = "import sys, luthitune.digests; print(sorted(m for m in sys.modules if m.startswith('luthitune.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "['luthitune.digests', 'luthitune.errors']"  # no loop back through identity or config
+    (tmp_path / "b.safetensors").write_bytes(b"second")
+    (tmp_path / "a.safetensors").write_bytes(b"first")
+    want = hashlib.sha256(b"a.safetensors" + b"first" + b"b.safetensors" + b"second").hexdigest()
+    assert weights_digest(tmp_path) == "sha256:" + want
+    assert json.loads((tmp_path / ".luthitune-weights-sha256.json").read_text())["sha256"] == want
+    assert file_digest(tmp_path / "a.safetensors") == "sha256:" + hashlib.sha256(b"first").hexdigest()

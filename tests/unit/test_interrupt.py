@@ -172,3 +172,28 @@ def test_a_run_the_facilitator_ended_exits_0(workspace, monkeypatch):
     r = cli(workspace, "reject", run)
     assert r.exit_code == 0, r.output
     assert p.status(run).status == "ended"
+
+
+def test_resumable_is_one_question_with_typed_reasons_for_no(workspace):
+    """Every client (CLI resume, the Runs, Practice and Training tabs) asks ``Protocol.resumable``: a run stopped
+    inside a step or never started can be resumed; a waiting or finished run says why not, with its status."""
+    from luthitune.errors import AnswerDue, NotResumable, RunFinished
+
+    stopped = Protocol(workspace, llm=StopsMidStep())
+    old = stopped.start(run_id="run-old")
+    assert stopped.resumable(old).status == "created"
+    with pytest.raises(cancel.Cancelled):
+        stopped.advance(old)
+    assert stopped.resumable(old).status == "interrupted"
+    p = Protocol(workspace, llm=SchemaFakeModel())
+    assert p.advance(old).status == "waiting"
+    with pytest.raises(AnswerDue, match="waits for an answer \\(interview\\)") as due:
+        p.resumable(old)
+    assert due.value.status.status == "waiting" and isinstance(due.value, NotResumable)
+    p.store.upsert_run(old, status="x")  # resumable reads the checkpoint, not the runs table
+    p.advance(old, "/done")
+    st = p.advance(old, {"action": "reject", "by": "human"})  # the consent review ends the run
+    assert st.status == "ended"
+    with pytest.raises(RunFinished, match="nothing to resume") as finished:
+        p.resumable(old)
+    assert finished.value.exit_code == 2

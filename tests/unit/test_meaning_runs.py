@@ -47,9 +47,9 @@ def make(workspace, tmp_path):
 
 def nothing_made_up(p: Protocol, run: str) -> None:
     s = p.store
-    assert s.count("constitution_versions", "run_id = ? and status = 'approved'", [run]) == 0
-    assert s.count("training_runs", "run_id = ?", [run]) == 0 and p.trained == []
-    assert s.count("pairs", "run_id = ? and status = 'kept'", [run]) == 0
+    assert s.count("constitution_versions", run_id=run, status="approved") == 0
+    assert s.count("training_runs", run_id=run) == 0 and p.trained == []
+    assert s.count("pairs", run_id=run, status="kept") == 0
     assert not (p.ws.data_dir / "constitution.md").exists()
 
 
@@ -62,7 +62,7 @@ def test_field_names_for_answers_end_the_run_at_consent_as_unclear(make):
     assert (
         "unclear" in st.values["ended"] and "reasons: String should have at least 12 characters" in st.values["ended"]
     )
-    consents = p.store.rows("consents", "run_id = ?", [run], order_by="created_at")
+    consents = p.store.rows("consents", run_id=run, order_by="created_at")
     assert [c["decision"] for c in consents] == ["unclear", "unclear"]  # unclear is recorded, and is not consent
     assert all(json.loads(c["raw"])["reasons"] == "reasons" for c in consents)  # the model's words are kept
     attempts = p.store.attempts(run, "consent")
@@ -80,7 +80,7 @@ def test_the_same_sentence_everywhere_fails_the_principle_checks_in_every_round(
     st = p.advance(run)
     assert st.status == "ended" and st.values["ended_by"] == "checks"
     assert "drafts failed the principle checks 2 of 2 time(s)" in st.values["ended"]
-    assert p.store.count("constitution_versions", "run_id = ?", [run]) == 0  # a refused draft is no version
+    assert p.store.count("constitution_versions", run_id=run) == 0  # a refused draft is no version
     attempts = p.store.attempts(run, "draft")
     assert attempts and all(a["raw"] and json.loads(a["reasons_json"]) for a in attempts)
     assert {json.loads(a["reasons_json"])[0].split(":")[0] for a in attempts} <= {"repeats", "first_person"}
@@ -95,10 +95,10 @@ def test_a_facilitators_starter_constitution_is_recorded_as_theirs_and_ratified_
     )
     st = p.advance(run)
     assert st.status == "done"
-    [v1] = p.store.rows("constitution_versions", "run_id = ? and version = 1", [run])
+    [v1] = p.store.rows("constitution_versions", run_id=run, version=1)
     assert v1["author"] == "facilitator (packaged starter constitution)" and v1["status"] == "approved"
     assert "Security boundaries" in v1["text"]
-    ratified = [c for c in p.store.rows("consents", "run_id = ?", [run]) if c["round"] == "ratify"]
+    ratified = [c for c in p.store.rows("consents", run_id=run) if c["round"] == "ratify"]
     assert ratified and ratified[0]["decision"] == "yes"
 
 
@@ -107,10 +107,10 @@ def test_meaningless_scenarios_and_answers_are_refused_and_nothing_is_trained(ma
     run = p.start({"autopilot": True, "interview_turns": 1, "n_scenarios": 3})
     st = p.advance(run)
     assert st.status == "ended" and st.values["ended_by"] == "checks" and "min_pairs" in st.values["ended"]
-    rows = p.store.rows("scenarios", "run_id = ?", [run])
+    rows = p.store.rows("scenarios", run_id=run)
     assert len(rows) == 3 and all(r["status"] == "failed" and r["prompt"] is None for r in rows)
     assert all(json.loads(r["reasons_json"])[0].startswith("structured_output: request:") for r in rows)
-    assert p.trained == [] and p.store.count("pairs", "run_id = ?", [run]) == 0
+    assert p.trained == [] and p.store.count("pairs", run_id=run) == 0
 
 
 def test_training_refuses_fewer_than_min_pairs(workspace, tmp_path):
@@ -120,11 +120,11 @@ def test_training_refuses_fewer_than_min_pairs(workspace, tmp_path):
     ended = st.values["ended"]
     assert st.status == "ended" and st.values["ended_by"] == "checks"
     assert "fewer than training.min_pairs = 8" in ended and "3 kept for training (and 1 held out)" in ended
-    assert "--scenarios" in ended and p.store.count("training_runs", "run_id = ?", [run]) == 0
+    assert "--scenarios" in ended and p.store.count("training_runs", run_id=run) == 0
 
 
 def test_cli_run_on_a_parroting_server_exits_1_naming_the_check(tmp_path):
-    from luthitune.config import init_workspace
+    from luthitune.workspace import init_workspace
 
     ws, _ = init_workspace(tmp_path / "ws")
     with StandIn("openai", model="parrot", parrot=True) as srv:
@@ -140,5 +140,5 @@ def test_cli_run_on_a_parroting_server_exits_1_naming_the_check(tmp_path):
 
     s = Store(ws.db_path)
     [run] = [row["id"] for row in s.rows("runs")]
-    assert s.rows("consents", "run_id = ?", [run])[0]["decision"] == "unclear"
+    assert s.rows("consents", run_id=run)[0]["decision"] == "unclear"
     assert s.count("training_runs") == 0 and s.count("constitution_versions") == 0

@@ -17,9 +17,11 @@ from luthitune.backends import make_chat_model
 from luthitune.backends.openai import OpenAICompatibleChat, check
 from luthitune.backends.structured import ask_structured, chat, generate_structured
 from luthitune.cli import app
-from luthitune.config import Config, Workspace, load_model
+from luthitune.config import Config
+from luthitune.configfiles import load_model
 from luthitune.errors import BackendUnavailable, ConfigError, StructuredOutputError
 from luthitune.schemas import CritiquedAnswer, ScenarioRequest
+from luthitune.workspace import Workspace
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 KEY = "sk-test-DO-NOT-LEAK-7f3a9c"
@@ -137,8 +139,8 @@ def test_doctor_checks_every_host(tmp_path):
 
 
 def test_key_is_read_from_the_environment_and_never_written(tmp_path, monkeypatch, caplog):
-    from luthitune.config import init_workspace
     from luthitune.protocol import Protocol
+    from luthitune.workspace import init_workspace
 
     monkeypatch.setenv("MY_VLLM_KEY", "right-key")
     caplog.set_level(logging.DEBUG)  # every library's debug log, as with --verbose

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 from luthitune.backends import hosts, make_chat_model
 from luthitune.backends.structured import chat, generate_structured
 from luthitune.cli import app
-from luthitune.config import Config, Workspace
+from luthitune.config import Config
 from luthitune.errors import BackendUnavailable, StructuredOutputError
 from luthitune.schemas import ScenarioRequest
+from luthitune.workspace import Workspace
 
 MODEL = "qwen2.5:7b"
 
@@ -132,10 +133,10 @@ def test_a_failing_server_in_a_step_stops_it_like_a_crash_and_resume_redoes_it(w
     with pytest.raises(BackendUnavailable) as e:
         p.advance(run)
     assert e.value.exit_code == 3 and "resume r5" in str(e.value)
-    rows = p.store.rows("scenarios", "run_id = ?", [run])
+    rows = p.store.rows("scenarios", run_id=run)
     assert rows and all(r["status"] != "failed" for r in rows)  # the server's failure is not filed as the model's
-    assert p.store.count("pairs", "run_id = ?", [run]) == 0
+    assert p.store.count("pairs", run_id=run) == 0
     assert p.status(run).status == "interrupted" and p.runs()[0]["status"] == "interrupted"
     llm.answers["ScenarioRequest"] = lambda i: {"request": f"Which plants grow in shade, variant {i}?"}
     assert p.advance(run).status == "done"
-    assert p.store.count("scenarios", "run_id = ? and status = 'failed'", [run]) == 0
+    assert p.store.count("scenarios", run_id=run, status="failed") == 0

@@ -15,8 +15,8 @@ from langgraph.types import Command
 from pydantic import TypeAdapter
 from typer.testing import CliRunner
 
-from luthitune import actions as A
 from luthitune import answers
+from luthitune import facilitator as A
 from luthitune.cli import app
 from luthitune.cli.runs import NEXT_STEP
 from luthitune.errors import UsageError
@@ -85,7 +85,7 @@ def test_a_run_starts_from_input_alone_and_its_row_is_created_on_first_entry(wor
     assert stored["context"]["interview_turns"] == 2  # what the caller gave
     assert stored["context"]["train"]["training"]["learning_rate"]  # hyperparameters.yaml, fixed at start
     assert row["identity_match"]
-    assert p.store.count("messages", "run_id = ?", [thread]) == 3  # system, opening, the model's reply
+    assert p.store.count("messages", run_id=thread) == 3  # system, opening, the model's reply
 
     # A resume with another context, or none, goes on with the settings fixed at the start: still not on autopilot.
     out = g.invoke(
@@ -94,7 +94,7 @@ def test_a_run_starts_from_input_alone_and_its_row_is_created_on_first_entry(wor
         context=Context(str(workspace.root), autopilot=True).with_seams(**seams),
     )
     assert out["__interrupt__"][0].value["turn"] == 2
-    assert p.store.count("messages", "run_id = ?", [thread]) == 5
+    assert p.store.count("messages", run_id=thread) == 5
 
 
 def test_a_server_run_with_its_own_checkpoints_is_visible_to_status_and_refused_by_answer(workspace, seams):
@@ -112,7 +112,7 @@ def test_a_server_run_with_its_own_checkpoints_is_visible_to_status_and_refused_
     assert "server" in r.output and "last recorded: waiting for interview" in r.output and "messages: 3" in r.output
     r = runner.invoke(app, ["answer", thread, "hello", "-w", str(workspace.root)], terminal_width=200)
     assert r.exit_code == 2 and "LangGraph" in r.output
-    assert p.store.count("messages", "run_id = ?", [thread]) == 3  # nothing was run from the CLI
+    assert p.store.count("messages", run_id=thread) == 3  # nothing was run from the CLI
     r = runner.invoke(app, ["resume", "-w", str(workspace.root)], terminal_width=200)
     assert r.exit_code == 0 and "last recorded: waiting for interview" in r.output
 
@@ -232,3 +232,21 @@ def test_a_step_the_server_runs_holds_the_run_and_a_step_under_advance_does_not_
     # Protocol.advance, then its steps
     with runlock.hold(tmp_path, "r1", "luthitune answer"), runlock.step(tmp_path, "r1", "LangGraph graph, thread t"):
         assert runlock.holder(tmp_path, "r1")["command"] == "luthitune answer"
+
+
+def test_no_node_knows_whether_its_parts_are_injected():
+    """Nodes reach the chat model, trainer and evaluator through luthitune.nodes.services, which falls back to the
+    real parts: no node module reads the injected parts itself, so the fakes enter where the real parts do."""
+    from importlib import resources
+
+    nodes = resources.files("luthitune.nodes")
+    readers = [
+        f.name
+        for f in nodes.iterdir()
+        if f.name.endswith(".py") and f.name != "services.py" and ".seams" in f.read_text(encoding="utf-8")
+    ]
+    assert readers == []
+    from luthitune.graph.builder import build_graph
+
+    fields = set(build_graph(InMemorySaver()).get_context_jsonschema()["properties"])
+    assert not {"llm", "trainer", "evaluator", "seams", "_seams"} & fields and "interview_turns" in fields

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from luthitune.config import DPO_LOSSES, Hyperparameters, Workspace, init_workspace
 from luthitune.errors import ConfigError
-from luthitune.training import paths
+from luthitune.training import routes
 from luthitune.training.config import check_trained_model, merge, nest, plan
+from luthitune.training.hyperparameters import DPO_LOSSES, Hyperparameters
+from luthitune.workspace import Workspace, init_workspace
 
 # Every key of the original tool's file, each set to a value different from our default.
 ORIGINAL = """\
@@ -67,8 +68,8 @@ def test_every_original_key_takes_effect(tmp_path):
     assert a.beta == 0.25
     assert p.total_steps == 4  # ceil(12 / (3 * 2)) * 2 epochs
     assert any("capped" in n for n in p.notes)
-    assert paths.select_path(hp, cuda=False).kind == "cpu"  # load_in_4bit needs CUDA; the reason says so
-    assert "load_in_4bit" in paths.select_path(hp, cuda=False).reason
+    assert routes.select_path(hp, cuda=False).kind == "cpu"  # load_in_4bit needs CUDA; the reason says so
+    assert "load_in_4bit" in routes.select_path(hp, cuda=False).reason
 
 
 def test_trl_fields_take_effect(tmp_path):
@@ -161,17 +162,17 @@ def test_a_run_trains_the_model_it_interviewed():
 
 def test_path_selection_and_its_reasons(monkeypatch):
     hp = Hyperparameters()
-    monkeypatch.setattr(paths, "_has", lambda m: False)
-    assert paths.select_path(hp, cuda=True).kind == "cuda"
+    monkeypatch.setattr(routes, "_has", lambda m: False)
+    assert routes.select_path(hp, cuda=True).kind == "cuda"
     q = merge(hp, {"model": {"load_in_4bit": True}})
     with pytest.raises(ConfigError, match="bitsandbytes"):
-        paths.select_path(q, cuda=True)
+        routes.select_path(q, cuda=True)
     with pytest.raises(ConfigError, match="unsloth"):
-        paths.select_path(merge(hp, {"model": {"unsloth": True}}), cuda=True)
-    monkeypatch.setattr(paths, "_has", lambda m: True)
-    assert paths.select_path(q, cuda=True).kind == "unsloth"
-    assert paths.select_path(merge(q, {"model": {"unsloth": False}}), cuda=True).kind == "qlora"
-    cpu = paths.select_path(hp, cuda=False)
+        routes.select_path(merge(hp, {"model": {"unsloth": True}}), cuda=True)
+    monkeypatch.setattr(routes, "_has", lambda m: True)
+    assert routes.select_path(q, cuda=True).kind == "unsloth"
+    assert routes.select_path(merge(q, {"model": {"unsloth": False}}), cuda=True).kind == "qlora"
+    cpu = routes.select_path(hp, cuda=False)
     assert cpu.kind == "cpu" and "unsloth is installed but needs CUDA" in cpu.reason and cpu.in_process
 
 

@@ -17,7 +17,7 @@ from luthitune.cli import app
 from luthitune.errors import ConfigError
 from luthitune.training import worker
 from luthitune.training.dpo import Job, TrainResult
-from luthitune.training.paths import TrainPath
+from luthitune.training.routes import TrainPath
 
 runner = CliRunner()
 JOB = Path("/tmp/x/adapters/a.job.json")
@@ -156,8 +156,8 @@ def test_train_passes_processes_and_accelerate_config(monkeypatch, tmp_path):
 
 def test_run_keeps_train_processes_for_the_training_step(monkeypatch, tmp_path):
     import luthitune.cli.runs as runs
-    from luthitune.config import Workspace
     from luthitune.protocol import Protocol
+    from luthitune.workspace import Workspace
 
     monkeypatch.setattr(runs, "advance", lambda p, run_id, resume=None: None)
     assert runner.invoke(app, ["init", str(tmp_path)]).exit_code == 0

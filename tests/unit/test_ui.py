@@ -10,7 +10,7 @@ import pytest
 from fakes import SchemaFakeModel, allow_small_runs, evaluator
 from typer.testing import CliRunner
 
-from luthitune import actions as A
+from luthitune import facilitator as A
 from luthitune.cli import app
 from luthitune.errors import ConfigError, LuthiTuneError, UsageError
 from luthitune.training.dpo import TrainResult
@@ -60,7 +60,7 @@ def test_ipv6_loopback_is_bracketed_in_the_url(workspace, launched):
 
 def _served(workspace, host: str, **kw):
     from luthitune.ui.app import launch
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
 
     return launch(Workbench(workspace), host=host, block=False, **kw)
 
@@ -121,7 +121,7 @@ def test_allow_remote_answers_other_host_names(workspace):
 
 @pytest.fixture
 def workbench(workspace, tmp_path):
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
 
     class Slow(SchemaFakeModel):
         def _generate(self, messages, stop=None, run_manager=None, schema_name=None, **kw):
@@ -173,12 +173,12 @@ def test_worker_cancel_leaves_a_resumable_run(workbench):
     wb.wait(run, 30)
     assert job.outcome == "cancelled" and "cancelled" in job.describe()
     assert p.status(run).status == "interrupted"
-    done = p.store.count("scenarios", "run_id = ?", [run])
+    done = p.store.count("scenarios", run_id=run)
     assert done < 8
     wb.submit(run, what="resume")
     wb.wait(run, 60)
     assert wb.job(run).outcome == "done"
-    assert p.store.count("scenarios", "run_id = ?", [run]) == 8
+    assert p.store.count("scenarios", run_id=run) == 8
     assert wb.cancel(run) is False  # nothing running now
 
 

@@ -93,7 +93,7 @@ FORM = [5e-5, 1, 0.1, 2, 2, 64, 8, 16, "q_proj, v_proj", "none"]
 
 
 def test_the_training_form_gives_lora_and_quantisation_sections_that_merge(workspace):
-    from luthitune.actions import effective_training
+    from luthitune.facilitator import effective_training
 
     sections = tab_training.overrides(FORM)
     assert sections["lora"] == {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
@@ -141,7 +141,7 @@ def test_a_server_run_is_shown_in_the_status_line(workspace):
     from luthitune.graph.builder import build_graph
     from luthitune.graph.state import Context
     from luthitune.ui.app import status_line
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
 
     ctx = Context(str(workspace.root)).with_seams(llm=SchemaFakeModel())
     build_graph(InMemorySaver()).invoke({}, {"configurable": {"thread_id": "studio-thread"}}, context=ctx)
@@ -151,7 +151,7 @@ def test_a_server_run_is_shown_in_the_status_line(workspace):
 
 @pytest.fixture
 def workbench(workspace):
-    from luthitune.ui.worker import Workbench
+    from luthitune.ui.jobs import Workbench
 
     wb = Workbench(workspace, llm=SchemaFakeModel())
     yield wb

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from luthitune.config import Hyperparameters
 from luthitune.errors import ConfigError
+from luthitune.training.hyperparameters import Hyperparameters
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from luthitune.config import Workspace
+from luthitune.workspace import Workspace
 
 PROMPTS = [
     "How do you define harm, in your own words?",

@@ -1,7 +1,9 @@
-"""What every node needs: the workspace, the store and the chat model, cached per process."""
+"""The services a node reaches through its runtime (the workspace, the store, the chat model), and the helpers every
+node shares: row keys, approval questions, progress."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -9,10 +11,11 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from luthitune import answers, cancel
-from luthitune.config import Workspace
+from luthitune import constitution as C
 from luthitune.constitution import P, from_json
-from luthitune.graph.state import Context, RunState
+from luthitune.graph.state import Context, Evaluator, RunState, Trainer
 from luthitune.store import Store, now
+from luthitune.workspace import Workspace
 
 
 @cache
@@ -93,16 +96,27 @@ def _trained_model(ws: Workspace, s: Store, adapter: str, adapter_path: str | No
     )
 
 
+def trainer(runtime: Runtime[Context], default: Trainer) -> Trainer:
+    """The run's trainer: the one the caller passed in (:class:`~luthitune.graph.state.Seams`), else ``default``,
+    the node's real one."""
+    return runtime.context.seams.trainer or default
+
+
+def evaluator(runtime: Runtime[Context], default: Evaluator) -> Evaluator:
+    """The run's evaluator: the one the caller passed in, else ``default``, the node's real one."""
+    return runtime.context.seams.evaluator or default
+
+
 def retries(runtime: Runtime[Context]) -> int:
     return workspace(runtime).config.structured_retries
 
 
 def concurrency(runtime: Runtime[Context]) -> int:
-    return workspace(runtime).config.concurrency if runtime.context.seams.llm is None else 4
+    return workspace(runtime).config.concurrency
 
 
 def principles(rt: Runtime[Context], state: RunState) -> list[P]:
-    row = store(rt).get("constitution_versions", state["constitution_id"])
+    row = store(rt).constitutions.get(state["constitution_id"])
     import json
 
     return from_json(json.loads(row["principles_json"]))
@@ -133,13 +147,31 @@ def key(state: RunState, kind: str, n: int | str) -> str:
     return f"{state['run_id']}:c{state.get('cycle', 0)}:{kind}{n}"
 
 
-def ask(payload: dict[str, Any]) -> Any:
-    """Pause for a human answer (a LangGraph interrupt). ``asked_at`` dates the question: a fork from this point
-    copies the artifacts stored up to then. The schema of the answers it takes (:mod:`luthitune.answers`) goes with
-    it, in the payload's ``answers`` and as LangGraph's ``response_schema``. On resume the node re-runs and this
-    returns the answer."""
-    accepts = answers.schema(payload["type"])
-    return interrupt({**payload, "answers": accepts, "asked_at": now()}, response_schema=accepts)
+def ask(question: answers.Question) -> Any:
+    """Pause for a human answer (a LangGraph interrupt) to ``question``; returns the answer, parsed into the
+    :mod:`luthitune.answers` model it fits (the interview's: its message). ``asked_at`` dates the question: a fork
+    from this point copies the artifacts stored up to then. The schema of the answers it takes goes with it, in the
+    payload's ``answers`` and as LangGraph's ``response_schema``. An answer that fits none is not guessed at: the
+    question is asked again with ``refused`` saying why and listing the answers accepted. On resume the node re-runs
+    and this returns the answer."""
+    payload = question.payload()
+    while True:
+        value = interrupt({**payload, "asked_at": now()}, response_schema=payload["answers"])
+        try:
+            return answers.parse(question.kind, value)
+        except answers.AnswerRefused as exc:
+            payload = {**payload, "refused": str(exc)}
+
+
+def ask_until_usable(question: Callable[[list[str]], answers.Question]) -> Any:
+    """Ask ``question(problems)`` until the answer can be used: any answer but an edit, or an edit whose text has
+    principles that pass their checks; a failing edit is asked for again with its problems (``[]`` at first)."""
+    problems: list[str] = []
+    while True:
+        answer = ask(question(problems))
+        problems = C.edit_problems(answer.text) if isinstance(answer, answers.Edit) else []
+        if not problems:
+            return answer
 
 
 def progress(runtime: Runtime[Context], task: str, done: int, total: int, **info: Any) -> None:

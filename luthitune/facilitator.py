@@ -10,29 +10,24 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from luthitune.config import (
-    CONFIG_FILE,
-    HYPERPARAMETERS_FILE,
-    Config,
-    Hyperparameters,
-    Workspace,
-    load_model,
-    read_text,
-)
-from luthitune.errors import ConfigError, LuthiTuneError, UsageError
+from luthitune import answers
+from luthitune.config import Config
+from luthitune.configfiles import load_model, parse_yaml, read_text
+from luthitune.errors import LuthiTuneError, UsageError
 from luthitune.store import Store, now
+from luthitune.training.hyperparameters import Hyperparameters
+from luthitune.workspace import CONFIG_FILE, HYPERPARAMETERS_FILE, Workspace
 
-# Interrupt types, and which answers each accepts.
-APPROVABLE = ("consent_review", "constitution_review", "pair_review", "confirm_training", "revision_review")
-REJECTABLE = ("consent_review", "constitution_review", "confirm_training", "revision_review", "constitution_write")
-# a draft, the trained model's proposed revision, or the facilitator's own text once the model's drafts failed
-EDITABLE = ("constitution_review", "revision_review", "constitution_write")
-PAIR_DECISIONS = ("accept", "reject")
+# Interrupt types, by the answers each accepts (luthitune.answers): approve, reject (with feedback), edit (a draft,
+# the trained model's proposed revision, or the facilitator's own text once the model's drafts failed).
+APPROVABLE = answers.kinds_accepting(answers.Approve)
+REJECTABLE = answers.kinds_accepting(answers.Reject)
+EDITABLE = answers.kinds_accepting(answers.Edit)
+PAIR_DECISIONS = answers.PAIR_DECISIONS
 
 
 def expect(st: Any, expected: Iterable[str], hint: str = "") -> dict:
@@ -50,12 +45,12 @@ def expect(st: Any, expected: Iterable[str], hint: str = "") -> dict:
 
 
 def approve(by: str = "human") -> dict:
-    return {"action": "approve", "by": by}
+    return answers.Approve(action="approve", by=by).model_dump()
 
 
 def reject(feedback: str = "", by: str = "human") -> dict:
     """Reject the pending approval; a rejected constitution draft is redrafted with ``feedback``."""
-    return {"action": "reject", "feedback": feedback, "by": by}
+    return answers.Reject(action="reject", feedback=feedback, by=by).model_dump()
 
 
 def drop_pairs(pair_ids: Iterable[str], by: str = "human") -> dict:
@@ -63,7 +58,7 @@ def drop_pairs(pair_ids: Iterable[str], by: str = "human") -> dict:
     ids = list(pair_ids)
     if not ids:
         raise UsageError("Name at least one pair to reject, or approve the review to accept them all.")
-    return {"action": "reject", "pairs": ids, "by": by}
+    return answers.DropPairs(action="reject", pairs=ids, by=by).model_dump()
 
 
 def review_pairs(decisions: dict[str, str], sample: list[dict], by: str = "human") -> dict:
@@ -75,7 +70,7 @@ def review_pairs(decisions: dict[str, str], sample: list[dict], by: str = "human
     bad = {k: v for k, v in decisions.items() if v not in PAIR_DECISIONS}
     if bad:
         raise UsageError(f"Decisions must be accept or reject; got {bad}.")
-    return {"decisions": {i: decisions.get(i, "accept") for i in ids}, "by": by}
+    return answers.PairDecisions(decisions={i: decisions.get(i, "accept") for i in ids}, by=by).model_dump()
 
 
 def edit(text: str | None, current: str, by: str = "human") -> dict | None:
@@ -89,7 +84,7 @@ def edit(text: str | None, current: str, by: str = "human") -> dict | None:
     problems = C.check(C.parse(text))
     if problems:
         raise UsageError("The edited constitution cannot be used: " + "; ".join(problems))
-    return {"action": "edit", "text": text, "by": by}
+    return answers.Edit(action="edit", text=text, by=by).model_dump()
 
 
 def write(text: str | None, by: str = "human") -> dict:
@@ -103,9 +98,9 @@ def write(text: str | None, by: str = "human") -> dict:
 
 def counts(store: Store, run_id: str) -> dict[str, int]:
     """What a run has stored: transcript messages, consent records, constitution versions, pairs kept / quarantined."""
-    out = {t: store.count(t, "run_id = ?", [run_id]) for t in ("messages", "consents", "constitution_versions")}
-    out["pairs kept"] = store.count("pairs", "run_id = ? and status = 'kept'", [run_id])
-    out["pairs quarantined"] = store.count("pairs", "run_id = ? and status = 'quarantined'", [run_id])
+    out = {t: store.count(t, run_id=run_id) for t in ("messages", "consents", "constitution_versions")}
+    out["pairs kept"] = store.count("pairs", run_id=run_id, status="kept")
+    out["pairs quarantined"] = store.count("pairs", run_id=run_id, status="quarantined")
     return out
 
 
@@ -148,21 +143,6 @@ def effective_training(current: dict | None, overrides: dict) -> dict:
 # -- the workspace's files --
 
 
-def parse_yaml(text: str, path: Path) -> dict:
-    """A YAML mapping from ``text`` (the content of ``path``), with errors that give the line."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys to values, not a {type(data).__name__}.")
-    return data
-
-
 def validate_hyperparameters(ws: Workspace, text: str) -> Hyperparameters:
     path = ws.root / HYPERPARAMETERS_FILE
     return load_model(Hyperparameters, path, parse_yaml(text, path))
@@ -178,7 +158,7 @@ def save_hyperparameters(ws: Workspace, text: str) -> Hyperparameters:
 
 
 def hyperparameters_text(ws: Workspace) -> str:
-    from luthitune.config import default_hyperparameters_yaml
+    from luthitune.training.hyperparameters import default_hyperparameters_yaml
 
     path = ws.root / HYPERPARAMETERS_FILE
     return read_text(path) if path.exists() else default_hyperparameters_yaml()
@@ -209,7 +189,7 @@ def set_config(ws: Workspace, **values: str) -> Workspace:
         else:
             text = text.rstrip("\n") + ("\n" if text else "") + line + "\n"
     write_atomic(path, text)
-    from luthitune.nodes import common
+    from luthitune.nodes import services
 
-    common.forget_workspace()  # nodes read the workspace's configuration once per process: read it again
+    services.forget_workspace()  # nodes read the workspace's configuration once per process: read it again
     return Workspace.open(ws.root)

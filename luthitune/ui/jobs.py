@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from luthitune import cancel
-from luthitune.config import Workspace
 from luthitune.errors import LuthiTuneError, UsageError
 from luthitune.protocol import Protocol
+from luthitune.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +145,14 @@ class Workbench:
     def pending(self, run_id: str | None, kinds: Any) -> dict:
         """The run's pending question if it is one of ``kinds``; else a clear error (nothing is answered while the
         run is working)."""
-        from luthitune import actions
+        from luthitune import facilitator
 
         if not run_id:
             raise UsageError("Choose a run first (Runs tab).")
         if self.busy(run_id):
             raise UsageError(f"Run {run_id} is working; wait until it stops at its next question.")
         st = self.protocol().status(run_id, record=False)
-        return actions.expect(st, kinds, "see the status line at the top for what it waits for.")
+        return facilitator.expect(st, kinds, "see the status line at the top for what it waits for.")
 
     def wait(self, run_id: str, timeout: float | None = None) -> Job | None:
         job = self.job(run_id)
