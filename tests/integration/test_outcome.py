@@ -45,7 +45,7 @@ def test_a_tiny_outcome_benchmark_prints_each_row_with_its_n(tmp_path):
 
     # Each n is what the cycle's own database holds: the held-out pairs, and PROBES prompts per probe set.
     db = Store(Path(seed["workspace"]) / "data" / "luthitune.db")
-    [training] = db.rows("training_runs", "run_id = ?", [seed["run_id"]])
+    [training] = db.rows("training_runs", run_id=seed["run_id"])
     held_out = json.loads(training["config_json"])["held_out_ids"]
     assert seed["counts"]["held_out"] == len(held_out) >= 1
     rows = seed["rows"]
