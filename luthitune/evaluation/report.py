@@ -70,7 +70,10 @@ def fmt(est: Estimate, signed: bool = False, digits: int = 3) -> str:
     """``0.250 [0.089, 0.532]``; an undefined value reads "undefined", never 0."""
     if est.value is None:
         return "undefined"
-    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    sign = "+" if signed else ""
+    # A small nonzero quantity (a KL of 0.00013 nats per token) in significant figures, never rounded to 0.000.
+    small = 0 < max(abs(x) for x in (est.value, est.lo, est.hi) if x is not None) < 10**-digits * 5
+    f = f"{{:{sign}.{digits}g}}" if small else f"{{:{sign}.{digits}f}}"
     if est.lo is None or est.hi is None:
         return f.format(est.value)
     return f"{f.format(est.value)} [{f.format(est.lo)}, {f.format(est.hi)}]"
