@@ -65,7 +65,7 @@ def test_demo_runs_a_full_cycle_and_its_database_shows_the_checks_held(tmp_path)
     # What the demo printed: the model's words step by step, the table with intervals, what held and what did not.
     out = r.output
     assert "interview, turn 1: the model: “" in out and "consent: " in out
-    assert "95% intervals" in out and "what held and what did not" in out
+    assert "95% interval" in out and "what held and what did not" in out
     assert (ws / "data" / "reports" / f"{rid}-c0.md").exists()
     report = (ws / "data" / "reports" / f"{rid}-c0.md").read_text()
     assert "surface phrasing" in report and "No training request repeats an evaluation probe" in report

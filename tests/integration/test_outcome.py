@@ -14,8 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from luthitune.cli import app
-from luthitune.config import init_workspace
 from luthitune.store import Store
+from luthitune.workspace import init_workspace
 
 PROBES = 2
 
