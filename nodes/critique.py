@@ -183,19 +183,7 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
         """Write one pair the moment it is final: a crash loses only the items in flight."""
         nonlocal finished
         sc, failed = todo[j], isinstance(res, StructuredOutputError)
-        row = {
-            "id": sc["id"].replace(":s", ":p", 1),
-            "run_id": run_id,
-            "cycle": cycle,
-            "scenario_id": sc["id"],
-            "category": sc["category"],
-            "stance": kinds[sc["category"]]["stance"],
-            "prompt": sc["prompt"],
-            "template_hash": convs[j][1],
-            "constitution_id": state["constitution_id"],
-            "host": hosts.get(j),
-            "created_at": now(),
-        }
+        row = pair_row(sc, state, kinds, template=convs[j][1], host=hosts.get(j))
         if failed:
             row.update(status="quarantined", reasons_json=res.reasons, raw=res.raw)
         else:
@@ -218,6 +206,23 @@ def self_critique(state: RunState, runtime: Runtime[Context]) -> dict:
     return {}
 
 
+def pair_row(sc: dict, state: RunState, kinds: dict, *, template: str, host: str | None) -> dict:
+    """A pair's row before its answer or failure is added: which scenario, under which constitution and prompt."""
+    return {
+        "id": sc["id"].replace(":s", ":p", 1),
+        "run_id": state["run_id"],
+        "cycle": state.get("cycle", 0),
+        "scenario_id": sc["id"],
+        "category": sc["category"],
+        "stance": kinds[sc["category"]]["stance"],
+        "prompt": sc["prompt"],
+        "template_hash": template,
+        "constitution_id": state["constitution_id"],
+        "host": host,
+        "created_at": now(),
+    }
+
+
 def self_critique_chain(state: RunState, runtime: Runtime[Context]) -> dict:
     s, run_id, cycle = services.store(runtime), state["run_id"], state.get("cycle", 0)
     summary = C.summary(services.principles(runtime, state))
@@ -234,19 +239,7 @@ def self_critique_chain(state: RunState, runtime: Runtime[Context]) -> dict:
         """Write one pair the moment it is final: a crash loses only the items in flight."""
         nonlocal finished
         sc = todo[j]
-        row = {
-            "id": sc["id"].replace(":s", ":p", 1),
-            "run_id": run_id,
-            "cycle": cycle,
-            "scenario_id": sc["id"],
-            "category": sc["category"],
-            "stance": kinds[sc["category"]]["stance"],
-            "prompt": sc["prompt"],
-            "template_hash": template_hash("revision.md"),
-            "constitution_id": state["constitution_id"],
-            "host": host,
-            "created_at": now(),
-        }
+        row = pair_row(sc, state, kinds, template=template_hash("revision.md"), host=host)
         if isinstance(res, StructuredOutputError):
             row.update(status="quarantined", reasons_json=res.reasons, raw=json.dumps({"step": stage, "text": res.raw}))
         else:
