@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 from langchain_core.messages import HumanMessage
 
 from luthitune import cancel
@@ -30,7 +31,11 @@ def test_cancel_stops_the_continuous_batch(workspace):
         if cancel.requested():
             after_request.append(threading.current_thread().name)
 
-    hooks = [block.register_forward_pre_hook(count) for block in llm.runtime.model.model.layers]
+    # The blocks as the runtime finds them (every ModuleList), whether the model is bare or wrapped by PEFT after an
+    # earlier test in this process loaded an adapter.
+    blocks = [b for m in llm.runtime.model.modules() if isinstance(m, torch.nn.ModuleList) for b in m]
+    assert blocks
+    hooks = [block.register_forward_pre_hook(count) for block in blocks]
     try:
         with cancel.scope("run-local"), pytest.raises(cancel.Cancelled):
             generate_structured(llm, convs, ScenarioRequest, retries=0, max_concurrency=2, on_result=on_result)
