@@ -30,7 +30,7 @@ demo: setup
 
 # Two workers on two cores (pytest-xdist), each test's torch on its share of them (tests/conftest.py).
 test: setup lint postgres browser
-	$(BIN)/python -m pytest -q -n auto --dist worksteal
+	$(BIN)/python -m pytest -q -n auto --dist worksteal --durations=30
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit
