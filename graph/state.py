@@ -76,16 +76,31 @@ class Evaluator(Protocol):
     def __call__(self, pairs: list[dict], adapter: str) -> list: ...
 
 
+class ChatModels(Protocol):
+    """The chat model a node asks for: the base model (``adapter`` None), or the trained model, the adapter
+    ``adapter`` (its files at ``adapter_path``) on the interviewed weights. The default is the workspace's backend
+    (:func:`luthitune.nodes.services.llm`)."""
+
+    def __call__(self, adapter: str | None, adapter_path: str | None) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Seams:
-    """Parts the nodes use instead of the workspace's own: the chat model, a :class:`Trainer` and an
-    :class:`Evaluator`. The nodes reach them through :mod:`luthitune.nodes.services`, which falls back to the real
-    parts, so a node never knows which it has. Not settings: never stored, never part of the context schema a
-    caller (LangGraph's server, Studio) sees."""
+    """Parts the nodes use instead of the workspace's own: the chat models (:class:`ChatModels`), a
+    :class:`Trainer` and an :class:`Evaluator`. The nodes reach them through :mod:`luthitune.nodes.services`, which
+    falls back to the real parts, so a node never knows which it has. Not settings: never stored, never part of the
+    context schema a caller (LangGraph's server, Studio) sees.
+
+    ``llm`` is the short form of ``chat`` for one model that answers every request, base or trained."""
 
     llm: Any = None
+    chat: ChatModels | None = None
     trainer: Trainer | None = None
     evaluator: Evaluator | None = None
+
+    def chat_model(self, adapter: str | None = None, adapter_path: str | None = None) -> Any:
+        """The injected chat model for this request (None: use the workspace's own)."""
+        return self.chat(adapter, adapter_path) if self.chat is not None else self.llm
 
 
 NO_SEAMS = Seams()
@@ -138,7 +153,8 @@ class Context:
         return self.__dict__.get("_seams", NO_SEAMS)
 
     def with_seams(self, seams: Seams | None = None, **parts: Any) -> Context:
-        """This context with injected parts (``llm=``, ``trainer=``, ``evaluator=``, or a whole :class:`Seams`)."""
+        """This context with injected parts (``llm=`` or ``chat=``, ``trainer=``, ``evaluator=``, or a whole
+        :class:`Seams`)."""
         ctx = replace(self)
         ctx.__dict__["_seams"] = seams if seams is not None else Seams(**parts)
         return ctx

@@ -53,8 +53,9 @@ def llm(
     the model `luthitune export ollama` created from this adapter when there is one, else the adapter on the local
     copy of the trained weights (base_model): the model that proposes amendments is always the model trained.
     """
-    if runtime.context.seams.llm is not None:
-        return runtime.context.seams.llm
+    injected = runtime.context.seams.chat_model(adapter, adapter_path)
+    if injected is not None:
+        return injected
     from luthitune.backends import make_chat_model
 
     ws = workspace(runtime)

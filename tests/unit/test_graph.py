@@ -332,3 +332,33 @@ def test_evaluation_writes_a_report(make_protocol):
     p.advance(run)
     report = p.ws.data_dir / "reports" / f"{run}-c0.md"
     assert report.exists() and f"# Evaluation: {run}, cycle 0" in report.read_text()
+
+
+def test_the_revision_and_its_consent_are_asked_of_the_trained_model(workspace, tmp_path):
+    """Through the ``chat`` seam the nodes ask for the model they mean: the base for the interview and practice,
+    the adapter just trained (its name and files) for the revision and the consent to it. Only the trained model
+    proposes the amendment here, so the approved v2 shows which model was asked."""
+    asked: list[tuple[str | None, str | None]] = []
+    base = SchemaFakeModel(answers={"Amendment": {"action": "keep", "principle_id": "P1", "title": "", "text": ""}})
+    trained = SchemaFakeModel()
+
+    def chat(adapter, adapter_path):
+        asked.append((adapter, adapter_path))
+        return trained if adapter else base
+
+    def trainer(pairs, name):
+        path = tmp_path / "adapters" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return TrainResult(str(path), {"loss": 0.5})
+
+    allow_small_runs(workspace)
+    p = Protocol(workspace, chat=chat, trainer=trainer, evaluator=evaluator)
+    run = p.start({"autopilot": True, "n_scenarios": 2, "interview_turns": 1, "max_cycles": 1})
+    st = p.advance(run)
+    assert st.status == "done", st.values
+    adapter, path = f"{run}-c0", str(tmp_path / "adapters" / f"{run}-c0")
+    assert (adapter, path) in asked and set(asked) == {(None, None), (adapter, path)}
+    assert trained.counter.get("Amendment") and not base.counter.get("Amendment")
+    assert trained.counter.get("ConsentAnswer")  # the consent to the revision
+    [v1, v2] = p.store.rows("constitution_versions", run_id=run, order_by="version")
+    assert v2["author"] == "model (adapter)" and "Honesty" in v2["text"] and "Honesty" not in v1["text"]
