@@ -29,6 +29,15 @@ def top_reasons(rows: list[dict], k: int = 3) -> str:
     return ", ".join(f"{rule} ×{n}" for rule, n in counts.most_common(k))
 
 
+def cycle_label(status: str, values: dict) -> str:
+    """Where a run is in its cycles, as the tables count them (from 0): ``cycle 1`` while it works on its second
+    cycle; once done, how many it completed (its state's counter has moved past the last one)."""
+    cycle = int(values.get("cycle", 0) or 0)
+    if status == "done":
+        return f"{cycle} cycle{'' if cycle == 1 else 's'} completed"
+    return f"cycle {cycle}"
+
+
 def consent_line(row: dict, refused: int = 0) -> str:
     what = {"consent": "consent", "ratify": "ratification", "revision": "consent to the revision"}
     kind = what.get(str(row["round"]), "consent")

@@ -52,7 +52,9 @@ def exit_for(p, st) -> None:
 
 
 def show_status(st) -> None:
-    console.print(f"Run [bold]{st.run_id}[/]: [bold]{st.status}[/]  cycle {st.values.get('cycle', 0)}")
+    from luthitune.narrate import cycle_label
+
+    console.print(f"Run [bold]{st.run_id}[/]: [bold]{st.status}[/]  {cycle_label(st.status, st.values)}")
     if st.values.get("ended"):
         console.print(f"  ended: {escape(str(st.values['ended']))}")
     if st.interrupt:

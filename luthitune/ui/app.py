@@ -122,7 +122,9 @@ def status_line(wb: Workbench, run_id: str | None) -> str:
     st = views.status(p, run_id)
     if st is None:
         return "No run selected. Start one in the **Runs** tab."
-    line = f"**{run_id}** · cycle {st.values.get('cycle', 0)} · "
+    from luthitune.narrate import cycle_label
+
+    line = f"**{run_id}** · {cycle_label(st.status, st.values)} · "
     job = wb.job(run_id)
     if job is not None and job.active:
         line += f"**working** · {job.describe()}"

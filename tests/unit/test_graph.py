@@ -362,3 +362,24 @@ def test_the_revision_and_its_consent_are_asked_of_the_trained_model(workspace, 
     assert trained.counter.get("ConsentAnswer")  # the consent to the revision
     [v1, v2] = p.store.rows("constitution_versions", run_id=run, order_by="version")
     assert v2["author"] == "model (adapter)" and "Honesty" in v2["text"] and "Honesty" not in v1["text"]
+
+
+def test_a_finished_run_says_how_many_cycles_it_completed(make_protocol):
+    """The state's cycle counter has moved past the last cycle once a run is done: the CLI and the web UI say
+    "1 cycle completed", not "cycle 1" beside tables and reports that number that cycle 0."""
+    from luthitune.cli.runs import show_status
+    from luthitune.logs import console
+    from luthitune.narrate import cycle_label
+    from luthitune.ui.app import status_line
+    from luthitune.ui.jobs import Workbench
+
+    p = make_protocol()
+    run = p.start({"autopilot": True, "n_scenarios": 2, "interview_turns": 1, "max_cycles": 1})
+    st = p.advance(run)
+    assert st.status == "done" and cycle_label(st.status, st.values) == "1 cycle completed"
+    assert cycle_label("waiting", {"cycle": 1}) == "cycle 1"
+    assert cycle_label("done", {"cycle": 2}) == "2 cycles completed"
+    with console.capture() as cap:
+        show_status(st)
+    assert "done  1 cycle completed" in cap.get()
+    assert "· 1 cycle completed · **done**" in status_line(Workbench(p.ws, **p.inject), run)
