@@ -91,12 +91,16 @@ class Seams:
     falls back to the real parts, so a node never knows which it has. Not settings: never stored, never part of the
     context schema a caller (LangGraph's server, Studio) sees.
 
-    ``llm`` is the short form of ``chat`` for one model that answers every request, base or trained."""
+    ``llm`` is the short form of ``chat`` for one model that answers every request, base or trained. ``ws`` and
+    ``store`` are the caller's open workspace and store (a :class:`~luthitune.protocol.Protocol` passes its own):
+    the nodes work on those, and open their own only when a caller passes none (LangGraph's server)."""
 
     llm: Any = None
     chat: ChatModels | None = None
     trainer: Trainer | None = None
     evaluator: Evaluator | None = None
+    ws: Any = None
+    store: Any = None
 
     def chat_model(self, adapter: str | None = None, adapter_path: str | None = None) -> Any:
         """The injected chat model for this request (None: use the workspace's own)."""

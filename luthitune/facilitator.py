@@ -191,5 +191,5 @@ def set_config(ws: Workspace, **values: str) -> Workspace:
     write_atomic(path, text)
     from luthitune.nodes import services
 
-    services.forget_workspace()  # nodes read the workspace's configuration once per process: read it again
+    services.forget_workspace()  # nodes that opened the workspace themselves (LangGraph's server): read it again
     return Workspace.open(ws.root)

@@ -114,7 +114,7 @@ class Protocol:
         row = self.run_row(run_id)
         settings = json.loads(row["config_json"])["context"]
         settings["workspace"] = str(self.ws.root)
-        return Context.from_settings(settings, **self.inject)
+        return Context.from_settings(settings, ws=self.ws, store=self.store, **self.inject)
 
     def run_row(self, run_id: str) -> dict:
         row = self.store.get("runs", run_id)

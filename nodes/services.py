@@ -29,16 +29,19 @@ def _store(db_path: str) -> Store:
 
 
 def forget_workspace() -> None:
-    """Read the workspace's configuration again on next use (after the web UI changed ``luthitune.yaml``)."""
+    """Read the workspace's configuration again on next use (after the web UI changed ``luthitune.yaml``), where
+    the nodes opened it themselves."""
     _workspace.cache_clear()
 
 
 def workspace(runtime: Runtime[Context]) -> Workspace:
-    return _workspace(runtime.context.workspace)
+    """The caller's workspace (a :class:`~luthitune.protocol.Protocol`'s), else the context's folder, opened once
+    per process (LangGraph's server passes only the folder)."""
+    return runtime.context.seams.ws or _workspace(runtime.context.workspace)
 
 
 def store(runtime: Runtime[Context]) -> Store:
-    return _store(str(workspace(runtime).db_path))
+    return runtime.context.seams.store or _store(str(workspace(runtime).db_path))
 
 
 def llm(

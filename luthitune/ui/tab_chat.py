@@ -30,7 +30,9 @@ def models(wb, row: dict | None, temperature: float, max_tokens: int) -> tuple[A
     from luthitune.graph.state import Context, Seams
     from luthitune.nodes import services
 
-    rt = Runtime(context=Context(workspace=str(wb.ws.root)).with_seams(Seams(**wb.inject)))
+    rt = Runtime(
+        context=Context(workspace=str(wb.ws.root)).with_seams(Seams(ws=wb.ws, store=wb.protocol().store, **wb.inject))
+    )
 
     def limited(model: Any) -> Any:
         fields = getattr(type(model), "model_fields", {})

@@ -383,3 +383,17 @@ def test_a_finished_run_says_how_many_cycles_it_completed(make_protocol):
         show_status(st)
     assert "done  1 cycle completed" in cap.get()
     assert "· 1 cycle completed · **done**" in status_line(Workbench(p.ws, **p.inject), run)
+
+
+def test_the_nodes_work_on_the_protocols_own_workspace_and_store(make_protocol):
+    """A Protocol passes its open workspace and store to the nodes: a run opens no second Workspace or Store in the
+    process (only a caller that passes none, LangGraph's server, has the nodes open their own)."""
+    from luthitune.nodes import services
+
+    services._workspace.cache_clear()
+    services._store.cache_clear()
+    p = make_protocol()
+    run = p.start({"autopilot": True, "n_scenarios": 2, "interview_turns": 1, "max_cycles": 1})
+    assert p.advance(run).status == "done"
+    assert services._workspace.cache_info().currsize == 0 and services._store.cache_info().currsize == 0
+    assert p.store.count("pairs", run_id=run) == 2  # the rows the nodes wrote, read through the same store
