@@ -18,7 +18,14 @@ def demo(
         Path | None,
         typer.Option("--workspace", "-w", help="Workspace to run in (created if needed). Default: a throwaway one."),
     ] = None,
-    keep: Annotated[bool, typer.Option(help="Keep the throwaway workspace and print its path.")] = False,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep/--discard",
+            help="Keep the throwaway workspace, to read what the model wrote (the report, the database), or "
+            "remove it when the demo ends.",
+        ),
+    ] = True,
     scenarios: Annotated[
         int | None, typer.Option(min=2, help="Practice scenarios in the cycle (default: the demo's 32).")
     ] = None,
@@ -47,7 +54,13 @@ def demo(
         )
         raise
     if keep:
-        console.print(f"Workspace kept at {tmp}")
+        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
+        console.print(
+            f"The demo's workspace is kept at {tmp} ({size:,.0f} MB): `luthitune -w {tmp} constitution show`, "
+            f"`luthitune -w {tmp} data stats` and its data/reports/ show what the model wrote; `--discard` removes "
+            "it when the demo ends.",
+            highlight=False,
+        )
     else:
         import shutil
 

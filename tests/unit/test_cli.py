@@ -111,3 +111,24 @@ def test_an_interrupted_throwaway_demo_keeps_its_workspace_and_says_where(monkey
     [kept] = list(tmp_path.glob("luthitune-demo-*"))
     assert (kept / "luthitune.yaml").exists()
     assert f"luthitune -w {kept} status" in r.output.replace("\n", "")
+
+
+@pytest.mark.parametrize("flag", [[], ["--discard"]])
+def test_a_finished_throwaway_demo_keeps_its_workspace_unless_discarded(monkeypatch, tmp_path, flag):
+    """The demo's summary points at its report and database: by default they are still there afterwards."""
+    import luthitune.demo
+
+    def finished(path, **kwargs):
+        (path / "luthitune.yaml").write_text("backend: local\n")
+        return {"run_id": "r", "seconds": 1.0, "status": "done", "ended_by": None}
+
+    monkeypatch.setattr(luthitune.demo, "run_demo", finished)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    r = runner.invoke(app, ["demo", *flag], terminal_width=300)
+    assert r.exit_code == 0, r.output
+    kept = list(tmp_path.glob("luthitune-demo-*"))
+    if flag:
+        assert kept == [] and "kept at" not in r.output
+    else:
+        assert len(kept) == 1 and (kept[0] / "luthitune.yaml").exists()
+        assert f"luthitune -w {kept[0]} constitution show" in r.output.replace("\n", "")
