@@ -61,10 +61,10 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except Cancelled as exc:
-            err_console.print(f"\n[yellow]Interrupted.[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"\n[yellow]Interrupted.[/] {for_workspace(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except LuthiTuneError as exc:
-            err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]Error:[/] {for_workspace(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except BrokenPipeError:  # `luthitune ... | head`: the reader stopped reading, which is not an error
             import os
@@ -73,8 +73,10 @@ class _Group(TyperGroup):
             raise typer.Exit(0) from None
         except KeyboardInterrupt:
             err_console.print(
-                "\n[yellow]Interrupted.[/] Everything finished so far is saved; `luthitune status` shows "
-                "where each run stands and `luthitune resume RUN` continues it."
+                for_workspace(
+                    "\n[yellow]Interrupted.[/] Everything finished so far is saved; `luthitune status` shows "
+                    "where each run stands and `luthitune resume RUN` continues it."
+                )
             )
             raise typer.Exit(130) from None
         except Exception as exc:
@@ -85,7 +87,7 @@ class _Group(TyperGroup):
 
             found = storage_error(exc, "a file of the workspace")  # read-only, full disk: the file and what to do
             if found is not None:
-                err_console.print(f"[bold red]Error:[/] {found}", highlight=False, soft_wrap=True)
+                err_console.print(f"[bold red]Error:[/] {for_workspace(str(found))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(found.exit_code) from None
             # A bug or an unforeseen failure: one clear message; the traceback with --verbose.
             import logging
@@ -93,9 +95,11 @@ class _Group(TyperGroup):
             logging.getLogger("luthitune").debug("Traceback", exc_info=True)
             err_console.print(
                 f"[bold red]Unexpected error:[/] {type(exc).__name__}: {exc}\n"
-                "Everything that finished before the error is saved: `luthitune status` shows where each run "
-                "stands, and `luthitune resume RUN` retries from the last completed step. Run with --verbose for the "
-                "traceback, and please report it if it persists.",
+                + for_workspace(
+                    "Everything that finished before the error is saved: `luthitune status` shows where each run "
+                    "stands, and `luthitune resume RUN` retries from the last completed step. Run with --verbose "
+                    "for the traceback, and please report it if it persists."
+                ),
                 highlight=False,
                 soft_wrap=True,
             )
@@ -130,8 +134,10 @@ def ctrl_c() -> Iterator[None]:
     def force(runs: list[str]) -> None:
         resume = " / ".join(f"`luthitune resume {r}`" for r in runs)
         err_console.print(
-            f"\n[yellow]Interrupted.[/] Stopped at once; {resume or '`luthitune resume RUN`'} continues from the last "
-            "completed step.",
+            for_workspace(
+                f"\n[yellow]Interrupted.[/] Stopped at once; {resume or '`luthitune resume RUN`'} continues from the "
+                "last completed step."
+            ),
             highlight=False,
             soft_wrap=True,
         )
@@ -158,11 +164,41 @@ def _root(
     quiet_libraries()
     setup_logging(verbose)
     ctx.obj = {"workspace": workspace}
+    _chosen.clear()  # a new command (CliRunner runs several in one process)
 
 
 def workspace_arg(ctx: typer.Context, local: Path | None) -> Path | None:
     """A command's own --workspace wins over the global one."""
-    return local if local is not None else (ctx.obj or {}).get("workspace")
+    chosen = local if local is not None else (ctx.obj or {}).get("workspace")
+    if chosen is not None:
+        remember_workspace(chosen)
+    return chosen
+
+
+_chosen: list[Path] = []  # this command's workspace, where a signal handler (outside click's context) finds it
+
+
+def remember_workspace(path: Path) -> None:
+    """Note the workspace this command works on, for the commands its messages suggest (:func:`for_workspace`)."""
+    _chosen[:] = [Path(path)]
+
+
+_SUGGESTED = re.compile(r"`luthitune (?!-w |--workspace )")
+
+
+def for_workspace(text: str) -> str:
+    """``text`` with every command it suggests (`` `luthitune resume RUN` ``) run on this command's workspace:
+    ``luthitune -w ROOT ...`` where that is not the one a bare ``luthitune`` opens (``$LUTHITUNE_HOME``, else the
+    current folder)."""
+    if not _chosen:
+        return text
+    chosen = _chosen[0]
+    default = Path(os.environ.get("LUTHITUNE_HOME") or os.getcwd()).resolve()
+    if Path(chosen).resolve() == default:
+        return text
+    import shlex
+
+    return _SUGGESTED.sub(f"`luthitune -w {shlex.quote(str(chosen))} ", text)
 
 
 def _register() -> None:

@@ -32,16 +32,17 @@ def demo(
     turns: Annotated[int, typer.Option(min=1, help="Interview questions.")] = DEMO_OPTIONS.interview_turns,
 ) -> None:
     """Run the demo on the embedded model (SmolLM2-135M-Instruct) in a throwaway or named workspace."""
-    from luthitune.cli import ctrl_c
+    from luthitune.cli import ctrl_c, remember_workspace, workspace_arg
     from luthitune.demo import run_demo
 
-    target = workspace or (ctx.obj or {}).get("workspace")
+    target = workspace_arg(ctx, workspace)
     if target is not None:
         with ctrl_c():
             result = run_demo(Path(target), scenarios=scenarios, turns=turns)
         finish(result)
         return
     tmp = Path(tempfile.mkdtemp(prefix="luthitune-demo-"))
+    remember_workspace(tmp)
     try:
         with ctrl_c():
             result = run_demo(tmp, scenarios=scenarios, turns=turns)

@@ -96,7 +96,7 @@ def check_stopped(p: Protocol, run: str, proc: Luthitune, elapsed: float, limit:
     print(f"SIGINT → exit: {elapsed:.2f} s (limit {limit:.2f} s)")
     assert proc.proc.returncode == 130, proc.output
     assert elapsed < limit, f"exit took {elapsed:.2f} s after SIGINT (limit {limit:.2f} s):\n{proc.output}"
-    assert f"luthitune resume {run}" in proc.output, proc.output
+    assert f"luthitune -w {p.ws.root} resume {run}" in proc.output, proc.output  # run outside the workspace
     st = p.status(run)
     assert st.status == "interrupted" and st.next == [step], st
 

@@ -58,7 +58,7 @@ def test_fork_of_unknown_run_or_checkpoint_exits_2_with_the_way_forward(tmp_path
     assert r.exit_code == 2 and "no runs yet" in r.output
     run = Protocol(Workspace.open(tmp_path)).start()
     r = runner.invoke(app, ["fork", run, "--checkpoint", "x", "-w", str(tmp_path)], terminal_width=200)
-    assert r.exit_code == 2 and f"luthitune history {run}" in r.output
+    assert r.exit_code == 2 and f"luthitune -w {tmp_path} history {run}" in r.output
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_an_unexpected_error_is_one_message_with_the_way_forward(tmp_path, monke
     monkeypatch.setattr(Protocol, "runs", boom)
     r = runner.invoke(app, ["runs", "-w", str(tmp_path)], terminal_width=200)
     assert r.exit_code == 1 and "Unexpected error: ValueError: something inside broke" in r.output
-    assert "luthitune resume RUN" in r.output and "Traceback" not in r.output
+    assert f"luthitune -w {tmp_path} resume RUN" in r.output and "Traceback" not in r.output
 
 
 def test_an_interrupted_throwaway_demo_keeps_its_workspace_and_says_where(monkeypatch, tmp_path):
@@ -132,3 +132,17 @@ def test_a_finished_throwaway_demo_keeps_its_workspace_unless_discarded(monkeypa
     else:
         assert len(kept) == 1 and (kept[0] / "luthitune.yaml").exists()
         assert f"luthitune -w {kept[0]} constitution show" in r.output.replace("\n", "")
+
+
+def test_suggested_commands_name_the_workspace_when_it_is_not_the_default(tmp_path, monkeypatch):
+    """`luthitune -w DIR resume x` outside DIR: the message's `luthitune run` must be run on DIR too, so it says
+    `luthitune -w DIR run`; inside DIR (the default workspace) it stays bare."""
+    ws = tmp_path / "ws"
+    assert runner.invoke(app, ["init", str(ws)]).exit_code == 0
+    monkeypatch.delenv("LUTHITUNE_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["resume", "nope", "-w", str(ws)], terminal_width=400)
+    assert r.exit_code != 0 and f"`luthitune -w {ws} run`" in r.output, r.output
+    monkeypatch.chdir(ws)
+    r = runner.invoke(app, ["resume", "nope"], terminal_width=400)
+    assert r.exit_code != 0 and "`luthitune run`" in r.output and "-w" not in r.output, r.output

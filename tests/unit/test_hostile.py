@@ -80,7 +80,9 @@ def test_a_planted_checkpoint_runs_nothing_and_the_error_names_it(waiting_run, t
     assert not marker.exists()
     assert r.exit_code == 2, r.output
     assert f"checkpoint {cid}" in r.output and "os.system" in r.output and "nothing in them was run" in r.output
-    assert f"luthitune fork {run} --checkpoint" in r.output  # what to do: start again from the last clean one
+    assert (
+        f"luthitune -w {p.ws.root} fork {run} --checkpoint" in r.output
+    )  # what to do: start again from the last clean one
 
 
 def test_the_clean_checkpoint_named_in_the_error_can_be_forked(waiting_run, tmp_path):
@@ -210,7 +212,7 @@ def test_run_name_existing_refuses_and_points_at_resume(waiting_run):
     p, run = waiting_run
     before = p.run_row(run)["config_json"]
     r = cli(p.ws, "run", "--name", run, "--scenarios", "77")
-    assert r.exit_code == 2 and f"luthitune resume {run}" in r.output, r.output
+    assert r.exit_code == 2 and f"luthitune -w {p.ws.root} resume {run}" in r.output, r.output
     assert p.run_row(run)["config_json"] == before
 
 
@@ -251,7 +253,10 @@ def test_a_second_process_on_a_run_fails_at_once_naming_the_holder(waiting_run):
         r = cli(p.ws, "answer", run, "What do you value?")
         assert time.perf_counter() - t0 < 10
         assert r.exit_code == 2, r.output
-        assert f"process {other.pid} on {socket.gethostname()}" in r.output and "luthitune resume" in r.output
+        assert (
+            f"process {other.pid} on {socket.gethostname()}" in r.output
+            and f"luthitune -w {p.ws.root} resume" in r.output
+        )
         assert counts(p, run) == before  # no damage: nothing written, the checkpoint chain did not fork
         assert [x["status"] for x in p.runs()] == ["waiting:interview"]
         os.kill(other.pid, signal.SIGKILL)  # the holder dies without releasing anything by hand

@@ -113,7 +113,15 @@ def cli(ws, *args):
 
 
 def use(monkeypatch, p: Protocol) -> None:
-    monkeypatch.setattr("luthitune.cli.runs.protocol", lambda ctx, workspace=None: p)
+    """The CLI's commands get ``p`` (its fake model), on the workspace the command line names, as the real
+    ``protocol()`` would open it."""
+    from luthitune.cli import workspace_arg
+
+    def protocol(ctx, workspace=None):
+        workspace_arg(ctx, workspace)
+        return p
+
+    monkeypatch.setattr("luthitune.cli.runs.protocol", protocol)
 
 
 def test_an_interrupted_step_ends_with_the_run_id_resume_command_and_130(workspace, monkeypatch):
@@ -121,7 +129,7 @@ def test_an_interrupted_step_ends_with_the_run_id_resume_command_and_130(workspa
     use(monkeypatch, p)
     r = cli(workspace, "run", "--name", "run-int")
     assert r.exit_code == 130, r.output
-    assert "luthitune resume run-int" in r.output.replace("\n", "")
+    assert f"luthitune -w {workspace.root} resume run-int" in r.output.replace("\n", "")
     assert p.status("run-int").status == "interrupted"
 
 

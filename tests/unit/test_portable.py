@@ -215,4 +215,4 @@ def test_without_a_converter_the_gguf_export_says_how_to_install_it(workspace, m
     monkeypatch.delenv("LLAMA_CPP_DIR")
     monkeypatch.setattr("luthitune.gguf_export.default_converter_dir", lambda: tmp_path / "none")
     r = CliRunner().invoke(app, ["export", "gguf", "--adapter", "x", "-w", str(workspace.root)], terminal_width=200)
-    assert r.exit_code == 2 and "luthitune export converter" in r.output
+    assert r.exit_code == 2 and f"luthitune -w {workspace.root} export converter" in r.output

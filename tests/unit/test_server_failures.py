@@ -108,7 +108,7 @@ def test_the_interview_on_a_failing_server_exits_3_naming_url_and_model(tmp_path
         )
         r = CliRunner().invoke(app, ["-w", str(ws), "run", "--autopilot", "--name", "r1"], terminal_width=200)
     assert r.exit_code == 3, r.output
-    assert srv.url in r.output and MODEL in r.output and "luthitune resume r1" in r.output
+    assert srv.url in r.output and MODEL in r.output and f"luthitune -w {ws} resume r1" in r.output
     assert "Unexpected error" not in r.output
 
 
