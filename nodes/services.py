@@ -37,11 +37,13 @@ def forget_workspace() -> None:
 def workspace(runtime: Runtime[Context]) -> Workspace:
     """The caller's workspace (a :class:`~luthitune.protocol.Protocol`'s), else the context's folder, opened once
     per process (LangGraph's server passes only the folder)."""
-    return runtime.context.seams.ws or _workspace(runtime.context.workspace)
+    given = runtime.context.seams.ws
+    return given if given is not None else _workspace(runtime.context.workspace)
 
 
 def store(runtime: Runtime[Context]) -> Store:
-    return runtime.context.seams.store or _store(str(workspace(runtime).db_path))
+    given = runtime.context.seams.store
+    return given if given is not None else _store(str(workspace(runtime).db_path))
 
 
 def llm(

@@ -94,7 +94,7 @@ def balanced_order(items: list, workers: int, seconds: dict[str, float]) -> list
     for f in slow:
         fits = [k for k in range(workers) if len(lanes[k]) + len(files[f]) <= sizes[k]]
         if not fits:
-            break
+            continue  # split among the quick tests below
         k = min(fits, key=lambda k: load[k])
         lanes[k] += files[f]
         load[k] += seconds[f]

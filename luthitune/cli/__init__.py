@@ -164,7 +164,7 @@ def _root(
     quiet_libraries()
     setup_logging(verbose)
     ctx.obj = {"workspace": workspace}
-    _chosen.clear()  # a new command (CliRunner runs several in one process)
+    remember_workspace(None)  # a new command (CliRunner runs several in one process)
 
 
 def workspace_arg(ctx: typer.Context, local: Path | None) -> Path | None:
@@ -175,12 +175,13 @@ def workspace_arg(ctx: typer.Context, local: Path | None) -> Path | None:
     return chosen
 
 
-_chosen: list[Path] = []  # this command's workspace, where a signal handler (outside click's context) finds it
+_chosen: Path | None = None  # this command's workspace, where a signal handler (outside click's context) finds it
 
 
-def remember_workspace(path: Path) -> None:
+def remember_workspace(path: Path | None) -> None:
     """Note the workspace this command works on, for the commands its messages suggest (:func:`for_workspace`)."""
-    _chosen[:] = [Path(path)]
+    global _chosen
+    _chosen = Path(path) if path is not None else None
 
 
 _SUGGESTED = re.compile(r"`luthitune (?!-w |--workspace )")
@@ -190,15 +191,12 @@ def for_workspace(text: str) -> str:
     """``text`` with every command it suggests (`` `luthitune resume RUN` ``) run on this command's workspace:
     ``luthitune -w ROOT ...`` where that is not the one a bare ``luthitune`` opens (``$LUTHITUNE_HOME``, else the
     current folder)."""
-    if not _chosen:
-        return text
-    chosen = _chosen[0]
     default = Path(os.environ.get("LUTHITUNE_HOME") or os.getcwd()).resolve()
-    if Path(chosen).resolve() == default:
+    if _chosen is None or _chosen.resolve() == default:
         return text
     import shlex
 
-    return _SUGGESTED.sub(f"`luthitune -w {shlex.quote(str(chosen))} ", text)
+    return _SUGGESTED.sub(f"`luthitune -w {shlex.quote(str(_chosen))} ", text)
 
 
 def _register() -> None:
