@@ -5,12 +5,24 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-console = Console()
-err_console = Console(stderr=True)
+
+class Terminal(Console):
+    """A console whose every string (printed, or inside a panel or a table) passes through ``rewrite`` first: the
+    CLI sets it so that each command a message suggests names the workspace it is run on."""
+
+    rewrite: Callable[[str], str] | None = None
+
+    def render_str(self, text: str, **kwargs):
+        return super().render_str(self.rewrite(text) if self.rewrite else text, **kwargs)
+
+
+console = Terminal()
+err_console = Terminal(stderr=True)
 
 
 def quiet_libraries() -> None:

@@ -14,7 +14,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from luthitune.logs import err_console, quiet_libraries, setup_logging
+from luthitune.logs import console, err_console, quiet_libraries, setup_logging
 
 BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0", "y", "n", "t", "f"}
 
@@ -61,10 +61,10 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except Cancelled as exc:
-            err_console.print(f"\n[yellow]Interrupted.[/] {for_workspace(str(exc))}", highlight=False, soft_wrap=True)
+            err_console.print(f"\n[yellow]Interrupted.[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except LuthiTuneError as exc:
-            err_console.print(f"[bold red]Error:[/] {for_workspace(str(exc))}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except BrokenPipeError:  # `luthitune ... | head`: the reader stopped reading, which is not an error
             import os
@@ -73,10 +73,8 @@ class _Group(TyperGroup):
             raise typer.Exit(0) from None
         except KeyboardInterrupt:
             err_console.print(
-                for_workspace(
-                    "\n[yellow]Interrupted.[/] Everything finished so far is saved; `luthitune status` shows "
-                    "where each run stands and `luthitune resume RUN` continues it."
-                )
+                "\n[yellow]Interrupted.[/] Everything finished so far is saved; `luthitune status` shows "
+                "where each run stands and `luthitune resume RUN` continues it."
             )
             raise typer.Exit(130) from None
         except Exception as exc:
@@ -87,7 +85,7 @@ class _Group(TyperGroup):
 
             found = storage_error(exc, "a file of the workspace")  # read-only, full disk: the file and what to do
             if found is not None:
-                err_console.print(f"[bold red]Error:[/] {for_workspace(str(found))}", highlight=False, soft_wrap=True)
+                err_console.print(f"[bold red]Error:[/] {found}", highlight=False, soft_wrap=True)
                 raise typer.Exit(found.exit_code) from None
             # A bug or an unforeseen failure: one clear message; the traceback with --verbose.
             import logging
@@ -95,11 +93,9 @@ class _Group(TyperGroup):
             logging.getLogger("luthitune").debug("Traceback", exc_info=True)
             err_console.print(
                 f"[bold red]Unexpected error:[/] {type(exc).__name__}: {exc}\n"
-                + for_workspace(
-                    "Everything that finished before the error is saved: `luthitune status` shows where each run "
-                    "stands, and `luthitune resume RUN` retries from the last completed step. Run with --verbose "
-                    "for the traceback, and please report it if it persists."
-                ),
+                + "Everything that finished before the error is saved: `luthitune status` shows where each run "
+                "stands, and `luthitune resume RUN` retries from the last completed step. Run with --verbose "
+                "for the traceback, and please report it if it persists.",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -134,10 +130,8 @@ def ctrl_c() -> Iterator[None]:
     def force(runs: list[str]) -> None:
         resume = " / ".join(f"`luthitune resume {r}`" for r in runs)
         err_console.print(
-            for_workspace(
-                f"\n[yellow]Interrupted.[/] Stopped at once; {resume or '`luthitune resume RUN`'} continues from the "
-                "last completed step."
-            ),
+            f"\n[yellow]Interrupted.[/] Stopped at once; {resume or '`luthitune resume RUN`'} continues from the "
+            "last completed step.",
             highlight=False,
             soft_wrap=True,
         )
@@ -197,6 +191,10 @@ def for_workspace(text: str) -> str:
     import shlex
 
     return _SUGGESTED.sub(f"`luthitune -w {shlex.quote(str(_chosen))} ", text)
+
+
+# Every message this CLI prints, errors and hints, panels and tables, suggests its commands on its workspace.
+console.rewrite = err_console.rewrite = for_workspace
 
 
 def _register() -> None:

@@ -32,7 +32,7 @@ def demo(
     turns: Annotated[int, typer.Option(min=1, help="Interview questions.")] = DEMO_OPTIONS.interview_turns,
 ) -> None:
     """Run the demo on the embedded model (SmolLM2-135M-Instruct) in a throwaway or named workspace."""
-    from luthitune.cli import ctrl_c, for_workspace, remember_workspace, workspace_arg
+    from luthitune.cli import ctrl_c, remember_workspace, workspace_arg
     from luthitune.demo import run_demo
 
     target = workspace_arg(ctx, workspace)
@@ -50,20 +50,16 @@ def demo(
     except BaseException:
         # Interrupted or failed: keep what was done, so it can be inspected and resumed, and say where it is.
         console.print(
-            for_workspace(
-                f"The demo's workspace is kept at {tmp}: `luthitune status` shows its runs, "
-                "`luthitune resume RUN` continues one."
-            )
+            f"The demo's workspace is kept at {tmp}: `luthitune status` shows its runs, "
+            "`luthitune resume RUN` continues one."
         )
         raise
     if keep:
         size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
         console.print(
-            for_workspace(
-                f"The demo's workspace is kept at {tmp} ({size:,.0f} MB): `luthitune constitution show`, "
-                "`luthitune data stats` and its data/reports/ show what the model wrote; `--discard` removes it "
-                "when the demo ends."
-            ),
+            f"The demo's workspace is kept at {tmp} ({size:,.0f} MB): `luthitune constitution show`, "
+            "`luthitune data stats` and its data/reports/ show what the model wrote; `--discard` removes it "
+            "when the demo ends.",
             highlight=False,
         )
     else:
