@@ -179,6 +179,12 @@ class PracticeConfig(_Strict):
         default_factory=lambda: dict(DEFAULT_MIX), description="Relative weight of each scenario category"
     )
     scenario_temperature: float = Field(0.9, ge=0.0, le=2.0, description="Sampling temperature for new requests")
+    scenario_retries: int = Field(
+        4,
+        ge=0,
+        le=10,
+        description="Retries after a request fails its checks (a request is one short answer; a lost one costs a pair)",
+    )
     answer_temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature for the answers")
     pair_mode: Literal["chain", "json"] = Field(
         "chain",

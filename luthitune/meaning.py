@@ -13,7 +13,9 @@ every failed attempt with its raw text.
 Rules: ``words`` (real words, enough of them), ``placeholder`` (a field's own name, an id, a stub), ``copied`` (the
 prompt's instructions or examples written back), ``repetition`` (a runaway loop), ``repeats`` (one field or item
 repeating another), ``first_person`` (a principle speaks for itself), ``language`` (the dialogue's language),
-``coherence`` (a consent decision that follows from its reasons).
+``coherence`` (a consent decision that follows from its reasons), ``relevance`` (an answer speaks to its request),
+``meta`` (an answer answers, rather than talking about answers), ``asks`` (a scenario's request asks something),
+``voice`` (a user's request written as the user, not in the assistant's voice).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ RULE_NAMES = (
     "coherence",
     "relevance",
     "meta",
+    "asks",
+    "voice",
 )
 WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # letters, with inner apostrophes ("don't")
 TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")  # words and numbers, for n-grams
@@ -225,11 +229,22 @@ def rule_relevance(field: str, text: str, request: str) -> str | None:
     return None
 
 
+# The user spoken of in the third person ("the user's request", "requested by the user"), not "the user account".
+THE_USER = (
+    r"\b(?:by|from|for|to|with|of) the user\b"
+    r"|\bthe user(?:'s (?:request|message|question|needs)| (?:is|was|wants|asked|asks|needs|has|would))\b"
+)
 META = re.compile(
     r"\b(?:re-?written|revised|improved|edited|updated|better) (?:version|response|answer|text|reply)\b"
     r"|\byour (?:critique|original text|original answer|feedback|question, rewritten)\b"
     r"|\boriginal (?:text|response|answer)\b|\bmy (?:previous|first|earlier) (?:answer|response|comment)\b"
-    r"|\bthis (?:response|answer) (?:fails|contains|seems|is an example)\b|\bthe user (?:is|was) (?:seeking|asking)\b",
+    r"|\bthis (?:response|answer|reply|narrative|explanation) (?:fails|contains|seems|is|has|needs|lacks|provides)\b"
+    r"|\bthe above (?:explanation|response|answer|text)\b|\b(?:great|good|perfect) example of\b|"
+    + THE_USER
+    + r"|\bhere(?:'s| is| are) (?:how I (?:rewrote|revised|rephrased)|(?:my|another|a) (?:alternative|suggested "
+    r"alternative|edit|revision|rewrite)|a few suggestions)\b|\bsuggestions to improve\b"
+    r"|\byour (?:previous|original|last) (?:response|answer|sentence)\b|\bI'll rephrase\b"
+    r"|\b(?:already )?provided your response\b",
     re.IGNORECASE,
 )
 
@@ -398,8 +413,78 @@ def consents(decision: str | None) -> bool:
 # -- scenario requests and practice answers --
 
 
+# Where a clause starts: the text's start, or after a sentence's or a clause's punctuation (or an emoji).
+_CLAUSE = r"(?:^|[.!;:,\n\u2014\u2013-]\s*|[^\w\s'\"()\[\]]\s+)"
+# A verb a user starts an instruction to an assistant with ("Write...", "Explain...", "Help me...").
+_ASK_VERBS = """write tell explain describe give show help make find list create draft compose suggest recommend teach
+provide share send generate summarize summarise translate plan design build calculate fix check review edit rewrite
+get hack break bypass access delete steal track locate convince persuade outline compare name walk guide advise
+assist prepare convert solve answer remind talk say lend let rate evaluate assess support forge crack spy monitor
+reset unlock open bring buy order sell prescribe diagnose cure finish complete continue pretend act imagine respond
+reply ignore forget play roleplay stop keep be confirm recommend settle decide choose pick demonstrate""".split()  # noqa: SIM905
+_LEAD = r"(?:(?:just|now|simply|quickly|kindly|pls|so|then|and|but|ok|okay|hey|hi|hello|honestly)\s+)*"
+ASKS = re.compile(
+    r"\?"
+    r"|\b(?:can|could|would|will|won't|wouldn't|shall)\s+(?:you|u)\b"
+    r"|\b(?:help|tell|show|teach|give|send|get|find|let|remind|walk|guide)\s+(?:me|us|my|our)\b"
+    # "I need...", "I am a nurse and need to know...", "we're looking for..."
+    r"|\b(?:I|we)\b[^.?!;]{0,40}?\b(?:need|want|would like|'d like|looking for|wondering|hoping|asking|begging)\b"
+    # a message in distress asks for an answer without a question mark ("I keep thinking everyone would be better off")
+    r"|\bI(?:'m| am)?\s+(?:feel|feeling|keep|can't stop|scared|afraid|desperate|lost|alone|hopeless|struggling)\b"
+    r"|\bplease\b|\bi (?:wonder|ask you)\b"
+    r"|\b(?:tutorial|instructions|recipe|step[- ]by[- ]step|how-to|any (?:advice|tips|ideas|suggestions)|"
+    r"(?:quick )?question (?:about|on|for))\b"
+    # a question without its question mark starts as one ("what are my options"); "when", "which" and a bare "is"
+    # also start statements ("When asked for assistance, I answer...")
+    rf"|{_CLAUSE}{_LEAD}(?:how|what|why|whether|is there|are there|is it|is this|do i|do you|can i|should i|could i|"
+    r"may i|am i|need|any)\b"
+    r"|\b(?:I|we)(?:'m| am| are|'re) (?:interested in|curious about)\b"
+    rf"|{_CLAUSE}{_LEAD}(?:{'|'.join(sorted(set(_ASK_VERBS)))})\b",
+    re.IGNORECASE,
+)
+
+
+def rule_asks(field: str, text: str) -> str | None:
+    """A scenario's request asks something of the assistant: a question, or an instruction or plea ("Help me...",
+    "Write...", "I need...", "Can you..."). A statement that asks nothing ("This request is very harsh", "It was a
+    difficult challenge") gives the answer nothing to decline or help with, and its pair trains nothing."""
+    if not ASKS.search(text or ""):
+        return (
+            f"asks: {field} asks nothing ({_short(text)!r}); write what the user asks you: a question, or a request "
+            "such as 'Can you...', 'Help me...', 'Write...'"
+        )
+    return None
+
+
+ASSISTANT_VOICE = re.compile(
+    r"\b(?:how|what) (?:can|may) (?:I|we) (?:\w+ )?(?:help|assist|do for) you\b"
+    r"|\b(?:anything|something) else (?:I|we) can\b|\bI (?:can|could|will|'ll) (?:help|assist) you\b"
+    r"|\b(?:would you|you would|do you) (?:like|want) me to ask\b|"
+    + THE_USER
+    + r"|\bI(?:'m| am) (?:here|happy|glad|ready|always here) to (?:help|assist)\b"
+    r"|\bI(?:'m| am) (?:an AI|an assistant|a language model|a chatbot|an AI assistant)\b"
+    r"|\bas an? (?:AI|assistant|language model)\b|\byour (?:request|query)\b"
+    r"|\bsorry for (?:any|the) (?:misunderstanding|confusion|inconvenience)\b"
+    r"|\ba user (?:asks|wants|is asking|requests|needs)\b",
+    re.IGNORECASE,
+)
+
+
+def rule_voice(field: str, text: str) -> str | None:
+    """A user's request is written as the user: not in the assistant's voice ("Is there anything else I can help
+    with?", "Please provide me with details about your request"), which a small model asked to play the user writes."""
+    m = ASSISTANT_VOICE.search(text or "")
+    if m:
+        return f"voice: {field} speaks as the assistant ({m.group(0)!r}), not as the user asking"
+    return None
+
+
 def request_reasons(request: str, *, source: Source | None = None) -> list[str]:
-    return text_reasons("request", request, minimum=5, source=source)
+    """A scenario's request: real text (:func:`text_reasons`) that a user asks (:func:`rule_voice`,
+    :func:`rule_asks`)."""
+    # Three words: a short request is still one ("Describe the water cycle."); a stub that asks nothing fails ``asks``.
+    found = text_reasons("request", request, minimum=3, source=source)
+    return found or _first([rule_voice("request", request), rule_asks("request", request)])
 
 
 def answer_reasons(fields: dict[str, str], *, source: Source | None = None) -> list[str]:

@@ -151,7 +151,7 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
             llm,
             [[HumanMessage(p.text)] for p in prompts],
             ScenarioRequest,
-            retries=services.retries(runtime),
+            retries=services.scenario_retries(runtime),
             max_concurrency=size,
             on_result=store,
             hosts=hosts,

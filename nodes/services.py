@@ -117,6 +117,10 @@ def retries(runtime: Runtime[Context]) -> int:
     return workspace(runtime).config.structured_retries
 
 
+def scenario_retries(runtime: Runtime[Context]) -> int:
+    return workspace(runtime).config.practice.scenario_retries
+
+
 def concurrency(runtime: Runtime[Context]) -> int:
     return workspace(runtime).config.concurrency
 

@@ -142,3 +142,30 @@ def test_cli_run_on_a_parroting_server_exits_1_naming_the_check(tmp_path):
     [run] = [row["id"] for row in s.rows("runs")]
     assert s.rows("consents", run_id=run)[0]["decision"] == "unclear"
     assert s.count("training_runs") == 0 and s.count("constitution_versions") == 0
+
+
+@pytest.mark.parametrize("retries", [4, 2])
+def test_a_request_that_asks_nothing_is_asked_again_up_to_scenario_retries(tmp_path, retries):
+    """Four statements, then a question: with practice.scenario_retries 4 the fifth attempt is the scenario and every
+    refused one is kept with its reason; with 2 the scenario fails, with nothing put in its place."""
+    import yaml
+
+    from luthitune.workspace import Workspace, init_workspace
+
+    ws, _ = init_workspace(tmp_path / "ws")
+    cfg = yaml.safe_load((ws.root / "luthitune.yaml").read_text())
+    cfg["practice"]["scenario_retries"] = retries
+    (ws.root / "luthitune.yaml").write_text(yaml.safe_dump(cfg))
+    ws = Workspace.open(ws.root)
+    question = "How do scammers fake a caller ID, so I can warn my parents?"
+    answers = {"ScenarioRequest": lambda i: {"request": question if i >= 4 else "This request is very harsh."}}
+    p = Protocol(ws, llm=SchemaFakeModel(answers=answers), trainer=lambda pairs, name: None, evaluator=evaluator)
+    run = p.start({"autopilot": True, "interview_turns": 1, "n_scenarios": 1})
+    p.advance(run)
+    [row] = p.store.rows("scenarios", run_id=run)
+    refused = [a for a in p.store.rows("attempts", run_id=run) if a["step"] == "scenario"]
+    assert all("asks: request asks nothing" in a["reasons_json"] for a in refused)
+    if retries == 4:
+        assert row["status"] == "generated" and row["prompt"] == question and len(refused) == 4
+    else:
+        assert row["status"] == "failed" and row["prompt"] is None and len(refused) == 3
