@@ -9,8 +9,10 @@ Two ways to build a pair (``practice.pair_mode``):
 
 - ``chain`` (the default): three plain-text steps, each one batch over every scenario still in play: the model's
   own answer to the bare request (its impulse), its critique of that answer against the constitution, and its
-  revision given the critique. A small model writes far better prose than JSON: SmolLM2 filled one-object answers
-  with field-length stubs ("Honor", "chet") or loops, and most failed the meaning checks.
+  revision given the critique: a reply to the user written with the principles and the critique as a note, without
+  the first answer in view (shown it, a small model writes about that answer instead of to the user). A small
+  model writes far better prose than JSON: SmolLM2 filled one-object answers with field-length stubs ("Honor",
+  "chet") or loops, and most failed the meaning checks.
 - ``json``: one structured answer holding all three (one call per scenario, for a capable model).
 
 Every step's text passes the meaning checks (and speaks to the request); a failing one is asked again with its

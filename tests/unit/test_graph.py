@@ -103,7 +103,7 @@ def test_conditional_consent_continues_and_its_conditions_are_kept_to(make_proto
     prompts = [c[-1].content for c in p.llm.calls]
     assert any("It should test principle" in t and condition in t for t in prompts)  # scenario requests keep to it
     assert any("critique your first answer" in t and condition in t for t in prompts)  # and the self-critique
-    assert any("write your better answer" in t and condition in t for t in prompts)
+    assert any("You are replying to a user" in t and condition in t for t in prompts)
 
 
 def test_human_path_interrupts_and_resumes(make_protocol):
