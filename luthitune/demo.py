@@ -131,4 +131,4 @@ def summary(p, run_id: str, elapsed: float) -> None:
     )
     adapters = [tr["adapter_name"] for tr in s.rows("training_runs", run_id=run_id, status="done")]
     if adapters:
-        console.print(f"The whole chain behind the adapter: `luthitune provenance {adapters[-1]} -w {p.ws.root}`")
+        console.print(f"The whole chain behind the adapter: `luthitune provenance {adapters[-1]}`")

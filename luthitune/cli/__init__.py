@@ -178,7 +178,8 @@ def remember_workspace(path: Path | None) -> None:
     _chosen = Path(path) if path is not None else None
 
 
-_SUGGESTED = re.compile(r"`luthitune (?!-w |--workspace )")
+_SUGGESTED = re.compile(r"`luthitune ([^`]*)`")  # a suggested command, between backticks
+_NAMES_WORKSPACE = re.compile(r"(?:^|\s)(?:-w|--workspace)(?:\s|=|$)")
 
 
 def for_workspace(text: str) -> str:
@@ -190,7 +191,12 @@ def for_workspace(text: str) -> str:
         return text
     import shlex
 
-    return _SUGGESTED.sub(f"`luthitune -w {shlex.quote(str(_chosen))} ", text)
+    flag = f"-w {shlex.quote(str(_chosen))}"
+
+    def on_workspace(m: re.Match) -> str:
+        return m.group(0) if _NAMES_WORKSPACE.search(m.group(1)) else f"`luthitune {flag} {m.group(1)}`"
+
+    return _SUGGESTED.sub(on_workspace, text)
 
 
 # Every message this CLI prints, errors and hints, panels and tables, suggests its commands on its workspace.

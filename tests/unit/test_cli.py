@@ -146,3 +146,22 @@ def test_suggested_commands_name_the_workspace_when_it_is_not_the_default(tmp_pa
     monkeypatch.chdir(ws)
     r = runner.invoke(app, ["resume", "nope"], terminal_width=400)
     assert r.exit_code != 0 and "`luthitune run`" in r.output and "-w" not in r.output, r.output
+
+
+def test_a_suggested_command_that_names_its_workspace_keeps_it_once(tmp_path, monkeypatch):
+    from luthitune.cli import for_workspace, remember_workspace
+
+    monkeypatch.delenv("LUTHITUNE_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    remember_workspace(tmp_path / "other ws")
+    try:
+        text = for_workspace(
+            "`luthitune provenance a-c0 -w /x` then `luthitune status` or `luthitune --workspace=/y runs`"
+        )
+    finally:
+        remember_workspace(None)
+    quoted = f"'{tmp_path / 'other ws'}'"
+    assert (
+        text
+        == f"`luthitune provenance a-c0 -w /x` then `luthitune -w {quoted} status` or `luthitune --workspace=/y runs`"
+    )
