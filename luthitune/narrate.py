@@ -202,10 +202,12 @@ def run_summary(store: Store, run_id: str) -> list[str]:
         pairs = store.rows("pairs", run_id=run_id, cycle=cycle)
         bad = [p for p in pairs if p["status"] == "quarantined"]
         failed = [s for s in scen if s["status"] == "failed"]
+        # each count with its own reasons: a scenario's failure is not a pair's quarantine
         out.append(
-            f"Cycle {cycle}: {len(scen)} scenario(s), {len(failed)} failed the checks; {len(pairs)} pair(s), "
-            f"{len(pairs) - len(bad)} kept, {len(bad)} quarantined"
-            + (f" ({top_reasons(bad + failed)})" if bad or failed else "")
+            f"Cycle {cycle}: {len(scen)} scenario(s), {len(failed)} failed the checks"
+            + (f" ({top_reasons(failed)})" if failed else "")
+            + f"; {len(pairs)} pair(s), {len(pairs) - len(bad)} kept, {len(bad)} quarantined"
+            + (f" ({top_reasons(bad)})" if bad else "")
             + "."
         )
         for tr in store.rows("training_runs", run_id=run_id, cycle=cycle):

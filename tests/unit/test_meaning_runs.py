@@ -169,3 +169,8 @@ def test_a_request_that_asks_nothing_is_asked_again_up_to_scenario_retries(tmp_p
         assert row["status"] == "generated" and row["prompt"] == question and len(refused) == 4
     else:
         assert row["status"] == "failed" and row["prompt"] is None and len(refused) == 3
+        # the summary gives the scenario's failure its own reason, not the pairs' quarantine
+        from luthitune.narrate import run_summary
+
+        [line] = [x for x in run_summary(p.store, run) if x.startswith("Cycle 0")]
+        assert "1 failed the checks (asks ×1); 0 pair(s), 0 kept, 0 quarantined." in line, line
