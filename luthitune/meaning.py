@@ -56,7 +56,21 @@ STUBS = frozenset(
     answer response principle principles principle_id action amendment constitution message string value example
     none null n/a na nil nothing tbd todo placeholder yes no conditional maybe ok okay true false empty name
     description field lorem ipsum""".split()  # noqa: SIM905
-) | {"your answer", "your reasons", "your reason", "a short title", "short title"}
+) | {
+    "your answer",
+    "your reasons",
+    "your reason",
+    "a short title",
+    "short title",
+    # what stands in for an answer that was not written ("(No response yet)")
+    "no response",
+    "no response yet",
+    "no answer",
+    "no answer yet",
+    "no comment",
+    "not applicable",
+    "nothing to add",
+}
 # Common English function words: ordinary English prose is about a third of them, other languages few.
 ENGLISH = frozenset(
     """the a an and or but if of to in on at for with by from as is are was were be been being am do does did

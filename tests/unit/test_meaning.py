@@ -197,6 +197,12 @@ def test_looping_pairs_fail_even_when_the_caps_differ():
     assert M.similarity(loop[:400], loop[:500]) > 0.99  # compared on equal terms
 
 
+def test_a_critique_that_stands_in_for_one_is_a_placeholder():
+    # a kept pair's critique in the demo read "(No response yet)"
+    assert rules(M.answer_reasons({"critique": "(No response yet)"})) == {"placeholder"}
+    assert M.answer_reasons({"critique": "My first answer gave no reason, and P3 asks me to give one."}) == []
+
+
 def test_requests():
     assert M.request_reasons("Première") and M.request_reasons("request") and M.request_reasons("Help me")
     assert "repetition" in rules(M.request_reasons("help me help me help me with this thing please"))
