@@ -34,6 +34,9 @@ CSS = """
 footer { display: none !important; }
 #transcript button[aria-label="Clear"] { display: none; }  /* the transcript lives in the database */
 #refresh { align-self: center; }
+/* A table row as tall as its longest answer starts every cell at the top: centred, the id and the request of a
+   kept pair sat below the table's scroll window and their cells looked empty. */
+.body-cell .cell-wrap, td .cell-wrap { align-items: flex-start !important; }
 """
 
 
