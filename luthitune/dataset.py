@@ -107,11 +107,9 @@ def stats(store: Store, run_id: str, cycle: int) -> dict[str, Any]:
             by_category[s["category"]]["failed"] += 1
     for p in pairs:
         by_category.setdefault(p.get("category") or cat_of.get(p["scenario_id"], "?"), Counter())[p["status"]] += 1
-    reasons = Counter(
-        _rule(r)
-        for row in [*pairs, *(s for s in scen if s["status"] == "failed")]
-        for r in json.loads(row["reasons_json"] or "[]")
-    )
+
+    def tally(rows: list[dict]) -> dict[str, int]:
+        return dict(Counter(_rule(r) for row in rows for r in json.loads(row["reasons_json"] or "[]")).most_common())
 
     def dist(values: list[int]) -> dict[str, float]:
         if not values:
@@ -129,7 +127,8 @@ def stats(store: Store, run_id: str, cycle: int) -> dict[str, Any]:
         "kept": len(kept),
         "quarantined": sum(p["status"] == "quarantined" for p in pairs),
         "by_category": {k: dict(v) for k, v in sorted(by_category.items())},
-        "by_reason": dict(reasons.most_common()),
+        "by_reason": tally(pairs),  # why pairs were quarantined
+        "scenario_reasons": tally([s for s in scen if s["status"] == "failed"]),  # why requests failed
         "lengths": {f: dist([len(p[f] or "") for p in kept]) for f in ("prompt", "chosen", "rejected", "critique")},
     }
 

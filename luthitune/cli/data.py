@@ -74,10 +74,10 @@ def stats(
     for cat, c in st["by_category"].items():
         t.add_row(cat, *(str(c.get(k, 0)) for k in ("scenarios", "failed", "kept", "quarantined")))
     console.print(t)
-    if st["by_reason"]:
-        t = Table("rule", "rejections", title="quarantine reasons")
-        for rule, n in st["by_reason"].items():
-            t.add_row(rule, str(n))
+    if st["by_reason"] or st["scenario_reasons"]:
+        t = Table("rule", "failed requests", "quarantined pairs", title="why (each rule's rejections)")
+        for rule in dict.fromkeys([*st["scenario_reasons"], *st["by_reason"]]):
+            t.add_row(rule, str(st["scenario_reasons"].get(rule, 0)), str(st["by_reason"].get(rule, 0)))
         console.print(t)
     t = Table("field", "min", "median", "p90", "max", title="lengths of kept pairs (characters)")
     for f, d in st["lengths"].items():

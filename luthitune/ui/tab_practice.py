@@ -94,11 +94,15 @@ def build(page) -> None:
         i = views.waiting_for(st, "pair_review")
         ps = views.practice_stats(p, run_id)
         if ps:
-            reasons = ", ".join(f"{k} {v}" for k, v in ps["by_reason"].items()) or "none"
+
+            def listed(counts: dict[str, int]) -> str:
+                return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+
             summary = (
                 f"**Cycle {ps['cycle']}**: {ps['scenarios']} scenarios ({ps['scenarios_failed']} failed), "
                 f"{ps['pairs']} pairs: {ps['kept']} kept, {ps['quarantined']} quarantined.  \n"
-                f"Quarantine reasons: {reasons}"
+                f"Why requests failed: {listed(ps['scenario_reasons'])}. "
+                f"Why pairs were quarantined: {listed(ps['by_reason'])}."
             )
         else:
             summary = "*No practice data yet.*"

@@ -174,3 +174,7 @@ def test_a_request_that_asks_nothing_is_asked_again_up_to_scenario_retries(tmp_p
 
         [line] = [x for x in run_summary(p.store, run) if x.startswith("Cycle 0")]
         assert "1 failed the checks (asks ×1); 0 pair(s), 0 kept, 0 quarantined." in line, line
+        from luthitune import dataset
+
+        st = dataset.stats(p.store, run, 0)
+        assert st["scenario_reasons"] == {"asks": 1} and st["by_reason"] == {}
