@@ -73,9 +73,14 @@ class Page:
     notice: Any = None  # a line about the last action
     parts: list[tuple[list[Any], Callable]] = field(default_factory=list)
     live: list[tuple[list[Any], Callable]] = field(default_factory=list)
+    forms: set[int] = field(default_factory=set)  # indexes into parts of the ones holding fields the user edits
 
-    def part(self, outputs: list[Any], refresh: Callable, live: bool = False) -> None:
-        """Register components and the function (protocol, run id, status) → their values."""
+    def part(self, outputs: list[Any], refresh: Callable, live: bool = False, form: bool = False) -> None:
+        """Register components and the function (protocol, run id, status) → their values. A ``form`` part holds
+        fields the user edits: when the run's state changes, only the values that changed since this page last sent
+        them are sent again, so a refresh never puts back a stored value over what the user is typing."""
+        if form:
+            self.forms.add(len(self.parts))
         (self.live if live else self.parts).append((outputs, refresh))
 
     @staticmethod
@@ -94,9 +99,17 @@ class Page:
     def live_outputs(self) -> list[Any]:
         return [c for outs, _ in self.live for c in outs]
 
-    def refresh(self, run_id: str | None) -> list:
+    def refresh(self, run_id: str | None, memo: dict | None = None) -> list:
+        """Every part's values; with ``memo`` (the page's, updated here), a form part's unchanged ones are skipped."""
         p = self.wb.protocol()
-        return self._values(self.parts, p, run_id, views.status(p, run_id))
+        st = views.status(p, run_id)
+        out: list = []
+        for k, part in enumerate(self.parts):
+            values = self._values([part], p, run_id, st)
+            if memo is not None and k in self.forms:
+                values = unchanged_skipped(values, memo, f"form{k}.")
+            out += values
+        return out
 
     def refresh_live(self, run_id: str | None) -> list:
         p = self.wb.protocol()
@@ -118,6 +131,24 @@ class Page:
             job and [job.started, job.finished, job.node, job.outcome],
         ]
         return json.dumps(marks, default=str)
+
+
+def fingerprint(value: Any) -> str:
+    """What a sent value is made of (a chart: the data it was drawn from), to tell whether it changed."""
+    found = getattr(value, "lt_fingerprint", None)
+    if found is None:
+        found = value.to_json() if hasattr(value, "to_json") else json.dumps(value, default=str)
+    return found
+
+
+def unchanged_skipped(values: list, memo: dict, prefix: str) -> list:
+    """``values`` with each one equal to what ``memo`` says was sent last time replaced by ``gr.skip()``."""
+    out = []
+    for i, v in enumerate(values):
+        key, found = f"{prefix}{i}", fingerprint(v)
+        out.append(v if found != memo.get(key) else gr.skip())
+        memo[key] = found
+    return out
 
 
 def status_line(wb: Workbench, run_id: str | None) -> str:
@@ -183,8 +214,10 @@ def build_app(wb: Workbench) -> gr.Blocks:
         live = page.live_outputs()
 
         def show(run_id, memo):
-            memo = {**(memo or {}), "stamp": page.stamp(run_id), "status": status_line(wb, run_id)}
-            return [memo, memo["status"], *page.refresh(run_id), *page.refresh_live(run_id)]
+            # another run (or the page's first load): everything is sent, and what the forms show is noted
+            memo = {"stamp": page.stamp(run_id), "status": status_line(wb, run_id)}
+            values = page.refresh(run_id, memo=memo)  # an empty memo skips nothing, and notes what was sent
+            return [memo, memo["status"], *values, *page.refresh_live(run_id)]
 
         def tick(run_id, memo):
             memo = dict(memo or {})
@@ -193,16 +226,9 @@ def build_app(wb: Workbench) -> gr.Blocks:
             out.append(line if line != memo.get("status") else gr.skip())
             memo["status"] = line
             stamp = page.stamp(run_id)
-            out += page.refresh(run_id) if stamp != memo.get("stamp") else [gr.skip()] * len(full)
+            out += page.refresh(run_id, memo) if stamp != memo.get("stamp") else [gr.skip()] * len(full)
             memo["stamp"] = stamp
-            live_values = page.refresh_live(run_id)
-            for i, v in enumerate(live_values):
-                key = f"live{i}"
-                fingerprint = getattr(v, "lt_fingerprint", None)  # a chart: the data it was drawn from
-                if fingerprint is None:
-                    fingerprint = v.to_json() if hasattr(v, "to_json") else json.dumps(v, default=str)
-                out.append(v if fingerprint != memo.get(key) else gr.skip())
-                memo[key] = fingerprint
+            out += unchanged_skipped(page.refresh_live(run_id), memo, "live")
             return [memo, *out]
 
         def load(request: gr.Request):

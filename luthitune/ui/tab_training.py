@@ -226,7 +226,9 @@ def build_integration(page) -> None:
         ]
 
     page.part(
-        [pending, pending_md, resume, confirm_row, adapter, *inputs, preview, result, manifest, yaml_text], refresh
+        [pending, pending_md, resume, confirm_row, adapter, *inputs, preview, result, manifest, yaml_text],
+        refresh,
+        form=True,  # the settings fields: a refresh keeps what the user has typed unless the stored value changed
     )
 
     def refresh_export(p, run_id, st):

@@ -156,3 +156,25 @@ def workbench(workspace):
     wb = Workbench(workspace, llm=SchemaFakeModel())
     yield wb
     wb.shutdown()
+
+
+def test_a_refresh_sends_a_form_only_the_values_that_changed(workspace):
+    """The training settings are a form: when the run's state changes, a stored value the page already showed is
+    not sent again, so what the user has typed over it stays; a stored value that changed is sent."""
+    import gradio as gr
+
+    from luthitune.ui.app import Page
+    from luthitune.ui.jobs import Workbench
+
+    stored = {"lora_r": 16, "beta": 0.1}
+    page = Page(Workbench(workspace))
+    page.part(["r", "beta"], lambda p, run_id, st: [stored["lora_r"], stored["beta"]], form=True)
+    page.part(["status"], lambda p, run_id, st: ["waiting"])
+    memo: dict = {}
+    assert page.refresh(None, memo) == [16, 0.1, "waiting"]  # the first time: everything
+    skipped = page.refresh(None, memo)
+    assert [type(v) for v in skipped[:2]] == [type(gr.skip())] * 2 and skipped[2] == "waiting"
+    stored["beta"] = 0.2  # saved elsewhere: the new value is sent, the untouched field is left as the user has it
+    again = page.refresh(None, memo)
+    assert type(again[0]) is type(gr.skip()) and again[1] == 0.2
+    assert page.refresh(None) == [16, 0.2, "waiting"]  # without a memo (another run chosen): everything
