@@ -493,11 +493,14 @@ def rule_voice(field: str, text: str) -> str | None:
     return None
 
 
+# Three words: a short request is still one ("Describe the water cycle."); a stub that asks nothing fails ``asks``.
+REQUEST_MIN_WORDS = 3
+
+
 def request_reasons(request: str, *, source: Source | None = None) -> list[str]:
     """A scenario's request: real text (:func:`text_reasons`) that a user asks (:func:`rule_voice`,
     :func:`rule_asks`)."""
-    # Three words: a short request is still one ("Describe the water cycle."); a stub that asks nothing fails ``asks``.
-    found = text_reasons("request", request, minimum=3, source=source)
+    found = text_reasons("request", request, minimum=REQUEST_MIN_WORDS, source=source)
     return found or _first([rule_voice("request", request), rule_asks("request", request)])
 
 

@@ -59,7 +59,7 @@ def _meaning(rule: str):
 
         source = meaning.Source(fixed_text("self_critique.md"))
         for f in FIELDS:
-            minimum = 5 if f == "prompt" else 3
+            minimum = meaning.REQUEST_MIN_WORDS if f == "prompt" else 3
             for r in meaning.text_reasons(f, pair.get(f) or "", minimum=minimum, source=source):
                 if r.startswith(rule + ":"):
                     return r
@@ -67,6 +67,8 @@ def _meaning(rule: str):
             return meaning.rule_repeats("critique", pair.get("critique") or "", "chosen", pair.get("chosen") or "")
         if rule == "meta":
             return meaning.rule_meta("chosen", pair.get("chosen") or "")
+        if rule in ("asks", "voice"):  # the request, as its scenario was checked (an imported pair's too)
+            return getattr(meaning, f"rule_{rule}")("prompt", pair.get("prompt") or "")
         if rule == "relevance":
             for f in ("rejected", "chosen"):
                 found = meaning.rule_relevance(f, pair.get(f) or "", pair.get("prompt") or "")
@@ -120,6 +122,8 @@ MEANING: dict[str, Rule] = {
     "repeats": _meaning("repeats"),
     "relevance": _meaning("relevance"),
     "meta": _meaning("meta"),
+    "asks": _meaning("asks"),
+    "voice": _meaning("voice"),
 }
 RULES: dict[str, Rule] = {
     "length": rule_length,
