@@ -47,9 +47,14 @@ def test_a_tiny_outcome_benchmark_prints_each_row_with_its_n(tmp_path):
     db = Store(Path(seed["workspace"]) / "data" / "luthitune.db")
     [training] = db.rows("training_runs", run_id=seed["run_id"])
     held_out = json.loads(training["config_json"])["held_out_ids"]
-    assert seed["counts"]["held_out"] == len(held_out) >= 1
+    # How many pairs the model's words leave kept is its own (one kept pair trains and holds none out): the counts
+    # must agree with the database either way, and a held-out metric is never scored on training pairs.
+    assert seed["counts"]["held_out"] == len(held_out)
     rows = seed["rows"]
-    assert rows["pairs.reward_acc"]["adapter"]["n"] == len(held_out)
+    if held_out:
+        assert rows["pairs.reward_acc"]["adapter"]["n"] == len(held_out)
+    else:
+        assert not (rows.get("pairs.reward_acc") or {}).get("adapter", {}).get("n"), rows.get("pairs.reward_acc")
     for metric in ("probes.trap.humane_rate", "probes.benign.refusal_rate", "probes.values.reason_rate"):
         for model in ("base", "adapter", "change"):
             assert rows[metric][model]["n"] == PROBES, (metric, model)
