@@ -435,7 +435,7 @@ provide share send generate summarize summarise translate plan design build calc
 get hack break bypass access delete steal track locate convince persuade outline compare name walk guide advise
 assist prepare convert solve answer remind talk say lend let rate evaluate assess support forge crack spy monitor
 reset unlock open bring buy order sell prescribe diagnose cure finish complete continue pretend act imagine respond
-reply ignore forget play roleplay stop keep be confirm recommend settle decide choose pick demonstrate""".split()  # noqa: SIM905
+reply ignore forget play roleplay stop keep be confirm settle decide choose pick demonstrate""".split()  # noqa: SIM905
 _LEAD = r"(?:(?:just|now|simply|quickly|kindly|pls|so|then|and|but|ok|okay|hey|hi|hello|honestly)\s+)*"
 ASKS = re.compile(
     r"\?"

@@ -57,6 +57,8 @@ def _meaning(rule: str):
     def check(pair: dict, c: Constitution) -> str | None:
         from luthitune.prompts import fixed_text
 
+        if rule in ("asks", "voice"):  # the request, as its scenario was checked (an imported pair's too)
+            return getattr(meaning, f"rule_{rule}")("prompt", pair.get("prompt") or "")
         source = meaning.Source(fixed_text("self_critique.md"))
         for f in FIELDS:
             minimum = meaning.REQUEST_MIN_WORDS if f == "prompt" else 3
@@ -67,8 +69,6 @@ def _meaning(rule: str):
             return meaning.rule_repeats("critique", pair.get("critique") or "", "chosen", pair.get("chosen") or "")
         if rule == "meta":
             return meaning.rule_meta("chosen", pair.get("chosen") or "")
-        if rule in ("asks", "voice"):  # the request, as its scenario was checked (an imported pair's too)
-            return getattr(meaning, f"rule_{rule}")("prompt", pair.get("prompt") or "")
         if rule == "relevance":
             for f in ("rejected", "chosen"):
                 found = meaning.rule_relevance(f, pair.get(f) or "", pair.get("prompt") or "")

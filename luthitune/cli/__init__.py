@@ -186,8 +186,10 @@ def for_workspace(text: str) -> str:
     """``text`` with every command it suggests (`` `luthitune resume RUN` ``) run on this command's workspace:
     ``luthitune -w ROOT ...`` where that is not the one a bare ``luthitune`` opens (``$LUTHITUNE_HOME``, else the
     current folder)."""
+    if _chosen is None or "`luthitune " not in text:
+        return text
     default = Path(os.environ.get("LUTHITUNE_HOME") or os.getcwd()).resolve()
-    if _chosen is None or _chosen.resolve() == default:
+    if _chosen.resolve() == default:
         return text
     import shlex
 

@@ -79,6 +79,8 @@ class Page:
         """Register components and the function (protocol, run id, status) → their values. A ``form`` part holds
         fields the user edits: when the run's state changes, only the values that changed since this page last sent
         them are sent again, so a refresh never puts back a stored value over what the user is typing."""
+        if form and live:  # pragma: no cover - a wiring mistake
+            raise ValueError("a form part is refreshed with the run's state, not by the live timer")
         if form:
             self.forms.add(len(self.parts))
         (self.live if live else self.parts).append((outputs, refresh))
