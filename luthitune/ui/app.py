@@ -85,6 +85,10 @@ class Page:
             self.forms.add(len(self.parts))
         (self.live if live else self.parts).append((outputs, refresh))
 
+    def cancel_button(self, button: Any) -> None:
+        """``button`` cancels the selected run's job: it can be pressed only while that job is working."""
+        self.part([button], lambda p, run_id, st: [gr.update(interactive=self.wb.busy(run_id))])
+
     @staticmethod
     def _values(parts, p, run_id, st) -> list:
         out: list = []

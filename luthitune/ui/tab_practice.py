@@ -128,6 +128,7 @@ def build(page) -> None:
         return "Working; progress shows above."
 
     resume.click(guarded(do_resume), [page.run], [page.notice])
+    page.cancel_button(stop)
     stop.click(
         guarded(lambda run_id: "Cancelling…" if run_id and wb.cancel(run_id) else "Nothing is running."),
         [page.run],

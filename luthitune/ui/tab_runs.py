@@ -142,6 +142,7 @@ def build(page) -> None:
             return "Nothing is running for this run."
         return f"Cancelling {run_id}: it stops at the next progress point; Resume continues it."
 
+    page.cancel_button(stop)
     stop.click(guarded(cancel_run), [page.run], [page.notice])
 
     def fork_run(run_id, checkpoint_id, new_name):

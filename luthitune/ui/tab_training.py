@@ -307,6 +307,7 @@ def build_integration(page) -> None:
         return "Training declined; the run ends without training."
 
     decline.click(guarded(do_decline), [page.run], [page.notice])
+    page.cancel_button(stop)
     stop.click(
         guarded(lambda run_id: "Cancelling training…" if run_id and wb.cancel(run_id) else "Nothing is running."),
         [page.run],

@@ -178,3 +178,19 @@ def test_a_refresh_sends_a_form_only_the_values_that_changed(workspace):
     again = page.refresh(None, memo)
     assert type(again[0]) is type(gr.skip()) and again[1] == 0.2
     assert page.refresh(None) == [16, 0.2, "waiting"]  # without a memo (another run chosen): everything
+
+
+def test_a_cancel_button_can_be_pressed_only_while_the_run_s_job_works(workspace):
+    """A finished or idle run's Cancel is greyed out; while its job works, Cancel can be pressed."""
+    from luthitune.ui.app import Page
+    from luthitune.ui.jobs import Workbench
+
+    wb = Workbench(workspace)
+    page = Page(wb)
+    page.cancel_button("cancel")
+    working = {"r1"}
+    wb.busy = lambda run_id: run_id in working  # type: ignore[method-assign]
+    assert page.refresh("r1")[0]["interactive"] is True
+    working.clear()
+    assert page.refresh("r1")[0]["interactive"] is False
+    assert page.refresh(None)[0]["interactive"] is False
