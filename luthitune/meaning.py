@@ -46,7 +46,8 @@ ELLIPSIS = re.compile(r"\.\.\.|…")
 # A template's slot left unfilled: [username], [Your Name], {name}, <TARGET_EMAIL> (not a markdown link's [text](url))
 SLOT = re.compile(r"\[[A-Za-z][\w ]{0,30}\](?!\()|\{[A-Za-z_]{2,30}\}|<[A-Z][A-Z_]{1,30}>")
 DANGLING = frozenset(
-    "to because that the a an and or of for with by as than so if when which who whose my your our".split()  # noqa: SIM905
+    """to because that the a an and or of for with by as than so if when which who whose my your our about on in into
+    onto from at like including regarding concerning between""".split()  # noqa: SIM905
 )
 ID_LIKE = re.compile(r"^(?:[a-z]{0,2}\d{1,3}|principle \d+|[a-z])$")
 

@@ -312,6 +312,13 @@ def test_a_template_slot_left_unfilled_is_a_placeholder(text):
     assert "slot left unfilled" in reason
 
 
+def test_an_ellipsis_after_a_preposition_is_a_blank_to_fill():
+    # a kept request in the demo read "I need to know more about...(Please help someone understand the purpose ..."
+    text = "I need to know more about...(Please help someone understand the purpose of the article."
+    assert rules(M.request_reasons(text)) == {"placeholder"}
+    assert M.rule_placeholder("answer", "Well... I can help you plan the trip, step by step.") is None
+
+
 def test_a_markdown_link_or_a_citation_is_not_a_slot():
     for text in ("See [the guide](https://example.org/guide) on storing insulin.", "Aspirin thins blood [1]."):
         assert M.rule_placeholder("answer", text) is None
