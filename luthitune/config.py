@@ -284,7 +284,9 @@ class EvaluationConfig(_Strict):
         return v
 
 
-DEFAULT_CONCURRENCY = {"local": 8, "ollama": 4, "openai": 8}
+# The local engine's decode step reads every weight once whatever the batch, so more sequences in flight cost little
+# more per step: on a 2-core CPU, 32 slots wrote the self-critique chain's answers 1.7-2.2x as fast as 8.
+DEFAULT_CONCURRENCY = {"local": 32, "ollama": 4, "openai": 8}
 
 
 def _checkpointer_url(v: str) -> str:
@@ -338,6 +340,11 @@ class Config(_Strict):
             default = sum(h.concurrency for h in server.hosts) if server and server.hosts else None
             object.__setattr__(self, "concurrency", default or DEFAULT_CONCURRENCY[self.backend])
         return self
+
+    def local_slots(self) -> int:
+        """Sequences the in-process engine keeps in flight (evaluation runs there on every backend): ``concurrency``
+        on the local backend, else the local default."""
+        return self.concurrency if self.backend == "local" and self.concurrency else DEFAULT_CONCURRENCY["local"]
 
     def server(self) -> OllamaConfig | OpenAIConfig | None:
         """The settings of the HTTP backend in use (None for the in-process local backend)."""

@@ -39,6 +39,7 @@ def measure(runtime: Runtime[Context], state: RunState, pairs: list[dict], split
         judge_llm=judge,
         progress=lambda task, done, total: services.progress(runtime, task, done, total),
         probe_spec=ctx.probes,
+        slots=ws.config.local_slots(),
     )
 
 

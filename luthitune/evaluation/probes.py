@@ -187,10 +187,11 @@ def answer(
     adapter: str | None,
     *,
     max_new_tokens: int,
-    slots: int = 8,
+    slots: int | None = None,
     on_done: Callable[[Probe, str], None] | None = None,
 ) -> dict[str, str]:
-    """Greedy answers to ``probes`` with ``adapter`` on (``None``: the base), in one continuous batch."""
+    """Greedy answers to ``probes`` with ``adapter`` on (``None``: the base), in one continuous batch of at most
+    ``slots`` sequences (None: the local engine's default)."""
     if not probes:
         return {}
     out: dict[str, str] = {}
@@ -200,13 +201,15 @@ def answer(
         if on_done:
             on_done(probes[i], g.text)
 
+    from luthitune.config import DEFAULT_CONCURRENCY
+
     with runtime.lock, runtime.adapter(adapter):
         runtime.generate(
             [[{"role": "user", "content": p.prompt}] for p in probes],
             max_new_tokens=max_new_tokens,
             temperature=0.0,
             repetition_penalty=1.1,
-            slots=slots,
+            slots=slots or DEFAULT_CONCURRENCY["local"],
             seed=0,
             on_done=done,
         )

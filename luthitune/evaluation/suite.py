@@ -126,6 +126,7 @@ def probe_answers(
     titles: dict[str, str],
     progress: Progress,
     spec: dict[str, dict] | None = None,
+    slots: int | None = None,
 ) -> dict[str, list[dict]]:
     """Stored answers of base and adapter to every probe of ``spec`` (default: the packaged sets), generating the
     missing ones, by model. A stored answer counts only for the same prompt (a probe file may reuse an id)."""
@@ -161,7 +162,7 @@ def probe_answers(
             done += 1
             progress("probes", done, total)
 
-        probes.answer(runtime, todo, name, max_new_tokens=cfg.max_new_tokens, on_done=save)
+        probes.answer(runtime, todo, name, max_new_tokens=cfg.max_new_tokens, slots=slots, on_done=save)
         wanted = {p.id for p in chosen}
         rows[model] = [
             {
@@ -211,9 +212,10 @@ def evaluate_adapter(
     judge_llm: Any = None,
     progress: Progress | None = None,
     probe_spec: dict[str, dict] | None = None,
+    slots: int | None = None,
 ) -> list[Result]:
     """Everything measured for one adapter against its base; stored, and returned. ``probe_spec``: the probe sets
-    (default: the packaged ones)."""
+    (default: the packaged ones); ``slots``: probe answers generated at once (:meth:`Config.local_slots`)."""
     from luthitune import constitution as C
 
     progress = progress or (lambda task, done, total: None)
@@ -223,7 +225,7 @@ def evaluate_adapter(
         progress("held-out pairs", 0, len(pairs))
         results += pair_results(runtime, pairs, adapter, beta, pair_split)
         progress("held-out pairs", len(pairs), len(pairs))
-    rows = probe_answers(store, runtime, run_id, cycle, adapter, cfg, titles, progress, probe_spec)
+    rows = probe_answers(store, runtime, run_id, cycle, adapter, cfg, titles, progress, probe_spec, slots)
     kinds = {name: s["expect"] for name, s in (probe_spec or probes.packaged_sets()).items()}
     for model, model_rows in rows.items():
         results += [measured(model, m, "rules", items) for m, items in probes.outcomes(model_rows, kinds).items()]

@@ -156,4 +156,5 @@ def evaluate(ws: Workspace, store: Store, t: Target, *, progress=None, judge_llm
         judge_llm=judge_llm,
         progress=progress,
         probe_spec=t.probes or ws.probe_sets(t.evaluation.probes),
+        slots=ws.config.local_slots(),
     )

@@ -121,8 +121,11 @@ class _RecordingRuntime:
     """Stands in for LocalRuntime: records how it was asked to generate, answers with valid JSON."""
 
     def __init__(self):
+        import threading
+
         self.calls: list[dict] = []
         self.active_adapter = None
+        self.lock = threading.RLock()
 
     def adapter(self, name):
         import contextlib
@@ -173,3 +176,19 @@ def test_a_step_limit_never_exceeds_the_workspace_cap(tmp_path):
     assert limit_tokens(ChatOllama(model="m", num_predict=256), 120).num_predict == 120
     assert limit_tokens(ChatOllama(model="m", num_predict=64), 120).num_predict == 64
     assert limit_tokens(ChatOllama(model="m"), 120).num_predict == 120  # no cap set: the step's own
+
+
+def test_probe_answers_run_in_the_workspace_s_local_slots(tmp_path):
+    """The local engine keeps 32 sequences in flight by default; evaluation's probe answers (on the local engine on
+    every backend) use the local backend's concurrency, or that default when generation goes to a server."""
+    from luthitune.config import Config
+    from luthitune.evaluation import probes
+
+    assert Config().concurrency == 32 and Config().local_slots() == 32
+    assert Config(concurrency=5).local_slots() == 5
+    assert Config(backend="ollama").concurrency == 4 and Config(backend="ollama").local_slots() == 32
+    rt = _RecordingRuntime()
+    some = probes.load_probes(3)
+    assert set(probes.answer(rt, some, None, max_new_tokens=8, slots=5)) == {p.id for p in some}
+    probes.answer(rt, some, None, max_new_tokens=8)
+    assert [c["slots"] for c in rt.calls] == [5, 32] and rt.calls[0]["temperature"] == 0.0
