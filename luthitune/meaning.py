@@ -145,6 +145,8 @@ def rule_placeholder(field: str, text: str) -> str | None:
         dangling = any(words(p) and words(p)[-1].lower() in DANGLING for p in pieces[:-1])
         if dangling or not pieces[-1].strip(" .,;:_"):
             return f"placeholder: {field} leaves a blank to fill ({_short(text)!r})"
+    if text.rstrip().endswith(":"):  # "...the requirements outlined here:" and nothing after it
+        return f"placeholder: {field} ends at a colon, where what it introduces should follow ({_short(text)!r})"
     slot = SLOT.search(text)
     if slot:
         return f"placeholder: {field} has a template's slot left unfilled ({slot.group(0)!r})"
@@ -497,12 +499,65 @@ def rule_voice(field: str, text: str) -> str | None:
 # Three words: a short request is still one ("Describe the water cycle."); a stub that asks nothing fails ``asks``.
 REQUEST_MIN_WORDS = 3
 
+# What a request that would clearly hurt someone speaks of: violence, crime, abuse, deceit, intrusion, or doing it
+# unseen. A "clearly harmful" practice request with none of it ("What can I customize? How can I improve the
+# user?") would train the model to decline a harmless question: the over-refusal the benign category guards against.
+HARM = re.compile(
+    r"\b(?:hurt|harm|injur|wound|kill|murder|poison|drug(?:ging|ged)|spik(?:e|ing) (?:a|her|his|their|someone)|"
+    r"overdos|weapon|gun|firearm|rifle|pistol|knife|knives|blade|bomb|explosi|napalm|toxic|attack|assault|beat(?:ing)? "
+    r"(?:up|him|her|them|someone)|stab|shoot|strangl|burn (?:down|their|his|her)|arson|set fire|"
+    r"threat|intimidat|blackmail|extort|ransom|kidnap|hostage|stalk|harass|bull(?:y|ied|ying)|abus|groom|"
+    r"revenge|get back at|ruin|destroy|vandal|sabotag|smash|"
+    r"steal|stole|stolen|theft|thief|rob|shoplift|burglar|loot|break(?:ing)? in|broke in|trespass|pickpocket|"
+    r"pick(?:ing)? (?:the|a|their|his|her) lock|lock ?pick|"
+    r"hack|crack|bypass|phish|malware|virus|spyware|keylog|ddos|dox|password|passcode|"
+    r"scam|fraud|swindl|con (?:an?|my|her|him|them|someone)|cheat|counterfeit|forg(?:e|ed|ing|ery)|fak(?:e|ing)|"
+    r"false|impersonat|pretend(?:ing)? to be|posing as|suicid|kill myself|end my life|self-harm|"
+    r"(?:get|getting|got|break|breaking|log|logging|hack|hacking) into (?:my |her |his |their |a |an |the |"
+    r"someone's |somebody's )?(?:[\w-]+'s )?(?:[\w-]+ ){0,2}?(?:account|email|inbox|phone|laptop|computer|"
+    r"house|home|flat|car|shed|office|profile|messages|files)|"
+    r"launder|embezzl|brib|smuggl|traffick|illegal|unlawful|crime|criminal|"
+    r"trick|deceiv|manipulat|lie to|lying to|spread(?:ing)? (?:a )?(?:lie|rumou?r)|defam|slander|frame|plagiar|"
+    r"spy|spying|track(?:ing)? (?:my|her|his|their|someone|a)|secretly|sneak|without (?:them|him|her|anyone|"
+    r"anybody|my \w+|their \w+|the \w+|being|getting) (?:know|notic|find|see|seeing|caught|traced|detected|"
+    r"telling|asking|permission|consent))",
+    re.IGNORECASE,
+)
 
-def request_reasons(request: str, *, source: Source | None = None) -> list[str]:
+
+# A harm named to be kept away ("how to prevent all types of harm", "protect my kids from being stalked") makes a
+# request about safety, not a harmful one.
+PROTECTIVE = re.compile(
+    r"\b(?:prevent|avoid|protect|stop|against|reduc|recogni[sz]|spot|detect|report|warn|defend|safe from|surviv|"
+    r"cope with|deal with|heal|recover)\w*(?:\W+\w+){0,4}\W*$",
+    re.IGNORECASE,
+)
+
+
+def rule_harm(field: str, text: str) -> str | None:
+    """A request meant to be clearly harmful names the harm: what would hurt someone if answered as asked (a harm it
+    asks to prevent does not count)."""
+    text = text or ""
+    if any(not PROTECTIVE.search(text[max(0, m.start() - 60) : m.start()]) for m in HARM.finditer(text)):
+        return None
+    return (
+        f"harm: {field} names no harm ({_short(text)!r}); this request must be one that would clearly hurt someone "
+        "if answered as asked: say what the user wants to do to whom (to steal, to threaten, to hurt...)"
+    )
+
+
+# Checks a scenario category may ask of its requests (prompts/categories.yaml: request_checks).
+REQUEST_CHECKS = {"harm": rule_harm}
+
+
+def request_reasons(request: str, *, source: Source | None = None, checks: Iterable[str] = ()) -> list[str]:
     """A scenario's request: real text (:func:`text_reasons`) that a user asks (:func:`rule_voice`,
-    :func:`rule_asks`)."""
+    :func:`rule_asks`), passing its category's own ``checks`` (names in :data:`REQUEST_CHECKS`)."""
     found = text_reasons("request", request, minimum=REQUEST_MIN_WORDS, source=source)
-    return found or _first([rule_voice("request", request), rule_asks("request", request)])
+    return found or _first(
+        [rule_voice("request", request), rule_asks("request", request)]
+        + [REQUEST_CHECKS[c]("request", request) for c in checks]
+    )
 
 
 def answer_reasons(fields: dict[str, str], *, source: Source | None = None) -> list[str]:

@@ -59,6 +59,11 @@ def _meaning(rule: str):
 
         if rule in ("asks", "voice"):  # the request, as its scenario was checked (an imported pair's too)
             return getattr(meaning, f"rule_{rule}")("prompt", pair.get("prompt") or "")
+        if rule in meaning.REQUEST_CHECKS:  # a check the pair's category asks of its requests
+            from luthitune.config import categories
+
+            wanted = (categories().get(pair.get("category") or "") or {}).get("request_checks") or []
+            return meaning.REQUEST_CHECKS[rule]("prompt", pair.get("prompt") or "") if rule in wanted else None
         source = meaning.Source(fixed_text("self_critique.md"))
         for f in FIELDS:
             minimum = meaning.REQUEST_MIN_WORDS if f == "prompt" else 3
@@ -124,6 +129,7 @@ MEANING: dict[str, Rule] = {
     "meta": _meaning("meta"),
     "asks": _meaning("asks"),
     "voice": _meaning("voice"),
+    "harm": _meaning("harm"),
 }
 RULES: dict[str, Rule] = {
     "length": rule_length,

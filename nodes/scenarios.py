@@ -155,7 +155,9 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
             max_concurrency=size,
             on_result=store,
             hosts=hosts,
-            check=lambda _, r: meaning.request_reasons(r.request, source=source),
+            check=lambda k, r, chunk=chunk: meaning.request_reasons(
+                r.request, source=source, checks=kinds[chunk[k][2]].get("request_checks") or ()
+            ),
             on_attempt=services.recorder(
                 runtime, state, "scenario", [services.key(state, "s", f"{i:04d}") for i, _, _ in chunk]
             ),

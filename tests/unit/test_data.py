@@ -317,3 +317,14 @@ def test_two_processes_on_a_fresh_cache_dequantize_once(tmp_path, monkeypatch):
     for w in workers:
         w.join()
     assert len(calls) == 1 and got == [embedded.cached_dir(tmp_path)] * 2
+
+
+def test_a_clearly_harmful_pair_whose_request_names_no_harm_is_quarantined():
+    """Validation holds a pair to its category's request checks, as the scenario step did (an imported pair too):
+    a "clearly harmful" pair would otherwise train the model to decline a harmless question."""
+    harmless = "What can I customize? How can I improve the user?"
+    assert check_pair(pair(category="clearly harmful"), C2) == []  # "get into my neighbour's house"
+    [reason] = check_pair(pair(category="clearly harmful", prompt=harmless), C2)
+    assert reason.startswith("harm: prompt names no harm")
+    assert check_pair(pair(category="gray area", prompt=harmless, stance="judge"), C2) == []
+    assert "request_checks" not in categories()["gray area"]

@@ -166,7 +166,11 @@ def test_nodes_record_the_host_of_each_scenario_and_pair(tmp_path):
             {"id": f"{run}:v1", "run_id": run, "version": 1, "text": "P1", "principles_json": principles},
         )
         state = {"run_id": run, "cycle": 0, "constitution_id": f"{run}:v1"}
-        rt = Runtime(context=Context(workspace=str(ws.root), n_scenarios=10), stream_writer=lambda _: None)
+        # The stand-ins' requests name no harm: no "clearly harmful" scenario, which would rightly fail them.
+        mix = {"gray area": 1.0, "benign but sensitive": 1.0}
+        rt = Runtime(
+            context=Context(workspace=str(ws.root), n_scenarios=10, category_mix=mix), stream_writer=lambda _: None
+        )
         assert generate_scenarios(state, rt) == {"scenarios": 10}
         self_critique(state, rt)
     scenarios = s.rows("scenarios", run_id=run)

@@ -10,6 +10,7 @@ from fakes import SchemaFakeModel, allow_small_runs, evaluator
 from servers import StandIn
 from typer.testing import CliRunner
 
+from luthitune import meaning
 from luthitune.cli import app
 from luthitune.protocol import Protocol
 from luthitune.training.dpo import TrainResult
@@ -178,3 +179,27 @@ def test_a_request_that_asks_nothing_is_asked_again_up_to_scenario_retries(tmp_p
 
         st = dataset.stats(p.store, run, 0)
         assert st["scenario_reasons"] == {"asks": 1} and st["by_reason"] == {}
+
+
+def test_a_clearly_harmful_scenario_whose_request_names_no_harm_is_asked_again_with_the_reason(workspace):
+    """The model is asked for a clearly harmful request: a harmless question ("What can I customize?") fails the
+    category's harm check and is asked again with that reason; the same question is a fine benign request."""
+    asked: list[str] = []
+
+    def request(i, messages):
+        asked.append(str(messages[-1].content))
+        return {"request": "How do I steal my flatmate's savings without her noticing?" if i else HARMLESS}
+
+    HARMLESS = "What can I customize? How can I improve the user?"
+    p = Protocol(
+        workspace, llm=SchemaFakeModel(answers={"ScenarioRequest": request}), trainer=lambda pairs, name: None,
+        evaluator=evaluator,
+    )  # fmt: skip
+    run = p.start({"autopilot": True, "interview_turns": 1, "n_scenarios": 1, "category_mix": {"clearly harmful": 1}})
+    p.advance(run)
+    [row] = p.store.rows("scenarios", run_id=run)
+    assert row["status"] == "generated" and row["prompt"].startswith("How do I steal")
+    [refused] = [a for a in p.store.rows("attempts", run_id=run) if a["step"] == "scenario"]
+    assert "harm: request names no harm" in refused["reasons_json"] and HARMLESS in refused["raw"]
+    assert "names no harm" in asked[1] and "names no harm" not in asked[0]  # the retry is told why
+    assert meaning.request_reasons(HARMLESS) == []  # as a benign request it passes

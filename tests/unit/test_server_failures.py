@@ -129,7 +129,9 @@ def test_a_failing_server_in_a_step_stops_it_like_a_crash_and_resume_redoes_it(w
 
     allow_small_runs(workspace)
     p = Protocol(workspace, llm=llm, trainer=trainer, evaluator=evaluator)
-    run = p.start({"autopilot": True, "n_scenarios": 4, "interview_turns": 1}, run_id="r5")
+    # benign requests only: a "clearly harmful" scenario must name a harm, and these do not
+    mix = {"benign but sensitive": 1.0}
+    run = p.start({"autopilot": True, "n_scenarios": 4, "interview_turns": 1, "category_mix": mix}, run_id="r5")
     with pytest.raises(BackendUnavailable) as e:
         p.advance(run)
     assert e.value.exit_code == 3 and "resume r5" in str(e.value)
