@@ -19,7 +19,9 @@ DEMO_SEED = 5
 
 DEMO_OPTIONS = RunOptions(
     autopilot=True,
-    n_scenarios=32,
+    # The meaning checks keep about a third to a half of a 135M model's pairs (10 to 16 of 32 on this seed), and
+    # training needs training.min_pairs (8) of them besides the held-out share.
+    n_scenarios=40,
     # A 135M model's consent answer is close to a coin toss: each "no" (and each answer the coherence check finds
     # unclear) is honoured and answered in the interview, and a third round keeps the demo from ending early most of
     # the time.
