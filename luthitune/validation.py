@@ -6,6 +6,7 @@ quarantine counts group by rule. Rules are pure functions of the pair and the co
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -50,6 +51,14 @@ def rule_distinct(pair: dict, c: Constitution) -> str | None:
 FIELDS = ("prompt", "rejected", "critique", "chosen")
 
 
+@functools.cache
+def _request_checks(category: str) -> tuple[str, ...]:
+    """The checks ``category`` asks of its requests (prompts/categories.yaml, packaged: parsed once, not per pair)."""
+    from luthitune.config import categories
+
+    return tuple((categories().get(category) or {}).get("request_checks") or ())
+
+
 def _meaning(rule: str):
     """A validation rule from the meaning checks (:mod:`luthitune.meaning`) of the pair's text fields: the first
     field that fails ``rule`` gives the reason."""
@@ -60,10 +69,8 @@ def _meaning(rule: str):
         if rule in ("asks", "voice"):  # the request, as its scenario was checked (an imported pair's too)
             return getattr(meaning, f"rule_{rule}")("prompt", pair.get("prompt") or "")
         if rule in meaning.REQUEST_CHECKS:  # a check the pair's category asks of its requests
-            from luthitune.config import categories
-
-            wanted = (categories().get(pair.get("category") or "") or {}).get("request_checks") or []
-            return meaning.REQUEST_CHECKS[rule]("prompt", pair.get("prompt") or "") if rule in wanted else None
+            wanted = rule in _request_checks(pair.get("category") or "")
+            return meaning.REQUEST_CHECKS[rule]("prompt", pair.get("prompt") or "") if wanted else None
         source = meaning.Source(fixed_text("self_critique.md"))
         for f in FIELDS:
             minimum = meaning.REQUEST_MIN_WORDS if f == "prompt" else 3
