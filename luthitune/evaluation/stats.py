@@ -64,8 +64,9 @@ def _t(df: int) -> float:
     return float(t.ppf(0.975, df))
 
 
-def mean(values: Sequence[float]) -> Estimate:
-    """The mean with a 95% t interval (none for a single value)."""
+def mean(values: Sequence[float], lower: float | None = None) -> Estimate:
+    """The mean with a 95% t interval (none for a single value). ``lower``: the least value the quantity can take
+    (0 for a divergence), where the symmetric t interval would reach below what no sample could be."""
     n = len(values)
     if not n:
         return Estimate(None, 0, None, None)
@@ -74,7 +75,8 @@ def mean(values: Sequence[float]) -> Estimate:
         return Estimate(m, n, None, None)
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
     half = _t(n - 1) * sd / math.sqrt(n)
-    return Estimate(m, n, m - half, m + half)
+    lo = m - half if lower is None else max(lower, m - half)
+    return Estimate(m, n, lo, m + half)
 
 
 def paired_rate_change(base: Sequence[bool], tuned: Sequence[bool]) -> Estimate:

@@ -41,10 +41,17 @@ def is_rate(metric: str) -> bool:
     return metric.endswith(("_rate", "_acc"))
 
 
+# Means that cannot go below a bound: their intervals stop there.
+LOWER_BOUND = {"drift.kl_mean": 0.0}
+
+
 def measured(model: str, metric: str, scorer: str, items: dict[str, Any], **details: Any) -> Result:
     """A metric from its per-item outcomes: a rate with its Wilson interval, or a mean with its t interval."""
     values = list(items.values())
-    est = stats.rate(values) if is_rate(metric) else stats.mean([float(v) for v in values])
+    if is_rate(metric):
+        est = stats.rate(values)
+    else:
+        est = stats.mean([float(v) for v in values], lower=LOWER_BOUND.get(metric))
     return Result(model, metric, est.value, scorer, {**details, "items": items}, est.n, est.lo, est.hi)
 
 

@@ -250,6 +250,18 @@ def test_paired_change_interval_and_reading():
     assert m.value == pytest.approx(1.0) and m.lo == pytest.approx(1.0) and m.reads() == "up"
 
 
+def test_a_divergence_interval_stops_at_zero():
+    from luthitune.evaluation import stats
+    from luthitune.evaluation.suite import measured
+
+    kl = {"n1": 0.0, "n2": 0.0, "n3": 3e-5}  # a t interval of these reaches below 0, where no KL can be
+    free = stats.mean(list(kl.values()))
+    assert free.lo < 0
+    r = measured("adapter", "drift.kl_mean", "kl", kl)
+    assert r.lo == 0.0 and r.hi == pytest.approx(free.hi) and r.value == pytest.approx(1e-5)
+    assert measured("adapter", "pairs.margin", "logprob", kl).lo == pytest.approx(free.lo)  # unbounded means stay
+
+
 def test_thresholds_pass_only_when_the_whole_interval_clears_them():
     from luthitune.evaluation.stats import Estimate, passes
 
