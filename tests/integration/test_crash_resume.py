@@ -55,6 +55,9 @@ def test_sigkill_at_three_points_then_resume(tmp_path):
     cfg["practice"].update(rules=["length"], dedup_threshold=1.0)
     hp = yaml.safe_load((ws / "config" / "hyperparameters.yaml").read_text())
     hp["training"]["min_pairs"] = 1
+    # One epoch on short sequences: the kill during training needs a training, not a long one.
+    hp["training"]["num_train_epochs"] = 1
+    hp.setdefault("dpo", {})["max_length"] = 256
     (ws / "config" / "hyperparameters.yaml").write_text(yaml.safe_dump(hp))
     cfg["evaluation"].update(probes_per_set=1, max_new_tokens=24)  # evaluation is not what this test is about
     (ws / "luthitune.yaml").write_text(yaml.safe_dump(cfg))
