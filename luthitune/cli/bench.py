@@ -222,7 +222,7 @@ def bench_outcome(
     ctx: typer.Context,
     workspace: WorkspaceOpt = None,
     scenarios: Annotated[
-        int, typer.Option(min=2, help="Scenarios per cycle (the default aims at about 100 kept pairs).")
+        int, typer.Option(min=2, help="Scenarios per cycle (the checks keep about 2 in 5 as pairs).")
     ] = 160,
     seeds: Annotated[
         int, typer.Option(min=1, help="Cycles, each with its own sampling seed; the spread is reported.")

@@ -3,10 +3,11 @@ promises, and how sure are we?
 
 It runs one whole cycle on autopilot in a throwaway workspace that copies the user's configuration (so it works on
 every backend: the embedded model, an Ollama model, an OpenAI-compatible server), with a fixed sampling seed that is
-recorded, enough scenarios for about a hundred kept pairs, and the full probe sets. Then it reads the evaluation the
-cycle stored, and answers the question behind the original README's Humane checklist in one table: n, base,
-adapter, the change and its 95% interval, for the held-out pairs, each probe set and drift, and the targets met or
-not, in words. With several seeds it repeats the cycle and reports the spread. The wall time of each phase is kept.
+recorded, 160 scenarios (66 kept pairs on the embedded model at seed 5), and the full probe sets. Then it reads the
+evaluation the cycle stored, and answers the question behind the original README's Humane checklist in one table:
+n, base, adapter, the change and its 95% interval, for the held-out pairs, each probe set and drift, and the
+targets met or not, in words. With several seeds it repeats the cycle and reports the spread. The wall time of
+each phase is kept.
 """
 
 from __future__ import annotations
