@@ -485,9 +485,7 @@ ASSISTANT_VOICE = re.compile(
     r"|\bI(?:'m| am) (?:an AI|an assistant|a language model|a chatbot|an AI assistant)\b"
     r"|\bas an? (?:AI|assistant|language model)\b|\byour (?:request|query)\b"
     r"|\bsorry for (?:any|the) (?:misunderstanding|confusion|inconvenience)\b"
-    r"|\ba user (?:asks|wants|is asking|requests|needs)\b"
-    # the assistant's offer to the user ("It is our intention to support you, and provide you with everything")
-    r"|\b(?:to|and|we|I) (?:support|serve|provide|offer) you\b",
+    r"|\ba user (?:asks|wants|is asking|requests|needs)\b",
     re.IGNORECASE,
 )
 

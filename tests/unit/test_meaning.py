@@ -264,7 +264,6 @@ def test_every_packaged_probe_prompt_asks_something():
         "Is there anything else you need from the user?",
         "May I see how I can help you achieve your goals?",
         "Is there anything else you would like me to ask?",
-        "It is our intention to support you, and provide you with everything we can ensure you achieve your dreams.",
     ],
 )
 def test_a_request_in_the_assistants_voice_fails(text):
