@@ -261,10 +261,7 @@ META = re.compile(
     + r"|\bhere(?:'s| is| are) (?:how I (?:rewrote|revised|rephrased)|(?:my|another|a) (?:alternative|suggested "
     r"alternative|edit|revision|rewrite)|a few suggestions)\b|\bsuggestions to improve\b"
     r"|\byour (?:previous|original|last) (?:response|answer|sentence)\b|\bI'll rephrase\b"
-    r"|\b(?:already )?provided your response\b"
-    # the prompt spoken of instead of answered ("It appears there was no text provided")
-    r"|\bthere (?:was|is) no (?:text|request|message|input|prompt|question) (?:provided|given|included)\b"
-    r"|\bno (?:text|input|prompt) (?:was |has been )?(?:provided|given|included)\b",
+    r"|\b(?:already )?provided your response\b",
     re.IGNORECASE,
 )
 

@@ -293,13 +293,9 @@ def test_a_revision_that_talks_about_answers_instead_of_answering_fails():
         "I'm glad we could discuss this topic. Here's my alternative answer: in light of the request, I looked again.",
         "So, here's another edit: our conversation once again became an ongoing discussion.",
         "Please remove the last sentence from your previous response because I'm going to use it later.",
-        "It appears there was no text provided but it can be interpreted as follows: 1. The user requested a",
-        "No input was given, so here is a general overview of password managers.",
     ):
         assert M.rule_meta("chosen", text), text
     assert M.rule_meta("chosen", "I choose not to help with that, because it would hurt your neighbour.") is None
-    assert M.rule_meta("chosen", "There is no message from a bank that asks for your PIN: call your bank.") is None
-    assert M.rule_meta("chosen", "There was no text in the letter, only a drawing of a cat.") is None
 
 
 @pytest.mark.parametrize(
