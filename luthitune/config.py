@@ -9,6 +9,8 @@ training hyperparameters have their own schema, in :mod:`luthitune.training.hype
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -155,11 +157,17 @@ class PathsConfig(_Strict):
     models: Path = Path("models")
 
 
-def categories() -> dict[str, dict[str, str]]:
-    """Scenario categories from ``prompts/categories.yaml``: name → {stance, scenario, critique}."""
+@functools.cache
+def _packaged_categories() -> dict[str, dict[str, str]]:
     from luthitune.prompts import load_text
 
     return yaml.safe_load(load_text("categories.yaml"))
+
+
+def categories() -> dict[str, dict[str, str]]:
+    """Scenario categories from ``prompts/categories.yaml``: name → {stance, scenario, critique}. The packaged file
+    is parsed once; each caller gets its own copy."""
+    return copy.deepcopy(_packaged_categories())
 
 
 DEFAULT_MIX = {

@@ -6,7 +6,6 @@ quarantine counts group by rule. Rules are pure functions of the pair and the co
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -51,9 +50,8 @@ def rule_distinct(pair: dict, c: Constitution) -> str | None:
 FIELDS = ("prompt", "rejected", "critique", "chosen")
 
 
-@functools.cache
 def _request_checks(category: str) -> tuple[str, ...]:
-    """The checks ``category`` asks of its requests (prompts/categories.yaml, packaged: parsed once, not per pair)."""
+    """The checks ``category`` asks of its requests (``request_checks`` in prompts/categories.yaml)."""
     from luthitune.config import categories
 
     return tuple((categories().get(category) or {}).get("request_checks") or ())
