@@ -341,19 +341,25 @@ _AUX = r"(?:(?:do|am|would|will|really|fully|gladly|truly|happily|still|also|def
 _YES = (
     r"(?:agree\w*|consent\w*|accept\w*|(?:be\s+)?(?:happy|glad|willing|ready|eager|comfortable|keen|open)\s+to"
     r"|want\s+to|would\s+like\s+to|like\s+to|choose\s+to\s+(?:take\s+part|participate|continue|join|go\s+on)"
-    r"|support\s+(?:this|it)|(?:take|taking)\s+part|participate|look\s+forward"
+    r"|support\s+(?:this|it)|(?:take|taking)\s+part|participate|look\s+forward|comply\w*"
     r"|(?:am\s+|feel\s+)?(?:very\s+|so\s+)?(?:grateful|thankful|excited|honou?red)\b)"
 )
 _NEG = r"(?:not|never|n't|no\s+longer)\s+"
-AGREES = re.compile(_SUBJ + _AUX + _YES, re.IGNORECASE)
+# An answer word at the start of the reasons says the decision as well ("yes, I can comply", "No, I will not...").
+_OPENS_YES = r"^\W*yes\b(?!\s+or\s+no)"
+_OPENS_NO = r"^\W*no\b(?!\s+(?:doubt|problem|worries|matter|one|longer|or\s+yes)\b)"
+AGREES = re.compile(rf"{_SUBJ}{_AUX}{_YES}|{_OPENS_YES}", re.IGNORECASE)
 DECLINES = re.compile(
     rf"{_SUBJ}(?:(?:do|am|would|will|can|could|really|still)\s*)*{_NEG}{_AUX}{_YES}"
     rf"|{_SUBJ}(?:don't|won't|can't|wouldn't|am\s+not|do\s+not|will\s+not)\s+{_AUX}{_YES}"
     rf"|{_SUBJ}{_AUX}(?:refuse|decline|object|withhold|withdraw|say\s+no|would\s+rather\s+not|prefer\s+not)"
-    r"|\bnot\s+(?:yet\s+)?(?:ready|willing|comfortable)\b|\bwithout\s+my\s+consent\b",
+    r"|\bnot\s+(?:yet\s+)?(?:ready|willing|comfortable)\b|\bwithout\s+my\s+consent\b"
+    rf"|{_OPENS_NO}",
     re.IGNORECASE,
 )
 NO_CONDITIONS = frozenset({"", "none", "no", "nothing", "n/a", "na", "no conditions", "null", "-"})
+# A decision word where a condition belongs ("decision: no, conditions: yes"): an answer, not a condition.
+ANSWER_WORDS = frozenset({"yes", "y", "ok", "okay", "sure", "agreed", "true", "false", "conditional", "maybe"})
 
 
 def stance(text: str) -> tuple[list[str], list[str]]:
@@ -391,6 +397,8 @@ def consent_reasons(reasons: str, conditions: str, decision: str, *, source: Sou
     if out:
         return [f"coherence: the decision {decision!r} has no reasons behind it; {out[0]}"]
     agrees, declines = stance(reasons)
+    if norm(conditions) in ANSWER_WORDS:
+        out.append(f"coherence: the conditions are an answer word ({_short(conditions, 20)!r}), not a condition")
     if decision == "yes" and declines and not agrees:
         out.append(f"coherence: the decision is 'yes' but the reasons decline ({_short(declines[0], 40)!r})")
     if decision == "no" and agrees and not declines:
