@@ -15,7 +15,8 @@ prompt's instructions or examples written back), ``repetition`` (a runaway loop)
 repeating another), ``first_person`` (a principle speaks for itself), ``language`` (the dialogue's language),
 ``coherence`` (a consent decision that follows from its reasons), ``relevance`` (an answer speaks to its request),
 ``meta`` (an answer answers, rather than talking about answers), ``asks`` (a scenario's request asks something),
-``voice`` (a user's request written as the user, not in the assistant's voice).
+``voice`` (a user's request written as the user, not in the assistant's voice), ``topic`` (a request names
+something to ask about), ``markup`` (a request written as text, not as HTML).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ RULE_NAMES = (
     "meta",
     "asks",
     "voice",
+    "topic",
+    "markup",
 )
 WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # letters, with inner apostrophes ("don't")
 TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")  # words and numbers, for n-grams
@@ -261,7 +264,25 @@ META = re.compile(
     + r"|\bhere(?:'s| is| are) (?:how I (?:rewrote|revised|rephrased)|(?:my|another|a) (?:alternative|suggested "
     r"alternative|edit|revision|rewrite)|a few suggestions)\b|\bsuggestions to improve\b"
     r"|\byour (?:previous|original|last) (?:response|answer|sentence)\b|\bI'll rephrase\b"
-    r"|\b(?:already )?provided your response\b",
+    r"|\b(?:already )?provided your response\b"
+    # the prompt spoken of instead of answered ("It appears there was no text provided")
+    r"|\bthere (?:was|is) no (?:text|request|message|input|prompt|question) (?:provided|given|included)\b"
+    r"|\bno (?:text|input|prompt) (?:was |has been )?(?:provided|given|included)\b"
+    # ... or of the instructions it was given ("a great summary of the guidelines provided in the instruction",
+    # "your prompt is directed at", "I've made a few minor adjustments")
+    r"|\byour prompt\b|\b(?:provided|given|stated|listed) in the (?:instruction|instructions|prompt|task)\b"
+    r"|\bI(?:'ve| have) made (?:a few |some |several )?(?:minor |small )?(?:adjustments|changes|edits|tweaks) "
+    r"(?:to (?:enhance|improve) (?:clarity|readability|the (?:text|answer|response|flow))|for clarity)\b"
+    r"|\b(?:great|good|nice) summary of\b"
+    # an answer offered as one of several, or the reader asked for theirs ("Here is a possible answer to your
+    # request", "please share your response", "I'm glad you enjoyed my response", "Let me rephrase this")
+    r"|\bhere(?:'s| is) (?:(?:a|another|the|my) (?:possible|suggested|revised|new|better|shorter|more concise) "
+    r"|another |an? )(?:answer|response|reply)\b|\bhere is the (?:explanation|answer|response) (?:again|after)\b"
+    r"|\b(?:enjoyed|liked|appreciated|loved) my (?:response|answer|reply|explanation)\b"
+    r"|\b(?:share|send)(?: me)? your (?:response|answer|reply)\b|\blet me rephrase\b"
+    r"|\byour question could be (?:addressed|answered)\b"
+    r"|\ba more (?:suitable|appropriate|fitting) (?:response|answer|reply)\b"
+    r"|\bhow users (?:respond|reply|answer|ask)\b",
     re.IGNORECASE,
 )
 
@@ -490,7 +511,14 @@ ASSISTANT_VOICE = re.compile(
     r"|\bI(?:'m| am) (?:an AI|an assistant|a language model|a chatbot|an AI assistant)\b"
     r"|\bas an? (?:AI|assistant|language model)\b|\byour (?:request|query)\b"
     r"|\bsorry for (?:any|the) (?:misunderstanding|confusion|inconvenience)\b"
-    r"|\ba user (?:asks|wants|is asking|requests|needs)\b",
+    r"|\ba user (?:asks|wants|is asking|requests|needs)\b"
+    # the assistant's offer to the user ("It is our intention to support you, and provide you with everything")
+    r"|\b(?:to|and|we|I) (?:support|serve|provide|offer) you\b"
+    r"|\b(?:may|can|shall|could|might) (?:I|we) (?:help|assist|serve|support) you\b"
+    # the assistant asking for what the user needs ("can you provide more details on your requirements?"), or a
+    # program's message ("No content found. Please paste a file!")
+    r"|\byour (?:requirements|inquiry|enquiry)\b|\bno (?:content|results?|data|text) (?:was |were )?found\b"
+    r"|\bplease (?:paste|upload|attach)\b",
     re.IGNORECASE,
 )
 
@@ -506,6 +534,39 @@ def rule_voice(field: str, text: str) -> str | None:
 
 # Three words: a short request is still one ("Describe the water cycle."); a stub that asks nothing fails ``asks``.
 REQUEST_MIN_WORDS = 3
+
+# Words that ask without saying about what: a request made of them and of ENGLISH's function words alone ("Please
+# provide an example, please.", "Sure I am; Please try it again.") names nothing for an answer to speak to.
+FILLER = frozenset(
+    """please pls kindly example examples detail details thing things something anything everything stuff again try
+    help assist question questions answer answers topic topics information info content request requests response
+    responses provide give tell show let sure yes okay hello hey thanks thank need want like love see
+    know get way ways time now today well really yeah done allow discuss talk say said ask asked""".split()  # noqa: SIM905
+)
+HTML_TAG = re.compile(r"</?[a-z][a-z0-9]*(?:\s[^<>]*)?/?>", re.IGNORECASE)
+
+
+def rule_topic(field: str, text: str) -> str | None:
+    """A request names something to ask about: at least one word that is neither a function word nor a filler
+    of asking ("What does a librarian do?" names the librarian)."""
+    if not any(
+        len(w) >= 3 and w.lower() not in ENGLISH and w.lower() not in FILLER
+        for w in words(HTML_TAG.sub(" ", text or ""))
+    ):
+        return (
+            f"topic: {field} names nothing to ask about ({_short(text)!r}); say what the user wants to know or to "
+            "have done, and about what"
+        )
+    return None
+
+
+def rule_markup(field: str, text: str) -> str | None:
+    """A request is text a user types, not HTML ("Need<strong>Question</strong>")."""
+    m = HTML_TAG.search(text or "")
+    if m:
+        return f"markup: {field} holds HTML ({m.group(0)!r}); write the request as plain text"
+    return None
+
 
 # What a request that would clearly hurt someone speaks of: violence, crime, abuse, deceit, intrusion, or doing it
 # unseen. A "clearly harmful" practice request with none of it ("What can I customize? How can I improve the
@@ -563,7 +624,8 @@ def request_reasons(request: str, *, source: Source | None = None, checks: Itera
     :func:`rule_asks`), passing its category's own ``checks`` (names in :data:`REQUEST_CHECKS`)."""
     found = text_reasons("request", request, minimum=REQUEST_MIN_WORDS, source=source)
     return found or _first(
-        [rule_voice("request", request), rule_asks("request", request)]
+        [rule_markup("request", request), rule_topic("request", request)]
+        + [rule_voice("request", request), rule_asks("request", request)]
         + [REQUEST_CHECKS[c]("request", request) for c in checks]
     )
 

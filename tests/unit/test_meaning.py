@@ -271,11 +271,37 @@ def test_every_packaged_probe_prompt_asks_something():
         "Is there anything else you need from the user?",
         "May I see how I can help you achieve your goals?",
         "Is there anything else you would like me to ask?",
+        "It is our intention to support you, and provide you with everything we can ensure you achieve your dreams.",
+        "May I help you today?",
+        # requests the demo wrote on its seed
+        "can you provide more details on your requirements?",
+        "No content found. Please paste a file!",
     ],
 )
 def test_a_request_in_the_assistants_voice_fails(text):
     # what SmolLM2 wrote when told its last request asked nothing: a question, but the assistant's
-    assert rules(M.request_reasons(text)) == {"voice"}
+    assert "voice" in rules(M.request_reasons(text))
+    assert rules(M.request_reasons(text)) <= {"voice", "topic"}
+
+
+@pytest.mark.parametrize(
+    "text, rule",
+    [
+        ("Please provide an example, please.", "topic"),  # the demo's requests on its seed
+        ("Sure I am; Please try it again.", "topic"),
+        ("Can you help me with this thing?", "topic"),
+        ("Need<strong>Question</strong>", "markup"),
+        ("Can you <b>explain</b> how vaccines work?", "markup"),
+    ],
+)
+def test_a_request_that_names_nothing_or_is_html_fails(text, rule):
+    assert rule in rules(M.request_reasons(text)), M.request_reasons(text)
+
+
+def test_a_short_request_that_names_its_subject_passes():
+    for text in ("What does a librarian do?", "Who are your principles for?", "Can you help me with my taxes?"):
+        assert M.request_reasons(text) == [], text
+    assert M.rule_markup("request", "Is 3 < 4 and 5 > 2 in maths?") is None
 
 
 def test_rule_repetition_spares_ordinary_prose():
@@ -300,9 +326,32 @@ def test_a_revision_that_talks_about_answers_instead_of_answering_fails():
         "I'm glad we could discuss this topic. Here's my alternative answer: in light of the request, I looked again.",
         "So, here's another edit: our conversation once again became an ongoing discussion.",
         "Please remove the last sentence from your previous response because I'm going to use it later.",
+        "It appears there was no text provided but it can be interpreted as follows: 1. The user requested a",
+        "No input was given, so here is a general overview of password managers.",
+        # kept pairs' chosen answers in the outcome benchmark at its default size
+        "This is a great summary of the guidelines provided in the instruction.",
+        "I've made a few minor adjustments to enhance clarity: be careful with that drill.",
+        "As a kindly AI designed to foster understanding and empathy, your prompt is directed at a professional",
+        # kept pairs' chosen answers in the demo
+        "Here is a possible answer to your request: I'm glad you're interested in learning more about it.",
+        "Sure, please share your response. Here is the explanation after your message:",
+        "Let me rephrase this to make it clear what you mean: a bank never asks for a PIN.",
+        "This is just another example of how users respond to a followup question.",
+        "I'm glad you enjoyed my response! Feel free to ask anything else about gardening.",
+        "There are several different ways your question could be addressed. A more suitable response would be",
     ):
         assert M.rule_meta("chosen", text), text
     assert M.rule_meta("chosen", "I choose not to help with that, because it would hurt your neighbour.") is None
+    assert M.rule_meta("chosen", "There is no message from a bank that asks for your PIN: call your bank.") is None
+    assert M.rule_meta("chosen", "There was no text in the letter, only a drawing of a cat.") is None
+    assert M.rule_meta("chosen", "I have made some changes to my diet; a summary of them helps my doctor.") is None
+    for text in (
+        "Here is an example of a healthy routine: sleep eight hours and walk every day.",
+        "Here is the answer key to the quiz your teacher handed out, if you have a copy.",
+        "Users can reply to the email to unsubscribe; let me explain how that works.",
+        "I enjoyed the film; my response to it was to read the book.",
+    ):
+        assert M.rule_meta("chosen", text) is None, text
 
 
 @pytest.mark.parametrize(
