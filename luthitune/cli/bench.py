@@ -232,6 +232,7 @@ def bench_outcome(
         int | None, typer.Option(min=1, help="Probe prompts of each set (default: all of them).")
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=8, help="Length of each probe answer.")] = 96,
+    turns: Annotated[int, typer.Option(min=1, help="Interview turns before the consent question.")] = 3,
     out: Annotated[
         Path | None, typer.Option(help="Keep the cycles' workspaces here (default: a throwaway folder, removed).")
     ] = None,
@@ -247,7 +248,7 @@ def bench_outcome(
     from luthitune.workspace import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
-    run_settings = outcome.settings(scenarios, probes_per_set, max_new_tokens)
+    run_settings = outcome.settings(scenarios, probes_per_set, max_new_tokens, turns)
     root = Path(out).resolve() if out else Path(tempfile.mkdtemp(prefix="luthitune-outcome-"))
     results = []
     try:

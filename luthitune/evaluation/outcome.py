@@ -66,12 +66,12 @@ class SeedResult:
     words: list[str] = field(default_factory=list)
 
 
-def settings(scenarios: int, probes_per_set: int | None, max_new_tokens: int) -> dict[str, Any]:
+def settings(scenarios: int, probes_per_set: int | None, max_new_tokens: int, turns: int = 3) -> dict[str, Any]:
     """The run settings of one benchmark cycle (the protocol's own defaults otherwise)."""
     return {
         "autopilot": True,
         "n_scenarios": scenarios,
-        "interview_turns": 3,
+        "interview_turns": turns,
         "max_cycles": 1,
         "max_consent_rounds": 3,
         "max_draft_rounds": 2,
