@@ -365,9 +365,15 @@ class Config(_Strict):
 
 
 def default_config_yaml(seed: int | None = None) -> str:
-    """The commented default ``luthitune.yaml`` written by ``luthitune init``; ``seed`` fixes ``sampling.seed``."""
+    """The commented default ``luthitune.yaml`` written by ``luthitune init``; ``seed`` fixes ``sampling.seed``, and
+    then ``compute.precision: fp32`` too: the sampled text depends on the arithmetic as well as on the seed, and
+    ``auto`` chooses bf16 or float32 by a timing measurement, which differs between machines and with their load."""
     text = default_file("luthitune.yaml")
-    return text.replace(_NO_SEED, f"  seed: {seed}\n", 1) if seed is not None else text
+    if seed is None:
+        return text
+    return text.replace(_NO_SEED, f"  seed: {seed}\n", 1).replace(_AUTO_PRECISION, _SEEDED_PRECISION, 1)
 
 
 _NO_SEED = "  seed: null\n"
+_AUTO_PRECISION = "  precision: auto\n"
+_SEEDED_PRECISION = "  precision: fp32  # with sampling.seed: the same arithmetic on every CPU, so the same text\n"

@@ -86,6 +86,12 @@ def workspace_for(source: Workspace, root: Path, seed: int) -> Workspace:
     if (source.root / CONFIG_FILE).exists():
         cfg = yaml.safe_load((source.root / CONFIG_FILE).read_text(encoding="utf-8")) or {}
         cfg.setdefault("sampling", {})["seed"] = seed
+        # The seed fixes the text only with the arithmetic: `auto` picks bf16 or float32 by timing (as a seeded
+        # new workspace does, see config.default_config_yaml); a precision the user chose is kept.
+        compute = cfg.setdefault("compute", {}) or {}
+        if isinstance(compute, dict) and compute.get("precision", "auto") == "auto":
+            compute["precision"] = "fp32"
+            cfg["compute"] = compute
         cfg.pop("paths", None)  # the throwaway workspace keeps its own folders
         (ws.root / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     if (source.root / HYPERPARAMETERS_FILE).exists():

@@ -121,6 +121,9 @@ def test_a_new_workspace_can_be_given_a_sampling_seed(tmp_path):
     assert init_workspace(tmp_path / "plain")[0].config.sampling.seed is None
     ws, _ = init_workspace(tmp_path / "seeded", seed=5)
     assert ws.config.sampling.seed == 5 and "  seed: 5\n" in (ws.root / "luthitune.yaml").read_text()
+    # A seeded workspace's text does not hang on a timing measurement: it computes in float32 on every CPU.
+    assert ws.config.compute.precision == "fp32"
+    assert init_workspace(tmp_path / "plain")[0].config.compute.precision == "auto"
     again, _ = init_workspace(ws.root, seed=7)  # an existing file is kept, with its seed
     assert again.config.sampling.seed == 5
 

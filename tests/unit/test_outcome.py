@@ -82,3 +82,15 @@ def test_spread_over_seeds(store):
     assert humane["change"][0] == 0.0 and humane["change"][2] == 0.3
     text = outcome.markdown(rs, {"backend": "local", "model": "m", "scenarios": 160})
     assert "## Spread over seeds" in text and "| probes.trap.humane_rate | 2 |" in text
+
+
+def test_a_cycle_workspace_keeps_the_seed_and_a_chosen_precision_and_pins_auto_to_float32(tmp_path):
+    from luthitune.workspace import CONFIG_FILE, init_workspace
+
+    source, _ = init_workspace(tmp_path / "src")  # precision: auto, no seed
+    ws = outcome.workspace_for(source, tmp_path / "c5", 5)
+    assert ws.config.sampling.seed == 5
+    assert ws.config.compute.precision == "fp32"
+    text = (source.root / CONFIG_FILE).read_text(encoding="utf-8")
+    (source.root / CONFIG_FILE).write_text(text.replace("precision: auto", "precision: bf16"), encoding="utf-8")
+    assert outcome.workspace_for(source, tmp_path / "c6", 6).config.compute.precision == "bf16"
