@@ -28,14 +28,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/luthitune demo
 
-# Two workers on two cores (pytest-xdist), each test's torch on its share of them (tests/conftest.py).
-test: setup lint postgres browser
+# Two workers on two cores (pytest-xdist), each test's torch on its share of them (tests/conftest.py). The Python
+# set-up and the Debian packages the tests need install side by side (-j3): neither waits on the other.
+test:
+	@$(MAKE) --no-print-directory -j3 setup postgres browser
+	@$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest -q -n auto --dist worksteal --durations=30
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: setup browser
+integration:
+	@$(MAKE) --no-print-directory -j2 setup browser
 	$(BIN)/python -m pytest -q -n auto --dist worksteal -m integration
 
 # The Postgres checkpointer test starts a private server from Debian's postgresql (tests/integration/
@@ -49,7 +53,8 @@ postgres:
 
 # The web UI's browser test (tests/integration/test_ui_browser.py) drives Debian's Chromium through Playwright: Playwright's
 # own browser download is not reachable here. Installed once, quietly, when missing and we are root (as in CI).
-browser:
+# After postgres: two apt-get runs at once would fight over dpkg's lock.
+browser: postgres
 	@if [ -x /usr/bin/chromium ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "Installing Chromium (Debian's chromium) for the web UI's browser test..."; \
