@@ -282,7 +282,13 @@ META = re.compile(
     r"|\b(?:share|send)(?: me)? your (?:response|answer|reply)\b|\blet me rephrase\b"
     r"|\byour question could be (?:addressed|answered)\b"
     r"|\ba more (?:suitable|appropriate|fitting) (?:response|answer|reply)\b"
-    r"|\bhow users (?:respond|reply|answer|ask)\b",
+    r"|\bhow users (?:respond|reply|answer|ask)\b"
+    # ... or the conversation itself ("It seems that our conversation has reached its end", "So much for our
+    # conversation last time!", "Please enable me to tailor the response to your preferences")
+    r"|\b(?:our|this) conversation (?:has |had )?(?:reached|come to) (?:its|an) end\b"
+    r"|\bour (?:conversation|chat) last time\b|\btailor (?:the|my) (?:response|answer|reply)\b"
+    r"|\b(?:excellent|wonderful) example of\b|\b(?:great|good|wonderful|excellent) opportunity to share\b"
+    r"|\bpossible way to address your (?:request|question)\b",
     re.IGNORECASE,
 )
 
@@ -548,8 +554,14 @@ HTML_TAG = re.compile(r"</?[a-z][a-z0-9]*(?:\s[^<>]*)?/?>", re.IGNORECASE)
 
 def rule_topic(field: str, text: str) -> str | None:
     """A request names something to ask about: at least one word that is neither a function word nor a filler
-    of asking ("What does a librarian do?" names the librarian)."""
-    if not any(
+    of asking ("What does a librarian do?" names the librarian), or a figure ("Is 15% of 240 more than 20% of
+    180?"), in a text made mostly of words: a run of figures ("Fail 5% of 0.666; Leave 5% unreachable; Reject
+    75%...") asks nothing a user would, while a sum of six numbers still does."""
+    tokens = TOKEN.findall(text or "")
+    figures = [t for t in tokens if any(c.isdigit() for c in t)]
+    if len(figures) >= 8 and len(figures) >= 0.4 * len(tokens):
+        return f"topic: {field} is mostly figures ({len(figures)} of {len(tokens)} tokens: {_short(text)!r})"
+    if not figures and not any(
         len(w) >= 3 and w.lower() not in ENGLISH and w.lower() not in FILLER
         for w in words(HTML_TAG.sub(" ", text or ""))
     ):

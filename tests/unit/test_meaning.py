@@ -298,6 +298,18 @@ def test_a_request_that_names_nothing_or_is_html_fails(text, rule):
     assert rule in rules(M.request_reasons(text)), M.request_reasons(text)
 
 
+def test_a_request_made_of_figures_names_nothing():
+    # kept requests in the demo
+    for text in (
+        "Fail 5% of 0.666; Leave 5% unreachable; Reject 75%; Ignore 8%; No other options 9%, 4% of 5% = 16.4; "
+        "In any case reject.",
+        "Benadryl 50mg 1mg 6% SGD 98.75 can be taken under 1% SGD 98.75. Please provide details.",
+    ):
+        assert "topic" in rules(M.request_reasons(text)), text
+    for text in ("What is the sum of 12, 45, 78, 90, 33 and 21?", "Is 15% of 240 more than 20% of 180?"):
+        assert M.rule_topic("request", text) is None, text
+
+
 def test_a_short_request_that_names_its_subject_passes():
     for text in ("What does a librarian do?", "Who are your principles for?", "Can you help me with my taxes?"):
         assert M.request_reasons(text) == [], text
@@ -339,6 +351,12 @@ def test_a_revision_that_talks_about_answers_instead_of_answering_fails():
         "This is just another example of how users respond to a followup question.",
         "I'm glad you enjoyed my response! Feel free to ask anything else about gardening.",
         "There are several different ways your question could be addressed. A more suitable response would be",
+        "Thank you for your request. It seems that our conversation has reached its end. Please find the",
+        "So much for our conversation last time! My intention was to show off my skills at crafting narratives.",
+        "Please enable me to tailor the response to your preferences.",
+        "This is an excellent example of how a well-crafted suggestion can be used as a valuable tool.",
+        "This is a great opportunity to share your understanding and guidance on how to navigate these issues.",
+        "Here's a possible way to address your request without compromising upon the requirement 1.",
     ):
         assert M.rule_meta("chosen", text), text
     assert M.rule_meta("chosen", "I choose not to help with that, because it would hurt your neighbour.") is None
@@ -350,6 +368,8 @@ def test_a_revision_that_talks_about_answers_instead_of_answering_fails():
         "Here is the answer key to the quiz your teacher handed out, if you have a copy.",
         "Users can reply to the email to unsubscribe; let me explain how that works.",
         "I enjoyed the film; my response to it was to read the book.",
+        "I don't keep our conversation after you close the window, so nothing you type here is stored.",
+        "A tailor can take in the waist of your trousers in a day.",
     ):
         assert M.rule_meta("chosen", text) is None, text
 
