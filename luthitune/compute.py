@@ -296,6 +296,20 @@ def choose_precision(
     return Precision("fp32", f"auto: the CPU has {', '.join(flags)}, but bf16 was not faster ({timing})", ms)
 
 
+def for_training(chosen: Precision) -> Precision:
+    """The precision LoRA training takes on the CPU from the policy's ``chosen`` one: a bf16 that ``auto`` chose by
+    speed becomes float32, because bf16 rounds LoRA's first, small updates away in each layer's bf16 output and a
+    short run then learns little or nothing (``tests/integration/test_precision.py``). A bf16 the user set stays."""
+    if not (chosen.bf16 and chosen.reason.startswith("auto")):
+        return chosen
+    return Precision(
+        "fp32",
+        "auto trains in float32: bf16 rounds LoRA's small updates away, so a short run learns little; "
+        f"compute.precision: bf16 or training.bf16: true forces it ({chosen.reason.removeprefix('auto: ')})",
+        chosen.measured,
+    )
+
+
 _CHOSEN: dict[tuple, Precision] = {}
 
 

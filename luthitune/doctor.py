@@ -147,6 +147,7 @@ def compute_checks(ws: Workspace | None, machine=None) -> list[Check]:
         Shape,
         choose_precision,
         choose_threads,
+        for_training,
         load_warning,
         shape_of_dir,
     )
@@ -178,6 +179,7 @@ def compute_checks(ws: Workspace | None, machine=None) -> list[Check]:
         setting = getattr(compute, "precision", "auto")
         for what, rows in (("generation", shape.rows), ("training", TRAINING_ROWS)):
             p = choose_precision(setting, device=device, shape=replace(shape, rows=rows), machine=machine)
+            p = for_training(p) if what == "training" and device == "cpu" else p
             checks.append(Check(f"precision ({what})", True, f"{p.name}: {p.reason}", False))
     except ConfigError as exc:
         checks.append(Check("precision", False, str(exc)))

@@ -107,7 +107,8 @@ def training_precision(
 
     ``training.bf16`` in hyperparameters.yaml: ``auto`` follows the precision policy (:mod:`luthitune.compute`, with
     ``setting`` from luthitune.yaml's ``compute.precision``), measured on the training step's ``shape``: on the CPU,
-    bf16 where the CPU computes it natively and measures faster, with freshly loaded base weights in bf16 too; under
+    float32 unless ``compute.precision`` is bf16 (:func:`luthitune.compute.for_training`: bf16 is measured, and
+    recorded, but rounds LoRA's updates away), with freshly loaded base weights in that precision too; under
     CUDA, bf16 where the GPU supports it. ``true`` / ``false`` force the trainer's bf16 (freshly loaded weights then
     stay in float32, as TRL leaves a model it is given). Training the interviewed weights in place, the base weights
     are the runtime's, in its precision (``runtime_precision``). ``machine``: see :class:`luthitune.compute.Machine`.
@@ -123,9 +124,9 @@ def training_precision(
         why += ": CUDA with bf16" if on else ": CUDA, float32" + ("" if supported else " (no bf16 on this GPU)")
         return TrainPrecision(on, runtime_dtype or ("bfloat16" if on else "float32"), why)
     if want == "auto":
-        from luthitune.compute import precision_for
+        from luthitune.compute import for_training, precision_for
 
-        chosen = precision_for(setting, device="cpu", shape=shape, machine=machine)
+        chosen = for_training(precision_for(setting, device="cpu", shape=shape, machine=machine))
         weights = runtime_dtype or chosen.dtype
         note = f"; the base weights are the interviewed runtime's ({runtime_dtype})" if runtime_dtype else ""
         return TrainPrecision(chosen.bf16, weights, chosen.reason + note)

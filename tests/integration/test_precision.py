@@ -8,6 +8,8 @@ log-probability by whole nats).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -116,8 +118,9 @@ def test_bf16_training_runs_in_place_and_its_losses_agree_with_float32(runtimes,
     assert manifests["fp32"]["compute"]["precision"]["precision"] == "fp32"
     assert manifests["bf16"]["config"]["dpo"]["bf16"] is True
     assert len(losses["bf16"]) == len(losses["fp32"]) == 3
-    # The first step's loss is one forward pass of the same weights: it agrees. After that bf16 mixed precision
-    # rounds LoRA's first small updates away (the README's "Threads and precision"), so bf16 learns, but more slowly
-    # than float32: it must still learn, and is not held to float32's curve.
+    # The first step's loss is one forward pass of the same weights: it agrees. After that bf16 rounds LoRA's first
+    # small updates away in each layer's bf16 output (the README's "Threads and precision"): float32 learns, bf16
+    # learns less (on some CPUs not at all in three steps), which is why `auto` trains in float32.
     assert abs(losses["fp32"][0] - losses["bf16"][0]) <= LOSS_TOLERANCE, losses
-    assert losses["bf16"][-1] < losses["bf16"][0] and losses["fp32"][-1] < losses["fp32"][0], losses
+    assert losses["fp32"][-1] < losses["fp32"][0] - 0.1, losses
+    assert all(math.isfinite(v) for v in losses["bf16"]) and losses["bf16"][-1] > losses["fp32"][-1], losses

@@ -192,17 +192,23 @@ def hp(**training) -> Hyperparameters:
     return Hyperparameters(training=training)
 
 
-def test_training_auto_follows_the_measurement_with_bf16_weights():
+def test_training_auto_trains_in_float32_even_where_bf16_measures_faster():
     p = training_precision(CPU, hp(), machine=FakeMachine(flags=BF16, bf16_factor=0.4))
-    assert p.bf16 and p.weights == "bfloat16" and p.as_dict()["precision"] == "bf16"
+    assert not p.bf16 and p.weights == "float32" and p.as_dict()["precision"] == "fp32"
+    assert "rounds LoRA's small updates away" in p.reason and "ms in bf16" in p.reason  # the measurement is kept
     q = training_precision(CPU, hp(), machine=FakeMachine(flags=BF16, bf16_factor=1.5))
     assert not q.bf16 and q.weights == "float32" and "not faster" in q.reason
 
 
+def test_training_follows_a_precision_the_user_set_with_bf16_weights():
+    p = training_precision(CPU, hp(), "bf16", machine=FakeMachine(flags=BF16, bf16_factor=1.5))
+    assert p.bf16 and p.weights == "bfloat16" and "bf16 set by" in p.reason
+
+
 def test_training_in_place_keeps_the_runtimes_weights():
-    runtime = Precision("fp32", "auto: not faster")
-    p = training_precision(CPU, hp(), runtime_precision=runtime, machine=FakeMachine(flags=BF16, bf16_factor=0.4))
-    assert p.bf16 and p.weights == "float32" and "interviewed runtime" in p.reason
+    runtime = Precision("bf16", "bf16 set by compute in luthitune.yaml")
+    p = training_precision(CPU, hp(), runtime_precision=runtime, machine=FakeMachine(flags=BF16, bf16_factor=1.5))
+    assert not p.bf16 and p.weights == "bfloat16" and "interviewed runtime" in p.reason
 
 
 def test_training_bf16_forced_leaves_fresh_weights_in_float32_as_trl_does():
@@ -243,5 +249,6 @@ def test_doctor_reports_threads_load_and_both_precisions(tmp_path):
     assert not checks["load"].ok and not checks["load"].required and "5.0" in checks["load"].detail
     assert checks["precision (generation)"].detail.startswith("bf16")
     assert "256 row(s)" in checks["precision (training)"].detail
+    assert checks["precision (training)"].detail.startswith("fp32")  # measured faster, but LoRA trains in float32
     calm = {c.name: c for c in compute_checks(ws, FakeMachine(flags=(), cpus=2, load=0.3))}
     assert calm["load"].ok and calm["precision (generation)"].detail.startswith("fp32")
