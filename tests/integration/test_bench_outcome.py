@@ -32,7 +32,7 @@ def test_a_tiny_outcome_benchmark_prints_each_row_with_its_n(tmp_path):
         app,
         [
             *("bench", "outcome", "-w", str(ws.root), "--scenarios", "8", "--probes-per-set", str(PROBES)),
-            *("--max-new-tokens", "16", "--turns", "1", "--out", str(out)),
+            *("--max-new-tokens", "16", "--out", str(out)),
         ],
         terminal_width=200,
     )
