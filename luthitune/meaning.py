@@ -381,6 +381,7 @@ DECLINES = re.compile(
     rf"|{_SUBJ}(?:don't|won't|can't|wouldn't|am\s+not|do\s+not|will\s+not)\s+{_AUX}{_YES}"
     rf"|{_SUBJ}{_AUX}(?:refuse|decline|object|withhold|withdraw|say\s+no|would\s+rather\s+not|prefer\s+not)"
     r"|\bnot\s+(?:yet\s+)?(?:ready|willing|comfortable)\b|\bwithout\s+my\s+consent\b"
+    r"|\bnot\s+(?:allowed|permitted|free)\s+to\b"
     rf"|{_OPENS_NO}",
     re.IGNORECASE,
 )

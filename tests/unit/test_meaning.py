@@ -138,6 +138,8 @@ INCOHERENT = [
     ("yes, I can comply with your request.", "", "no"),
     ("I am fully dedicated to upholding my oath.", "yes", "no"),  # a condition that is an answer word
     ("No, I will not take part in this training.", "", "yes"),
+    # the demo's revision consent: "yes", with reasons that say it may not change anything
+    ("I'm not allowed to edit or modify anything.", "The amendment cannot be changed by any means.", "yes"),
 ]
 
 
