@@ -299,8 +299,9 @@ def choose_precision(
 def for_training(chosen: Precision) -> Precision:
     """The precision LoRA training takes on the CPU from the policy's ``chosen`` one: a bf16 that ``auto`` chose by
     speed becomes float32, because bf16 rounds LoRA's first, small updates away in each layer's bf16 output and a
-    short run then learns little or nothing (``tests/integration/test_precision.py``). A bf16 the user set stays."""
-    if not (chosen.bf16 and chosen.reason.startswith("auto")):
+    short run then learns little or nothing (``tests/integration/test_precision.py``). A bf16 the user set (one
+    that carries no measurement) stays."""
+    if not (chosen.bf16 and chosen.measured):
         return chosen
     return Precision(
         "fp32",

@@ -88,10 +88,9 @@ def workspace_for(source: Workspace, root: Path, seed: int) -> Workspace:
         cfg.setdefault("sampling", {})["seed"] = seed
         # The seed fixes the text only with the arithmetic: `auto` picks bf16 or float32 by timing (as a seeded
         # new workspace does, see config.default_config_yaml); a precision the user chose is kept.
-        compute = cfg.setdefault("compute", {}) or {}
+        compute = cfg.get("compute") or {}
         if isinstance(compute, dict) and compute.get("precision", "auto") == "auto":
-            compute["precision"] = "fp32"
-            cfg["compute"] = compute
+            cfg["compute"] = {**compute, "precision": "fp32"}
         cfg.pop("paths", None)  # the throwaway workspace keeps its own folders
         (ws.root / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     if (source.root / HYPERPARAMETERS_FILE).exists():
