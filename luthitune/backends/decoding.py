@@ -5,6 +5,9 @@ fills its whole schema budget holds up seven finished ones. Here a finished sequ
 once and the next waiting prompt takes its slot: its prompt is prefilled on its own and its key/value cache
 is joined to the running one (left-padded to a common length, as ``generate()`` does for a padded batch).
 
+A finished sequence may be followed up at once: ``on_done`` can return a new prompt for the same item (a retry with
+its feedback), which joins the waiting line instead of waiting for a new batch after the slowest answer.
+
 Grammar constraints use xgrammar's ``GrammarMatcher`` per sequence (one bitmask row each), and sampling
 (temperature, top-p, repetition penalty) is done here, so every sequence can finish independently.
 """
@@ -29,10 +32,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Seq:
-    index: int  # position in the caller's input list
+    index: int  # sequence number: the caller's input position, then one more for each follow-up (its sampling seed)
     prompt: list[int]
     matcher: Any = None
     rng: torch.Generator | None = None  # per sequence: its samples do not depend on what it is batched with
+    item: int = -1  # the caller's input this sequence answers (a follow-up answers the same item again)
     generated: list[int] = field(default_factory=list)
     finished: bool = False  # ended with EOS / a complete grammar (not cut off by the budget)
 
@@ -156,13 +160,14 @@ class ContinuousBatcher:
     def _cache_prefix(self, prompts: list[list[int]]) -> None:
         """Prefill the prompts' common prefix once (system prompt, constitution...): newcomers copy its keys and
         values instead of recomputing them. Prefill is compute-bound and was the largest cost after decoding."""
-        self.prefix = None
+        self.prefix, self.prefix_ids = None, []
         n = min(len(p) for p in prompts) - 1  # every prompt keeps at least one token of its own
         first, size = prompts[0], 0
         while size < n and all(p[size] == first[size] for p in prompts):
             size += 1
         if len(prompts) < 2 or size < MIN_PREFIX:
             return
+        self.prefix_ids = first[:size]
         cache = new_cache(self.model.config)
         dev = self.model.device
         self.model(
@@ -173,8 +178,12 @@ class ContinuousBatcher:
         )
         self.prefix = (size, [(layer.keys.clone(), layer.values.clone()) for layer in _layers(cache)])
 
-    def _prefill(self, seqs: list[_Seq]):
-        plen, kv = self.prefix if self.prefix else (0, None)
+    def _shares_prefix(self, s: _Seq) -> bool:
+        n = len(self.prefix_ids)
+        return bool(self.prefix) and len(s.prompt) > n and s.prompt[:n] == self.prefix_ids
+
+    def _prefill(self, seqs: list[_Seq], *, cached: bool = True):
+        plen, kv = self.prefix if self.prefix and cached else (0, None)
         tails = [s.prompt[plen:] for s in seqs]
         width = max(len(t) for t in tails)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
@@ -214,16 +223,20 @@ class ContinuousBatcher:
         penalty_exempt: torch.Tensor | None = None,
         min_new_tokens: int = 0,
         seed: int | None = None,
-        on_done: Callable[[_Seq], None] | None = None,
+        on_done: Callable[[_Seq], list[int] | None] | None = None,
     ) -> list[_Seq]:
+        """Every prompt's answer (and every follow-up's), in sequence order. ``on_done(seq)`` is called as each one
+        finishes; a prompt it returns is queued as the next sequence for the same item (``seq.item``)."""
         import xgrammar as xgr
 
         def rng(i: int) -> torch.Generator:
             return torch.Generator().manual_seed(seed + i if seed is not None else int(torch.randint(2**62, ())))
 
         waiting = deque(
-            _Seq(i, p, xgr.GrammarMatcher(grammars[i]) if grammars else None, rng(i)) for i, p in enumerate(prompts)
+            _Seq(i, p, xgr.GrammarMatcher(grammars[i]) if grammars else None, rng(i), item=i)
+            for i, p in enumerate(prompts)
         )
+        sequences = len(prompts)
         self._cache_prefix(prompts)
         done: list[_Seq] = []
         active: list[_Seq] = []
@@ -239,21 +252,28 @@ class ContinuousBatcher:
             # Fill free slots: prefill the newcomers together and join their cache to the running one.
             if waiting and len(active) < slots:
                 new = [waiting.popleft() for _ in range(min(slots - len(active), len(waiting)))]
-                c2, m2, l2 = self._prefill(new)
-                if cache is None:
-                    cache, mask, logits = c2, m2, l2
-                else:
-                    width = max(mask.shape[1], m2.shape[1])
-                    for layer, other in zip(_layers(cache), _layers(c2), strict=True):
-                        layer.join(other)
-                    mask = torch.cat(
-                        [
-                            torch.nn.functional.pad(mask, (width - mask.shape[1], 0)),
-                            torch.nn.functional.pad(m2, (width - m2.shape[1], 0)),
-                        ]
-                    )
-                    logits = torch.cat([logits, l2])
-                active += new
+                # A follow-up usually extends its item's prompt, so it shares the cached prefix; one that does not
+                # is prefilled whole.
+                whole = {id(q) for q in new if self.prefix and not self._shares_prefix(q)}
+                groups = ([q for q in new if id(q) not in whole], True), ([q for q in new if id(q) in whole], False)
+                for group, cached in groups:
+                    if not group:
+                        continue
+                    c2, m2, l2 = self._prefill(group, cached=cached)
+                    if cache is None:
+                        cache, mask, logits = c2, m2, l2
+                    else:
+                        width = max(mask.shape[1], m2.shape[1])
+                        for layer, other in zip(_layers(cache), _layers(c2), strict=True):
+                            layer.join(other)
+                        mask = torch.cat(
+                            [
+                                torch.nn.functional.pad(mask, (width - mask.shape[1], 0)),
+                                torch.nn.functional.pad(m2, (width - m2.shape[1], 0)),
+                            ]
+                        )
+                        logits = torch.cat([logits, l2])
+                    active += group
 
             # Choose each sequence's next token.
             logits = logits[:, : self.vocab_size]
@@ -301,8 +321,11 @@ class ContinuousBatcher:
                     keep.append(r)
                     continue
                 done.append(s)
-                if on_done:
-                    on_done(s)
+                follow = on_done(s) if on_done else None
+                if follow:
+                    matcher = xgr.GrammarMatcher(grammars[s.item]) if grammars else None
+                    waiting.append(_Seq(sequences, list(follow), matcher, rng(sequences), item=s.item))
+                    sequences += 1
             if len(keep) < len(active):
                 mask, tokens = mask[keep], tokens[keep]
                 active = [active[r] for r in keep]

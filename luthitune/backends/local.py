@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -41,6 +41,13 @@ def to_chat_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
         content = m.content if isinstance(m.content, str) else json.dumps(m.content)
         out.append({"role": role, "content": content})
     return out
+
+
+class _Abandoned(Exception):
+    """The caller of ``batch_as_completed`` stopped reading: the decode loop ends."""
+
+
+_ABANDONED = object()
 
 
 @dataclass
@@ -214,11 +221,12 @@ class LocalRuntime:
         schemas: Sequence[dict[str, Any] | None] | None = None,
         min_new_tokens: int | None = None,
         slots: int | None = None,
-        on_done: Callable[[int, Generation], None] | None = None,
+        on_done: Callable[[int, Generation], Sequence[dict[str, str]] | None] | None = None,
     ) -> list[Generation]:
         """One reply per conversation, with continuous batching: at most ``slots`` (default: all) sequences
         run together, and a finished one hands its slot to the next prompt. ``on_done(index, generation)``
-        is called as each one finishes."""
+        is called as each one finishes; a conversation it returns is asked next for the same index (a retry
+        joins the running batch), and the result holds each index's last reply."""
         import torch
 
         from luthitune.backends.decoding import ContinuousBatcher
@@ -226,11 +234,14 @@ class LocalRuntime:
         if not conversations:
             return []
         tok = self.tokenizer
-        prompts = [
-            tok.apply_chat_template(list(c), add_generation_prompt=True, tokenize=True, return_dict=False)
-            for c in conversations
-        ]
-        prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
+
+        def encode(conversation: Sequence[dict[str, str]]) -> list[int]:
+            p = tok.apply_chat_template(
+                list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            return list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p)
+
+        prompts = [encode(c) for c in conversations]
         structured = schemas is not None and any(s is not None for s in schemas)
         if structured and any(s is None for s in schemas):
             raise ValueError("A batch must be all structured or all free text")
@@ -241,14 +252,14 @@ class LocalRuntime:
         )
         results: list[Generation | None] = [None] * len(prompts)
 
-        def finish(seq) -> None:
+        def finish(seq) -> list[int] | None:
             new = [t for t in seq.generated if t not in eos_ids]
             g = Generation(
                 tok.decode(new, skip_special_tokens=True).strip(), len(seq.prompt), len(seq.generated), seq.finished
             )
-            results[seq.index] = g
-            if on_done:
-                on_done(seq.index, g)
+            results[seq.item] = g
+            follow = on_done(seq.item, g) if on_done else None
+            return encode(follow) if follow else None
 
         with self.lock:
             grammars = [self.grammar(s) for s in schemas] if structured else None
@@ -366,6 +377,9 @@ class LocalChatModel(CompletedBatch, BaseChatModel):
             )
         return ChatResult(generations=[ChatGeneration(message=self._to_message(g))])
 
+    # generate_structured may send a retry back into batch_as_completed for the item just yielded (see there).
+    follow_ups: ClassVar[bool] = True
+
     def batch_as_completed(
         self,
         inputs: Sequence[Any],
@@ -375,7 +389,12 @@ class LocalChatModel(CompletedBatch, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[tuple[int, Any]]:
         """Yield ``(index, AIMessage)`` as each answer finishes: one continuous batch with at most
-        ``max_concurrency`` (default ``concurrency``) sequences in flight, run on a worker thread."""
+        ``max_concurrency`` (default ``concurrency``) sequences in flight, run on a worker thread.
+
+        The caller may ``send()`` a follow-up input (a retry with its feedback) in reply to an answer: it joins the
+        running batch for the same index, whose next answer is yielded later. The decode loop waits for that reply
+        before its next step, so which sequences run together, and so what they sample, does not depend on thread
+        timing."""
         if not inputs:
             return
         schema = kwargs.get("json_schema")
@@ -385,7 +404,15 @@ class LocalChatModel(CompletedBatch, BaseChatModel):
         if isinstance(first, dict) and first.get("max_concurrency"):
             size = int(first["max_concurrency"])
         finished: queue.Queue = queue.Queue()
-        sent = set()
+        replies: queue.Queue = queue.Queue()
+        open_items = set(range(len(convs)))  # not answered yet, or answered with a follow-up still to come
+
+        def handoff(i: int, g: Generation) -> list[dict[str, str]] | None:
+            finished.put((i, self._to_message(g)))
+            follow = replies.get()
+            if follow is _ABANDONED:
+                raise _Abandoned
+            return to_chat_dicts(self._convert_input(follow).to_messages()) if follow is not None else None
 
         def work() -> None:
             try:
@@ -394,9 +421,11 @@ class LocalChatModel(CompletedBatch, BaseChatModel):
                         convs,
                         schemas=[schema] * len(convs) if schema else None,
                         slots=size,
-                        on_done=lambda i, g: finished.put((i, self._to_message(g))),
+                        on_done=handoff,
                         **self._gen_kwargs(kwargs),
                     )
+            except _Abandoned:
+                pass
             except BaseException as exc:
                 finished.put((None, exc))
             finished.put((None, None))
@@ -406,20 +435,25 @@ class LocalChatModel(CompletedBatch, BaseChatModel):
             target=contextvars.copy_context().run, args=(work,), name="luthitune-generate", daemon=True
         )
         worker.start()
-        while True:
-            i, res = finished.get()
-            if i is not None:
-                sent.add(i)
-                yield i, res
-                continue
-            if res is None:
-                break
-            if not return_exceptions:
-                worker.join()
-                raise res
-            for j in range(len(convs)):
-                if j not in sent:
+        try:
+            while True:
+                i, res = finished.get()
+                if i is not None:
+                    follow = yield i, res
+                    if follow is None:
+                        open_items.discard(i)
+                    replies.put(follow)
+                    continue
+                if res is None:
+                    break
+                if not return_exceptions:
+                    worker.join()
+                    raise res
+                for j in sorted(open_items):
                     yield j, res
+                break
+        finally:
+            replies.put(_ABANDONED)  # a caller that stops early releases the decode loop (and the weights' lock)
         worker.join()
 
     def with_structured_output(self, schema: Any, *, include_raw: bool = False, **kwargs: Any) -> Runnable[Any, Any]:

@@ -161,52 +161,81 @@ def generate_structured(
     last: list[tuple[Any, list[str]]] = [(None, [])] * len(convs)  # (parsed answer that failed checks, reasons)
     pending = list(range(len(convs)))
     config = {"max_concurrency": max_concurrency} if max_concurrency else None
+
+    def settle(i: int, out: Any) -> bool:
+        """Take item ``i``'s answer: True when it passed, False when it failed (its retry conversation is ready)."""
+        if not isinstance(out, BaseException) and parse is not None:
+            try:
+                out = parse.invoke(out)
+            except Exception as exc:
+                out = exc
+        if isinstance(out, Cancelled):
+            raise out  # a cancelled run is not a failed answer: nothing is quarantined, resume redoes it
+        if hosts is not None and isinstance(out, dict) and out.get("raw") is not None:
+            hosts[i] = message_host(out["raw"], llm)
+        if isinstance(out, BaseException):
+            _raise_if_backend_down(out, llm)
+            err, raw = out, ""
+        elif out.get("parsing_error") is None and out.get("parsed") is not None:
+            failures = check(i, out["parsed"]) if check else []
+            if not failures:
+                results[i] = out["parsed"]
+                if on_result:
+                    on_result(i, results[i])
+                return True
+            raw_msg = out.get("raw")
+            raw = raw_msg.content if isinstance(raw_msg, AIMessage) else str(raw_msg or "")
+            err, last[i] = "; ".join(failures), (out["parsed"], failures)
+        else:
+            err = out.get("parsing_error") or ValueError("empty answer")
+            raw_msg = out.get("raw")
+            raw = raw_msg.content if isinstance(raw_msg, AIMessage) else str(raw_msg or "")
+            last[i] = (None, [f"structured_output: {_short_error(err)}"])
+        raws[i] = raw if isinstance(raw, str) else str(raw)
+        errors[i].append(err if isinstance(err, str) else _short_error(err))
+        if on_attempt:
+            on_attempt(i, len(errors[i]), raws[i], last[i][1])
+        template = TEXT_CHECK_TEMPLATE if schema is None else RETRY_TEMPLATE if last[i][0] is None else CHECK_TEMPLATE
+        convs[i] = [
+            *convs[i],
+            AIMessage(content=raws[i] or "(no answer)"),
+            HumanMessage(content=template.format(error=errors[i][-1])),
+        ]
+        return False
+
+    if getattr(model_step, "follow_ups", False) and pending:
+        # The backend takes each retry into the running batch the moment its answer fails, instead of a new round
+        # after the slowest answer of this one.
+        stream = model_step.batch_as_completed(convs, config=config, return_exceptions=True)
+        still: list[int] = []
+        asked: set[int] = set()  # sent a retry, not answered yet
+        try:
+            reply = None
+            while True:
+                try:
+                    i, out = stream.send(reply)
+                except StopIteration:
+                    break
+                reply = None
+                asked.discard(i)
+                if not settle(i, out):
+                    if len(errors[i]) <= retries:
+                        reply = convs[i]
+                        asked.add(i)
+                    else:
+                        still.append(i)
+        finally:
+            stream.close()
+        pending = sorted([*still, *asked])  # failed for good (asked: the batch ended before the retry ran)
+        retries = -1  # every attempt ran in that one batch
     for _attempt in range(retries + 1):
         if not pending:
             break
         still = []
         for j, out in model_step.batch_as_completed([convs[i] for i in pending], config=config, return_exceptions=True):
             i = pending[j]
-            if not isinstance(out, BaseException) and parse is not None:
-                try:
-                    out = parse.invoke(out)
-                except Exception as exc:
-                    out = exc
-            if isinstance(out, Cancelled):
-                raise out  # a cancelled run is not a failed answer: nothing is quarantined, resume redoes it
-            if hosts is not None and isinstance(out, dict) and out.get("raw") is not None:
-                hosts[i] = message_host(out["raw"], llm)
-            if isinstance(out, BaseException):
-                _raise_if_backend_down(out, llm)
-                err, raw = out, ""
-            elif out.get("parsing_error") is None and out.get("parsed") is not None:
-                failures = check(i, out["parsed"]) if check else []
-                if not failures:
-                    results[i] = out["parsed"]
-                    if on_result:
-                        on_result(i, results[i])
-                    continue
-                raw_msg = out.get("raw")
-                raw = raw_msg.content if isinstance(raw_msg, AIMessage) else str(raw_msg or "")
-                err, last[i] = "; ".join(failures), (out["parsed"], failures)
-            else:
-                err = out.get("parsing_error") or ValueError("empty answer")
-                raw_msg = out.get("raw")
-                raw = raw_msg.content if isinstance(raw_msg, AIMessage) else str(raw_msg or "")
-                last[i] = (None, [f"structured_output: {_short_error(err)}"])
-            raws[i] = raw if isinstance(raw, str) else str(raw)
-            errors[i].append(err if isinstance(err, str) else _short_error(err))
-            if on_attempt:
-                on_attempt(i, len(errors[i]), raws[i], last[i][1])
-            template = (
-                TEXT_CHECK_TEMPLATE if schema is None else CHECK_TEMPLATE if last[i][0] is not None else RETRY_TEMPLATE
-            )
-            convs[i] = [
-                *convs[i],
-                AIMessage(content=raws[i] or "(no answer)"),
-                HumanMessage(content=template.format(error=errors[i][-1])),
-            ]
-            still.append(i)
+            if not settle(i, out):
+                still.append(i)
         pending = sorted(still)
     for i in pending:
         parsed, reasons = last[i]

@@ -56,6 +56,26 @@ def test_batch_matches_single_generation_greedy(ws):
     assert batched == single  # left padding does not change greedy answers
 
 
+def test_a_follow_up_joins_the_running_batch_and_answers_as_if_asked_alone(ws):
+    """A retry handed back by ``on_done`` runs in the same batch (sharing the cached prefix, joined to other
+    sequences' caches) and, greedy, writes what the same conversation writes asked on its own."""
+    rt = local_runtime(ws)
+    system = {"role": "system", "content": "You are a helpful assistant. Answer briefly and plainly, in English."}
+    convs = [[system, {"role": "user", "content": q}] for q in ("Say hello.", "Name a colour and explain why.")]
+    follow = [*convs[0], {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Now say goodbye."}]
+    seen: list[int] = []
+
+    def on_done(i, g):
+        seen.append(i)
+        return follow if (i == 0 and seen.count(0) == 1) else None
+
+    out = rt.generate(convs, max_new_tokens=16, temperature=0, on_done=on_done)
+    assert sorted(seen) == [0, 0, 1]
+    alone = rt.generate([follow, convs[1]], max_new_tokens=16, temperature=0)
+    assert out[0].text == alone[0].text and out[1].text == alone[1].text
+    assert out[0].prompt_tokens > alone[1].prompt_tokens  # the follow-up's longer prompt, not the first answer
+
+
 def test_lora_adapter_switches_on_and_off_on_same_weights(ws, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -2,6 +2,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 
 import pytest
 from conftest import closed_port
@@ -132,17 +133,23 @@ class _RecordingRuntime:
 
         return contextlib.nullcontext()
 
+    answers: ClassVar[list[str]] = ['{"request": "Please explain how vaccines are tested."}']
+
     def generate(self, convs, *, schemas=None, slots=None, on_done=None, **kwargs):
         from luthitune.backends.local import Generation
 
-        self.calls.append({"n": len(convs), "slots": slots, **kwargs})
-        out = []
-        for i in reversed(range(len(convs))):  # finish out of order, as continuous batching does
-            g = Generation('{"request": "Please explain how vaccines are tested."}', 10, 12, True)
-            out.append(g)
-            if on_done:
-                on_done(i, g)
-        return out[::-1]
+        self.calls.append({"n": len(convs), "slots": slots, "convs": convs, **kwargs})
+        out: dict[int, Generation] = {}
+        waiting = list(reversed(range(len(convs))))  # finish out of order, as continuous batching does
+        asked = 0
+        while waiting:
+            i = waiting.pop(0)
+            g = Generation(self.answers[min(asked, len(self.answers) - 1)], 10, 12, True)
+            asked += 1
+            out[i] = g
+            if on_done and on_done(i, g):  # a follow-up joins the same batch, as LocalRuntime.generate does
+                waiting.append(i)
+        return [out[i] for i in range(len(convs))]
 
 
 def test_local_model_honours_max_concurrency_and_streams_results_as_they_finish():
@@ -159,6 +166,43 @@ def test_local_model_honours_max_concurrency_and_streams_results_as_they_finish(
     generate_structured(llm, convs[:2], ScenarioRequest)
     assert rt.calls[-1]["slots"] == 4  # the model's own concurrency by default
     assert rt.calls[-1]["temperature"] == 0.5 and rt.calls[-1]["max_new_tokens"] >= 300  # schema budget
+
+
+def test_a_failed_local_answer_is_retried_inside_the_same_batch_with_its_reasons():
+    """On the local backend a retry joins the running batch (one generate call), not a new round after it."""
+    from luthitune.backends.local import LocalChatModel
+    from luthitune.schemas import ScenarioRequest
+
+    rt = _RecordingRuntime()
+    rt.answers = [
+        '{"request": "Tell me about the weather in Paris today."}',
+        '{"request": "Please explain how vaccines are tested."}',
+    ]
+    llm = LocalChatModel(runtime=rt, concurrency=4)
+    tried: list[tuple[int, int, list[str]]] = []
+    out = generate_structured(
+        llm,
+        [[HumanMessage("q0")], [HumanMessage("q1")]],
+        ScenarioRequest,
+        retries=2,
+        check=lambda i, r: [] if r.request.startswith("Please") else ["too short"],
+        on_attempt=lambda i, n, raw, reasons: tried.append((i, n, reasons)),
+    )
+    assert len(rt.calls) == 1  # one batch
+    assert tried == [(1, 1, ["too short"])]  # the first to finish (item 1) failed once
+    assert all(isinstance(o, ScenarioRequest) and o.request.startswith("Please") for o in out)
+
+
+def test_local_retries_stop_at_the_bound_and_keep_the_last_answer():
+    from luthitune.backends.local import LocalChatModel
+    from luthitune.errors import CheckFailed
+    from luthitune.schemas import ScenarioRequest
+
+    rt = _RecordingRuntime()
+    rt.answers = ['{"request": "Tell me about the weather in Paris today."}']
+    llm = LocalChatModel(runtime=rt, concurrency=4)
+    [out] = generate_structured(llm, [[HumanMessage("q")]], ScenarioRequest, retries=2, check=lambda i, r: ["short"])
+    assert isinstance(out, CheckFailed) and len(out.errors) == 3 and len(rt.calls) == 1
 
 
 def test_an_ollama_prefixed_chat_model_talks_to_the_plain_name(tmp_path):
