@@ -375,6 +375,7 @@ _NEG = r"(?:not|never|n't|no\s+longer)\s+"
 # An answer word at the start of the reasons says the decision as well ("yes, I can comply", "No, I will not...").
 _OPENS_YES = r"^\W*yes\b(?!\s+or\s+no)"
 _OPENS_NO = r"^\W*no\b(?!\s+(?:doubt|problem|worries|matter|one|longer|or\s+yes)\b)"
+OPENS_YES, OPENS_NO = re.compile(_OPENS_YES, re.IGNORECASE), re.compile(_OPENS_NO, re.IGNORECASE)
 AGREES = re.compile(rf"{_SUBJ}{_AUX}{_YES}|{_OPENS_YES}", re.IGNORECASE)
 DECLINES = re.compile(
     rf"{_SUBJ}(?:(?:do|am|would|will|can|could|really|still)\s*)*{_NEG}{_AUX}{_YES}"
@@ -425,6 +426,10 @@ def consent_reasons(reasons: str, conditions: str, decision: str, *, source: Sou
     if out:
         return [f"coherence: the decision {decision!r} has no reasons behind it; {out[0]}"]
     agrees, declines = stance(reasons)
+    # Reasons that open with the other answer word say the other decision, whatever follows ("No, I am glad to...").
+    opens = "no" if OPENS_NO.match(reasons) else "yes" if OPENS_YES.match(reasons) else None
+    if decision in ("yes", "conditional") and opens == "no" or decision == "no" and opens == "yes":
+        out.append(f"coherence: the decision is {decision!r} but the reasons open with {opens!r}")
     if norm(conditions) in ANSWER_WORDS:
         out.append(f"coherence: the conditions are an answer word ({_short(conditions, 20)!r}), not a condition")
     if decision == "yes" and declines and not agrees:
