@@ -324,7 +324,9 @@ class ContinuousBatcher:
                 follow = on_done(s) if on_done else None
                 if follow:
                     matcher = xgr.GrammarMatcher(grammars[s.item]) if grammars else None
-                    waiting.append(_Seq(sequences, list(follow), matcher, rng(sequences), item=s.item))
+                    # Its item's sampling stream afresh, as the same retry asked in a new call would draw it: what
+                    # a retry samples depends on its item and prompt, not on how many sequences ran before it.
+                    waiting.append(_Seq(sequences, list(follow), matcher, rng(s.item), item=s.item))
                     sequences += 1
             if len(keep) < len(active):
                 mask, tokens = mask[keep], tokens[keep]
