@@ -129,17 +129,24 @@ def pairs_benchmark(
     vs: str | None = None,
     vs_model: str | None = None,
     repeats: int = 1,
+    checks: bool = False,
 ) -> dict[str, Any]:
     """Generate the same ``n`` pairs one at a time, then ``batch`` at a time. With ``vs`` (an OpenAI-compatible
     server's URL) every mode also runs there, alternating with the workspace's engine (engine, peer, engine,
     peer...), so load on a shared machine weighs on both alike. ``repeats`` runs the whole round that many times;
-    each row keeps its fastest run and lists them all."""
+    each row keeps its fastest run and lists them all.
+
+    ``checks``: each answer passes the self-critique node's meaning checks, and one that fails is asked again with
+    its reasons, as in a run. On the local backend the batched mode then also runs with its retries in rounds
+    (each round after the slowest answer of the last, as on the other backends) beside its default, where a
+    retry joins the running batch."""
     from luthitune import constitution as C
     from luthitune.backends import make_chat_model
     from luthitune.backends.structured import generate_structured
     from luthitune.config import categories
     from luthitune.errors import StructuredOutputError
     from luthitune.nodes.critique import answer_fields, conversation
+    from luthitune.nodes.critique import check as meaning_check
     from luthitune.schemas import CritiquedAnswer
     from luthitune.validation import Constitution, check_pair
 
@@ -164,16 +171,26 @@ def pairs_benchmark(
 
     def one_mode(engine: str, name: str, size: int) -> dict[str, Any]:
         llm = engines[engine]
+        if name.endswith("retry rounds"):
+            llm = llm.model_copy(update={"follow_ups": False})
         attempts: list[int] = []
         hosts: dict[int, str | None] = {}
         load = _load()
         t0 = time.perf_counter()
         # As the nodes do it: every item submitted at once, at most ``size`` in flight (over all hosts).
         results = generate_structured(
-            llm, convs, CritiquedAnswer, retries=retries, max_concurrency=size, attempts=attempts, hosts=hosts
+            llm,
+            convs,
+            CritiquedAnswer,
+            retries=retries,
+            max_concurrency=size,
+            attempts=attempts,
+            hosts=hosts,
+            check=meaning_check if checks else None,
         )
         dt = time.perf_counter() - t0
         ok = [r for r in results if not isinstance(r, StructuredOutputError)]
+        attempts_total = sum(attempts)
         lengths = [len(tok(r.model_dump_json()).input_ids) for r in ok] if tok else []
         valid = 0
         for (cat, req), r in zip(items, results, strict=True):
@@ -190,6 +207,8 @@ def pairs_benchmark(
             "pairs_per_min": len(ok) / dt * 60,
             "answer_tokens_per_s": sum(lengths) / dt if lengths else None,
             "retry_rate": sum(a > 1 for a in attempts) / len(attempts),
+            "attempts": attempts_total,  # answers written, retries included
+            "answers_per_min": attempts_total / dt * 60,
             "invalid_rate": (len(results) - len(ok)) / len(results),
             "rule_pass_rate": valid / len(results),
             "answer_tokens_mean": sum(lengths) / len(lengths) if lengths else None,
@@ -200,11 +219,16 @@ def pairs_benchmark(
         }
 
     batched = "batched" if ws.config.backend == "local" else "concurrent"
+    modes = [("sequential", 1), (batched, batch)]
+    if checks and hasattr(engines[ws.config.backend], "follow_ups"):
+        modes.append((f"{batched}, retry rounds", batch))
     best: dict[tuple[str, str], dict[str, Any]] = {}
     order: list[tuple[str, str]] = []
     for _ in range(repeats):
-        for mode, size in (("sequential", 1), (batched, batch)):
+        for mode, size in modes:
             for engine in engines:  # interleaved: the workspace's engine, then the peer, in every mode
+                if engine == "peer" and mode.endswith("retry rounds"):
+                    continue  # a server's retries are always in rounds: that is the peer's batched row
                 r = one_mode(engine, mode, size)
                 key = (engine, mode)
                 runs = [*best.get(key, {}).get("runs", []), round(r["pairs_per_min"], 2)]
@@ -225,6 +249,11 @@ def pairs_benchmark(
         "runs": rows,
         "ratio": con["pairs_per_min"] / seq["pairs_per_min"] if seq["pairs_per_min"] else float("nan"),
     }
+    if (local, f"{batched}, retry rounds") in best:  # the same work's time, retries in rounds / in the batch
+        rounds = best[(local, f"{batched}, retry rounds")]
+        out["retries_in_batch_speedup"] = (
+            (con["answers_per_min"] / rounds["answers_per_min"]) if rounds["answers_per_min"] else float("nan")
+        )
     if vs:
         out["vs"] = {
             "url": vs,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -323,6 +323,9 @@ class LocalChatModel(CompletedBatch, BaseChatModel):
     seed: int | None = None
     concurrency: int = 4
     adapter: str | None = None  # None: the base weights (every adapter disabled)
+    # generate_structured may send a retry back into batch_as_completed for the item just yielded (see there);
+    # False: retries wait for a new round after the slowest answer, as on the other backends (`bench generate`).
+    follow_ups: bool = True
 
     @property
     def _llm_type(self) -> str:
@@ -376,9 +379,6 @@ class LocalChatModel(CompletedBatch, BaseChatModel):
                 [to_chat_dicts(messages)], schemas=[schema] if schema else None, **self._gen_kwargs(kwargs)
             )
         return ChatResult(generations=[ChatGeneration(message=self._to_message(g))])
-
-    # generate_structured may send a retry back into batch_as_completed for the item just yielded (see there).
-    follow_ups: ClassVar[bool] = True
 
     def batch_as_completed(
         self,

@@ -42,6 +42,14 @@ def bench_generate(
         str | None, typer.Option(help="The model to ask the --vs server for (default: the one it serves).")
     ] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Rounds of every mode, alternating; the fastest counts.")] = 1,
+    checks: Annotated[
+        bool,
+        typer.Option(
+            "--checks",
+            help="Check each answer's meaning as the self-critique node does, and ask failed ones again with their "
+            "reasons. On the local backend, also run the batched mode with its retries in rounds.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Pairs per minute of the self-critique step on a fixed scenario set: sequential vs batched/concurrent."""
@@ -56,14 +64,22 @@ def bench_generate(
     )
     size = batch or ws.config.concurrency or 1
     result = pairs_benchmark(
-        ws, n=pairs, batch=size, retries=retries, temperature=temperature, vs=vs, vs_model=vs_model, repeats=repeats
+        ws,
+        n=pairs,
+        batch=size,
+        retries=retries,
+        temperature=temperature,
+        vs=vs,
+        vs_model=vs_model,
+        repeats=repeats,
+        checks=checks,
     )
     if as_json:
         console.print_json(json.dumps(result))
         return
     t = Table(title=f"pairs per minute, {result['backend']}:{result['model']}")
-    cols = ["mode", "slots", "pairs", "seconds", "pairs/min", "runs", "answer tok/s", "retries", "invalid",
-            "rule pass", "tokens mean/max", "load"]  # fmt: skip
+    cols = ["mode", "slots", "pairs", "seconds", "pairs/min", "runs", "answers", "answers/min", "answer tok/s",
+            "retries", "invalid", "rule pass", "tokens mean/max", "load"]  # fmt: skip
     if vs:
         cols.insert(0, "engine")
     for col in cols:
@@ -76,6 +92,8 @@ def bench_generate(
             f"{r['seconds']:.1f}",
             f"{r['pairs_per_min']:.2f}",
             ", ".join(f"{x:.1f}" for x in r["runs"]),
+            str(r["attempts"]),
+            f"{r['answers_per_min']:.1f}",
             f"{r['answer_tokens_per_s']:.1f}" if r["answer_tokens_per_s"] else "-",
             f"{r['retry_rate']:.0%}",
             f"{r['invalid_rate']:.0%}",
@@ -96,6 +114,11 @@ def bench_generate(
             h.add_row(host["url"], str(host["concurrency"]), *counts)
         console.print(h)
     console.print(f"speed-up: [bold]{result['ratio']:.2f}×[/] (concurrent / sequential, measured in one run)")
+    if "retries_in_batch_speedup" in result:
+        console.print(
+            f"retries joining the batch: [bold]{result['retries_in_batch_speedup']:.2f}×[/] the answers per minute "
+            "of retries in rounds (measured in one run)"
+        )
     if vs:
         ratios = ", ".join(f"{mode} [bold]{x:.2f}×[/]" for mode, x in result["vs"]["ratio"].items())
         console.print(

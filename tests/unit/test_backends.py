@@ -193,6 +193,25 @@ def test_a_failed_local_answer_is_retried_inside_the_same_batch_with_its_reasons
     assert all(isinstance(o, ScenarioRequest) and o.request.startswith("Please") for o in out)
 
 
+def test_with_follow_ups_off_local_retries_run_in_rounds():
+    """``follow_ups=False`` (``bench generate --checks``'s comparison row): a retry waits for a new generate call."""
+    from luthitune.backends.local import LocalChatModel
+    from luthitune.schemas import ScenarioRequest
+
+    rt = _RecordingRuntime()
+    llm = LocalChatModel(runtime=rt, concurrency=4, follow_ups=False)
+    seen: list[int] = []
+
+    def check(i, r):  # item 1's first answer fails
+        seen.append(i)
+        return ["too short"] if seen.count(1) == 1 and i == 1 else []
+
+    out = generate_structured(llm, [[HumanMessage("q0")], [HumanMessage("q1")]], ScenarioRequest, check=check)
+    assert [c["n"] for c in rt.calls] == [2, 1]  # the failed item alone, in a second round
+    assert "too short" in rt.calls[1]["convs"][0][-1]["content"]  # asked again with its reasons
+    assert all(isinstance(o, ScenarioRequest) for o in out)
+
+
 def test_local_retries_stop_at_the_bound_and_keep_the_last_answer():
     from luthitune.backends.local import LocalChatModel
     from luthitune.errors import CheckFailed
