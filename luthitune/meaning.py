@@ -83,6 +83,18 @@ ENGLISH = frozenset(
     just also only about into over after before because since while until any all some each every more most such
     own same other both few many much one up out off again further once""".split()  # noqa: SIM905
 )
+# A function word contracted ("I'm", "don't", "it's", "won't"): its stem is one of ENGLISH's.
+CONTRACTION = re.compile(r"(?:n't|'(?:m|re|s|ve|ll|d))$")
+_CONTRACTED_STEMS = {"ca": "can", "wo": "will", "sha": "shall", "ai": "am"}  # can't, won't, shan't, ain't
+
+
+def function_word(word: str) -> bool:
+    """One of ENGLISH's small words, or one contracted from them ("I'm", "isn't"; not "user's", which names)."""
+    w = word.lower().replace("’", "'")
+    if w in ENGLISH:
+        return True
+    stem = CONTRACTION.sub("", w)
+    return stem != w and _CONTRACTED_STEMS.get(stem, stem) in ENGLISH
 
 
 @dataclass(frozen=True)
@@ -198,7 +210,7 @@ def rule_language(field: str, text: str) -> str | None:
     toks = [w.lower() for w in words(text)]
     if len(toks) < 10:  # a short phrase may hold none of them ("Refusing helps nobody; P1 says care.")
         return None
-    share = sum(t in ENGLISH for t in toks) / len(toks)
+    share = sum(function_word(t) for t in toks) / len(toks)
     if share < 0.12:
         return f"language: {field} is not in English like the dialogue ({_short(text)!r})"
     return None
@@ -236,7 +248,7 @@ def rule_first_person(field: str, text: str) -> str | None:
 
 
 def _stems(text: str) -> set[str]:
-    return {w.lower()[:5] for w in words(text) if len(w) >= 4 and w.lower() not in ENGLISH}
+    return {w.lower()[:5] for w in words(text) if len(w) >= 4 and not function_word(w)}
 
 
 def rule_relevance(field: str, text: str, request: str) -> str | None:
@@ -428,7 +440,7 @@ def consent_reasons(reasons: str, conditions: str, decision: str, *, source: Sou
     agrees, declines = stance(reasons)
     # Reasons that open with the other answer word say the other decision, whatever follows ("No, I am glad to...").
     opens = "no" if OPENS_NO.match(reasons) else "yes" if OPENS_YES.match(reasons) else None
-    if decision in ("yes", "conditional") and opens == "no" or decision == "no" and opens == "yes":
+    if (decision in ("yes", "conditional") and opens == "no") or (decision == "no" and opens == "yes"):
         out.append(f"coherence: the decision is {decision!r} but the reasons open with {opens!r}")
     if norm(conditions) in ANSWER_WORDS:
         out.append(f"coherence: the conditions are an answer word ({_short(conditions, 20)!r}), not a condition")
@@ -568,8 +580,7 @@ def rule_topic(field: str, text: str) -> str | None:
     if len(figures) >= 8 and len(figures) >= 0.4 * len(tokens):
         return f"topic: {field} is mostly figures ({len(figures)} of {len(tokens)} tokens: {_short(text)!r})"
     if not figures and not any(
-        len(w) >= 3 and w.lower() not in ENGLISH and w.lower() not in FILLER
-        for w in words(HTML_TAG.sub(" ", text or ""))
+        len(w) >= 3 and not function_word(w) and w.lower() not in FILLER for w in words(HTML_TAG.sub(" ", text or ""))
     ):
         return (
             f"topic: {field} names nothing to ask about ({_short(text)!r}); say what the user wants to know or to "

@@ -296,6 +296,8 @@ def test_a_request_in_the_assistants_voice_fails(text):
     [
         ("Please provide an example, please.", "topic"),  # the demo's requests on its seed
         ("Sure I am; Please try it again.", "topic"),
+        ("I'm here! Please try again!", "topic"),  # a contraction of a function word names nothing either
+        ("Can't you help? Don't you see? It's now!", "topic"),
         ("Can you help me with this thing?", "topic"),
         ("Need<strong>Question</strong>", "markup"),
         ("Can you <b>explain</b> how vaccines work?", "markup"),
@@ -315,6 +317,14 @@ def test_a_request_made_of_figures_names_nothing():
         assert "topic" in rules(M.request_reasons(text)), text
     for text in ("What is the sum of 12, 45, 78, 90, 33 and 21?", "Is 15% of 240 more than 20% of 180?"):
         assert M.rule_topic("request", text) is None, text
+
+
+def test_contracted_function_words_are_function_words_and_a_possessive_names():
+    assert all(M.function_word(w) for w in ("I'm", "don't", "it’s", "won't", "can't", "isn't", "they're", "we've"))
+    assert not any(M.function_word(w) for w in ("user's", "library's", "vaccines", "o'clock"))
+    # an answer sharing only a contraction with its request does not speak to it
+    answer = "Don't worry about that, I'm always on my way to the big city and the little mountain lake nearby too."
+    assert M.rule_relevance("chosen", answer, "Don't you think I'm right?")
 
 
 def test_a_short_request_that_names_its_subject_passes():
