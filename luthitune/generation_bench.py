@@ -130,6 +130,7 @@ def pairs_benchmark(
     vs_model: str | None = None,
     repeats: int = 1,
     checks: bool = False,
+    sequential: bool = True,
 ) -> dict[str, Any]:
     """Generate the same ``n`` pairs one at a time, then ``batch`` at a time. With ``vs`` (an OpenAI-compatible
     server's URL) every mode also runs there, alternating with the workspace's engine (engine, peer, engine,
@@ -139,7 +140,8 @@ def pairs_benchmark(
     ``checks``: each answer passes the self-critique node's meaning checks, and one that fails is asked again with
     its reasons, as in a run. On the local backend the batched mode then also runs with its retries in rounds
     (each round after the slowest answer of the last, as on the other backends) beside its default, where a
-    retry joins the running batch."""
+    retry joins the running batch. ``sequential=False`` leaves out the one-at-a-time mode (and the speed-up over it).
+    """
     from luthitune import constitution as C
     from luthitune.backends import make_chat_model
     from luthitune.backends.structured import generate_structured
@@ -219,7 +221,7 @@ def pairs_benchmark(
         }
 
     batched = "batched" if ws.config.backend == "local" else "concurrent"
-    modes = [("sequential", 1), (batched, batch)]
+    modes = [("sequential", 1)] * sequential + [(batched, batch)]
     if checks and hasattr(engines[ws.config.backend], "follow_ups"):
         modes.append((f"{batched}, retry rounds", batch))
     best: dict[tuple[str, str], dict[str, Any]] = {}
@@ -239,7 +241,7 @@ def pairs_benchmark(
                     order.append(key)
     rows = [best[k] for k in order]
     local = ws.config.backend
-    seq, con = best[(local, "sequential")], best[(local, batched)]
+    seq, con = best.get((local, "sequential")), best[(local, batched)]
     out = {
         "backend": local,
         "model": ws.config.chat_model,
@@ -247,7 +249,9 @@ def pairs_benchmark(
         "n": n,
         "repeats": repeats,
         "runs": rows,
-        "ratio": con["pairs_per_min"] / seq["pairs_per_min"] if seq["pairs_per_min"] else float("nan"),
+        "ratio": (con["pairs_per_min"] / seq["pairs_per_min"] if seq["pairs_per_min"] else float("nan"))
+        if seq
+        else None,
     }
     if (local, f"{batched}, retry rounds") in best:  # the same work's time, retries in rounds / in the batch
         rounds = best[(local, f"{batched}, retry rounds")]
@@ -264,7 +268,7 @@ def pairs_benchmark(
                 mode: best[(local, mode)]["pairs_per_min"] / best[("peer", mode)]["pairs_per_min"]
                 if best[("peer", mode)]["pairs_per_min"]
                 else float("nan")
-                for mode in ("sequential", batched)
+                for mode in [m for m, _ in modes if (local, m) in best and ("peer", m) in best]
             },
         }
     return out

@@ -50,6 +50,9 @@ def bench_generate(
             "reasons. On the local backend, also run the batched mode with its retries in rounds.",
         ),
     ] = False,
+    sequential: Annotated[
+        bool, typer.Option(help="Also run the pairs one at a time, and print the batched speed-up over it.")
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Pairs per minute of the self-critique step on a fixed scenario set: sequential vs batched/concurrent."""
@@ -73,6 +76,7 @@ def bench_generate(
         vs_model=vs_model,
         repeats=repeats,
         checks=checks,
+        sequential=sequential,
     )
     if as_json:
         console.print_json(json.dumps(result))
@@ -113,7 +117,8 @@ def bench_generate(
             counts = [str(r["hosts"].get(host["url"], 0)) for r in result["runs"]]
             h.add_row(host["url"], str(host["concurrency"]), *counts)
         console.print(h)
-    console.print(f"speed-up: [bold]{result['ratio']:.2f}×[/] (concurrent / sequential, measured in one run)")
+    if result["ratio"] is not None:
+        console.print(f"speed-up: [bold]{result['ratio']:.2f}×[/] (concurrent / sequential, measured in one run)")
     if "retries_in_batch_speedup" in result:
         console.print(
             f"retries joining the batch: [bold]{result['retries_in_batch_speedup']:.2f}×[/] the answers per minute "
