@@ -33,14 +33,14 @@ demo: setup
 test:
 	@$(MAKE) --no-print-directory -j3 setup postgres browser
 	@$(MAKE) --no-print-directory lint
-	$(BIN)/python -m pytest -q -n auto --dist worksteal --durations=30
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=30
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
 integration:
 	@$(MAKE) --no-print-directory -j2 setup browser
-	$(BIN)/python -m pytest -q -n auto --dist worksteal -m integration
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m integration
 
 # The Postgres checkpointer test starts a private server from Debian's postgresql (tests/integration/
 # test_postgres.py). Installed once, quietly, when missing and we are root (as in CI); otherwise that test skips.

@@ -52,8 +52,8 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-# Seconds each slow test file takes on one CPU thread (`make test` prints the slowest tests): what the schedule below
-# balances. A file not listed counts one second per test.
+# Seconds each slow test file takes on one CPU thread (`make test` prints the slowest tests): the order files are
+# handed to the workers in (longest_first). A file not listed counts one second per test.
 FILE_SECONDS = {
     "tests/integration/test_demo.py": 950,
     "tests/integration/test_crash_resume.py": 470,
@@ -74,46 +74,24 @@ FILE_SECONDS = {
 }
 
 
-def balanced_order(items: list, workers: int, seconds: dict[str, float]) -> list:
-    """``items`` laid out for pytest-xdist's work-stealing schedule, which hands worker k the k-th contiguous chunk
-    of the collection (``len(pending) // workers_left`` items each) and steals from a queue's tail.
-
-    The slow files go whole (their module fixtures are built once) to the worker with the least work so far,
-    longest first; each worker's chunk starts with them, so the longest test starts at once instead of after
-    other slow ones; the quick tests fill each chunk to its size, and are what stealing moves."""
-    sizes, left = [], len(items)
-    for k in range(workers):
-        sizes.append(left // (workers - k))
-        left -= sizes[-1]
+def longest_first(items: list, seconds: dict[str, float]) -> list:
+    """``items`` with whole files in order of their expected time, longest first (a file's own tests keep their
+    order). ``make test`` runs pytest-xdist's ``--dist loadfile --no-loadscope-reorder``: each worker takes the next
+    whole file when it runs low, so the longest files start first and the quick ones fill in at the end, and no
+    file's module fixture is built twice, as it is when a work-stealing schedule splits a file between workers."""
     files: dict[str, list] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::")[0], []).append(item)
-    lanes: list[list] = [[] for _ in range(workers)]
-    load = [0.0] * workers
-    slow = sorted((f for f in files if f in seconds), key=lambda f: -seconds[f])
-    for f in slow:
-        fits = [k for k in range(workers) if len(lanes[k]) + len(files[f]) <= sizes[k]]
-        if not fits:
-            continue  # split among the quick tests below
-        k = min(fits, key=lambda k: load[k])
-        lanes[k] += files[f]
-        load[k] += seconds[f]
-    placed = {id(i) for lane in lanes for i in lane}
-    for item in items:
-        if id(item) not in placed:
-            k = min((k for k in range(workers) if len(lanes[k]) < sizes[k]), key=lambda k: load[k])
-            lanes[k].append(item)
-            load[k] += 1
-    return [i for lane in lanes for i in lane]
+    order = sorted(files, key=lambda f: -seconds.get(f, len(files[f])))  # stable: ties keep collection order
+    return [i for f in order for i in files[f]]
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "integration" in str(item.path):
             item.add_marker(pytest.mark.integration)
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
-    if workers > 1 and os.environ.get("PYTEST_XDIST_WORKER"):  # on each worker, the same order
-        items[:] = balanced_order(items, workers, FILE_SECONDS)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # on each worker, the same order
+        items[:] = longest_first(items, FILE_SECONDS)
 
 
 @pytest.fixture(autouse=True)
