@@ -26,6 +26,17 @@ def llm(ws) -> LocalChatModel:
     return make_chat_model(ws)
 
 
+@pytest.fixture(scope="module")
+def fp32(ws):
+    """A float32 runtime of its own, for the tests of exact equalities: the shared one's precision is chosen when it
+    is first loaded in this process, and ``compute.precision: auto`` takes bf16 where a timing measurement favours
+    it, where a batch's kernels round differently from a single sequence's."""
+    from luthitune.backends import local_model_dir
+    from luthitune.backends.local import LocalRuntime
+
+    return LocalRuntime(local_model_dir(ws), compute=ws.config.compute.model_copy(update={"precision": "fp32"}))
+
+
 def test_chat_reply(llm):
     reply = chat(llm, [SystemMessage("Answer in one sentence."), HumanMessage("What is consent?")])
     assert isinstance(reply.content, str) and len(reply.content.split()) >= 3
@@ -48,18 +59,18 @@ def test_ten_of_ten_structured_scenarios_validate(llm):
     print(f"10 structured scenarios in {elapsed:.1f} s")
 
 
-def test_batch_matches_single_generation_greedy(ws):
-    rt = local_runtime(ws)
+def test_batch_matches_single_generation_greedy(fp32):
+    rt = fp32
     convs = [[{"role": "user", "content": q}] for q in ("Say hello.", "Name a colour and explain why you like it.")]
     single = [rt.generate([c], max_new_tokens=12, temperature=0)[0].text for c in convs]
     batched = [g.text for g in rt.generate(convs, max_new_tokens=12, temperature=0)]
     assert batched == single  # left padding does not change greedy answers
 
 
-def test_a_follow_up_joins_the_running_batch_and_answers_as_if_asked_alone(ws):
+def test_a_follow_up_joins_the_running_batch_and_answers_as_if_asked_alone(fp32):
     """A retry handed back by ``on_done`` runs in the same batch (sharing the cached prefix, joined to other
     sequences' caches) and, greedy, writes what the same conversation writes asked on its own."""
-    rt = local_runtime(ws)
+    rt = fp32
     system = {"role": "system", "content": "You are a helpful assistant. Answer briefly and plainly, in English."}
     convs = [[system, {"role": "user", "content": q}] for q in ("Say hello.", "Name a colour and explain why.")]
     follow = [*convs[0], {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Now say goodbye."}]
