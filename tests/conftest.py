@@ -55,13 +55,13 @@ def closed_port() -> int:
 # Seconds each slow test file takes on one CPU thread (`make test` prints the slowest tests): the order files are
 # handed to the workers in (longest_first). A file not listed counts one second per test.
 FILE_SECONDS = {
-    "tests/integration/test_demo.py": 950,
-    "tests/integration/test_crash_resume.py": 470,
-    "tests/integration/test_bench_outcome.py": 400,
-    "tests/integration/test_practice.py": 140,
-    "tests/integration/test_ui_browser.py": 130,
-    "tests/integration/test_training.py": 115,
-    "tests/integration/test_training_multiprocess.py": 110,
+    "tests/integration/test_demo.py": 1060,
+    "tests/integration/test_crash_resume.py": 340,
+    "tests/integration/test_bench_outcome.py": 330,
+    "tests/integration/test_ui_browser.py": 120,
+    "tests/integration/test_training.py": 110,
+    "tests/integration/test_training_multiprocess.py": 100,
+    "tests/integration/test_practice.py": 80,
     "tests/integration/test_precision.py": 65,
     "tests/integration/test_sigint.py": 55,
     "tests/integration/test_cycles.py": 40,
@@ -74,15 +74,24 @@ FILE_SECONDS = {
 }
 
 
-def longest_first(items: list, seconds: dict[str, float]) -> list:
+def longest_first(items: list, seconds: dict[str, float], workers: int = 1) -> list:
     """``items`` with whole files in order of their expected time, longest first (a file's own tests keep their
     order). ``make test`` runs pytest-xdist's ``--dist loadfile --no-loadscope-reorder``: each worker takes the next
     whole file when it runs low, so the longest files start first and the quick ones fill in at the end, and no
-    file's module fixture is built twice, as it is when a work-stealing schedule splits a file between workers."""
+    file's module fixture is built twice, as it is when a work-stealing schedule splits a file between workers.
+
+    loadfile gives each worker a second file at once, queued behind its first, and more while it has at most two
+    tests pending: so the files after the first ``workers`` are quick ones of three tests or more, and the next slow
+    file goes to whichever worker is free first, not behind the longest."""
     files: dict[str, list] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::")[0], []).append(item)
     order = sorted(files, key=lambda f: -seconds.get(f, len(files[f])))  # stable: ties keep collection order
+    if workers > 1:
+        quick = [f for f in reversed(order) if f not in seconds and len(files[f]) >= 3][:workers]
+        if len(quick) == workers:
+            rest = [f for f in order if f not in quick]
+            order = rest[:workers] + quick + rest[workers:]
     return [i for f in order for i in files[f]]
 
 
@@ -91,7 +100,7 @@ def pytest_collection_modifyitems(config, items):
         if "integration" in str(item.path):
             item.add_marker(pytest.mark.integration)
     if os.environ.get("PYTEST_XDIST_WORKER"):  # on each worker, the same order
-        items[:] = longest_first(items, FILE_SECONDS)
+        items[:] = longest_first(items, FILE_SECONDS, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
 
 
 @pytest.fixture(autouse=True)
