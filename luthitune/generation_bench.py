@@ -171,9 +171,9 @@ def pairs_benchmark(
     for llm in engines.values():  # warm-up (grammar compilation, first-call allocations) so no run pays it
         generate_structured(llm, convs[:1], CritiquedAnswer, retries=0)
 
-    def one_mode(engine: str, name: str, size: int) -> dict[str, Any]:
+    def one_mode(engine: str, name: str, size: int, rounds: bool) -> dict[str, Any]:
         llm = engines[engine]
-        if name.endswith("retry rounds"):
+        if rounds:  # the local engine's retries in rounds, as on the other backends
             llm = llm.model_copy(update={"follow_ups": False})
         attempts: list[int] = []
         hosts: dict[int, str | None] = {}
@@ -221,17 +221,18 @@ def pairs_benchmark(
         }
 
     batched = "batched" if ws.config.backend == "local" else "concurrent"
-    modes = [("sequential", 1)] * sequential + [(batched, batch)]
+    in_rounds = f"{batched}, retry rounds"
+    modes = [("sequential", 1, False)] * sequential + [(batched, batch, False)]
     if checks and hasattr(engines[ws.config.backend], "follow_ups"):
-        modes.append((f"{batched}, retry rounds", batch))
+        modes.append((in_rounds, batch, True))
     best: dict[tuple[str, str], dict[str, Any]] = {}
     order: list[tuple[str, str]] = []
     for _ in range(repeats):
-        for mode, size in modes:
+        for mode, size, rounds in modes:
             for engine in engines:  # interleaved: the workspace's engine, then the peer, in every mode
-                if engine == "peer" and mode.endswith("retry rounds"):
+                if engine == "peer" and rounds:
                     continue  # a server's retries are always in rounds: that is the peer's batched row
-                r = one_mode(engine, mode, size)
+                r = one_mode(engine, mode, size, rounds)
                 key = (engine, mode)
                 runs = [*best.get(key, {}).get("runs", []), round(r["pairs_per_min"], 2)]
                 if key not in best or r["pairs_per_min"] > best[key]["pairs_per_min"]:
@@ -253,11 +254,9 @@ def pairs_benchmark(
         if seq
         else None,
     }
-    if (local, f"{batched}, retry rounds") in best:  # the same work's time, retries in rounds / in the batch
-        rounds = best[(local, f"{batched}, retry rounds")]
-        out["retries_in_batch_speedup"] = (
-            (con["answers_per_min"] / rounds["answers_per_min"]) if rounds["answers_per_min"] else float("nan")
-        )
+    if (local, in_rounds) in best:  # the same work's time, retries in rounds / in the batch
+        slow = best[(local, in_rounds)]["answers_per_min"]
+        out["retries_in_batch_speedup"] = con["answers_per_min"] / slow if slow else float("nan")
     if vs:
         out["vs"] = {
             "url": vs,
@@ -268,7 +267,7 @@ def pairs_benchmark(
                 mode: best[(local, mode)]["pairs_per_min"] / best[("peer", mode)]["pairs_per_min"]
                 if best[("peer", mode)]["pairs_per_min"]
                 else float("nan")
-                for mode in [m for m, _ in modes if (local, m) in best and ("peer", m) in best]
+                for mode in [m for m, _, _ in modes if (local, m) in best and ("peer", m) in best]
             },
         }
     return out

@@ -227,16 +227,17 @@ def generate_structured(
         finally:
             stream.close()
         pending = sorted([*still, *asked])  # failed for good (asked: the batch ended before the retry ran)
-        retries = -1  # every attempt ran in that one batch
-    for _attempt in range(retries + 1):
-        if not pending:
-            break
-        still = []
-        for j, out in model_step.batch_as_completed([convs[i] for i in pending], config=config, return_exceptions=True):
-            i = pending[j]
-            if not settle(i, out):
-                still.append(i)
-        pending = sorted(still)
+    else:
+        for _attempt in range(retries + 1):
+            if not pending:
+                break
+            still = []
+            batch = [convs[i] for i in pending]
+            for j, out in model_step.batch_as_completed(batch, config=config, return_exceptions=True):
+                i = pending[j]
+                if not settle(i, out):
+                    still.append(i)
+            pending = sorted(still)
     for i in pending:
         parsed, reasons = last[i]
         name = schema.__name__ if schema is not None else "text"
