@@ -50,13 +50,15 @@ def kept_pairs(store: Store, run_id: str, cycle: int) -> list[dict]:
 
 
 def split(pairs: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
-    """Deterministic train / held-out split (every k-th pair by id); one of each as soon as there are two."""
+    """Deterministic train / held-out split by id: ``floor(n * fraction)`` pairs held out, spread evenly (pair ``i``
+    when ``floor((i + 1) * fraction)`` steps up, so 0.25 holds out every fourth), and at least one of each as soon
+    as there are two. At most half is held out, so training keeps the larger share."""
     pairs = sorted(pairs, key=lambda p: p["id"])
     if len(pairs) < 2:
         return pairs, []
-    every = max(2, round(1 / fraction)) if fraction > 0 else len(pairs) + 1
-    held = [p for i, p in enumerate(pairs) if i % every == every - 1] or [pairs[-1]]
-    return [p for p in pairs if p not in held], held
+    f = min(fraction, 0.5)
+    held_idx = {i for i in range(len(pairs)) if int((i + 1) * f + 1e-9) > int(i * f + 1e-9)} or {len(pairs) - 1}
+    return [p for i, p in enumerate(pairs) if i not in held_idx], [p for i, p in enumerate(pairs) if i in held_idx]
 
 
 def conversational(pairs: list[dict]) -> list[dict]:

@@ -261,6 +261,14 @@ def bench_outcome(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=8, help="Length of each probe answer.")] = 96,
     turns: Annotated[int, typer.Option(min=1, help="Interview turns before the consent question.")] = 3,
+    held_out: Annotated[
+        float | None,
+        typer.Option(
+            min=0.05,
+            max=0.5,
+            help="Share of the kept pairs held out for the accuracy (default 0.4; a run's default is 0.25).",
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Keep the cycles' workspaces here (default: a throwaway folder, removed).")
     ] = None,
@@ -276,7 +284,7 @@ def bench_outcome(
     from luthitune.workspace import Workspace
 
     ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
-    run_settings = outcome.settings(scenarios, probes_per_set, max_new_tokens, turns)
+    run_settings = outcome.settings(scenarios, probes_per_set, max_new_tokens, turns, held_out or outcome.HELD_OUT)
     root = Path(out).resolve() if out else Path(tempfile.mkdtemp(prefix="luthitune-outcome-"))
     results = []
     try:

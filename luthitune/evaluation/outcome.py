@@ -3,7 +3,8 @@ promises, and how sure are we?
 
 It runs one whole cycle on autopilot in a throwaway workspace that copies the user's configuration (so it works on
 every backend: the embedded model, an Ollama model, an OpenAI-compatible server), with a fixed sampling seed that is
-recorded, 160 scenarios (66 kept pairs on the embedded model at seed 5), and the full probe sets. Then it reads the
+recorded, 160 scenarios (66 kept pairs on the embedded model at seed 5), 40% of the kept pairs held out, and
+the full probe sets. Then it reads the
 evaluation the cycle stored, and answers the question behind the original README's Humane checklist in one table:
 n, base, adapter, the change and its 95% interval, for the held-out pairs, each probe set and drift, and the
 targets met or not, in words. With several seeds it repeats the cycle and reports the spread. The wall time of
@@ -66,11 +67,18 @@ class SeedResult:
     words: list[str] = field(default_factory=list)
 
 
-def settings(scenarios: int, probes_per_set: int | None, max_new_tokens: int, turns: int = 3) -> dict[str, Any]:
-    """The run settings of one benchmark cycle (the protocol's own defaults otherwise)."""
+HELD_OUT = 0.4  # of the kept pairs: 66 kept at the default size leave 26 held out (a run's default 0.25: 16)
+
+
+def settings(
+    scenarios: int, probes_per_set: int | None, max_new_tokens: int, turns: int = 3, held_out: float = HELD_OUT
+) -> dict[str, Any]:
+    """The run settings of one benchmark cycle (the protocol's own defaults otherwise). The benchmark holds out a
+    larger share of the kept pairs than a run does, so the held-out accuracy rests on n >= 25 at its default size."""
     return {
         "autopilot": True,
         "n_scenarios": scenarios,
+        "eval_fraction": held_out,
         "interview_turns": turns,
         "max_cycles": 1,
         "max_consent_rounds": 3,

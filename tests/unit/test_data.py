@@ -328,3 +328,23 @@ def test_a_clearly_harmful_pair_whose_request_names_no_harm_is_quarantined():
     assert reason.startswith("harm: prompt names no harm")
     assert check_pair(pair(category="gray area", prompt=harmless, stance="judge"), C2) == []
     assert "request_checks" not in categories()["gray area"]
+
+
+def test_the_held_out_split_is_exact_disjoint_and_even():
+    from luthitune.dataset import split
+    from luthitune.evaluation import outcome
+
+    pairs = [{"id": f"p{i:03d}"} for i in range(66)]
+    for fraction, held_n in ((0.25, 16), (0.3, 19), (0.4, 26), (0.5, 33), (0.9, 33)):
+        train, held = split(list(reversed(pairs)), fraction)
+        assert len(held) == held_n and len(train) + len(held) == 66, fraction
+        assert not {p["id"] for p in train} & {p["id"] for p in held}
+        # spread over the ids, not bunched at one end: every run of 4 consecutive ids trains at least one
+        ids = [p["id"] in {h["id"] for h in held} for p in pairs]
+        assert not any(all(ids[i : i + 4]) for i in range(len(ids) - 3))
+    # 0.25 is every fourth pair by id, as before
+    assert [p["id"] for p in split(pairs, 0.25)[1]] == [f"p{i:03d}" for i in range(3, 66, 4)]
+    # one of each as soon as there are two, even with no share held out
+    assert [len(x) for x in split(pairs[:2], 0.25)] == [1, 1] and [len(x) for x in split(pairs, 0.0)] == [65, 1]
+    # the outcome benchmark's share reaches its n >= 25 target at its default size's 66 kept pairs
+    assert len(split(pairs, outcome.settings(160, None, 96)["eval_fraction"])[1]) >= 25
