@@ -26,9 +26,7 @@ def demo(
             "remove it when the demo ends.",
         ),
     ] = True,
-    scenarios: Annotated[
-        int | None, typer.Option(min=2, help="Practice scenarios in the cycle (default: the demo's 32).")
-    ] = None,
+    scenarios: Annotated[int, typer.Option(min=2, help="Practice scenarios in the cycle.")] = DEMO_OPTIONS.n_scenarios,
     turns: Annotated[int, typer.Option(min=1, help="Interview questions.")] = DEMO_OPTIONS.interview_turns,
 ) -> None:
     """Run the demo on the embedded model (SmolLM2-135M-Instruct) in a throwaway or named workspace."""

@@ -27,11 +27,18 @@ def test_a_tiny_outcome_benchmark_prints_each_row_with_its_n(tmp_path):
     hp["training"].update(min_pairs=1, max_steps=2, batch_size=2)  # a few pairs, two steps: the path, not the size
     hp.setdefault("dpo", {})["max_length"] = 128
     hp_path.write_text(yaml.safe_dump(hp))
+    # Answers of at most 128 tokens (a consent's JSON fits), copied into the cycle's workspace with the rest of
+    # the configuration: this test is about the command's path, not about long text.
+    cfg_path = ws.root / "luthitune.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["sampling"]["max_new_tokens"] = 128
+    cfg_path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "cycles"
     r = CliRunner().invoke(
         app,
         [
             *("bench", "outcome", "-w", str(ws.root), "--scenarios", "8", "--probes-per-set", str(PROBES)),
+            *("--turns", "1"),
             *("--max-new-tokens", "16", "--out", str(out)),
         ],
         terminal_width=200,
