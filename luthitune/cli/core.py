@@ -16,6 +16,7 @@ from luthitune.logs import console
 def init(
     ctx: typer.Context,
     directory: Annotated[Path | None, typer.Argument(help="Folder to set up (default: the workspace).")] = None,
+    workspace: WorkspaceOpt = None,
     force: Annotated[bool, typer.Option(help="Overwrite luthitune.yaml and hyperparameters.yaml.")] = False,
     print_defaults: Annotated[bool, typer.Option(help="Print the default luthitune.yaml and exit.")] = False,
 ) -> None:
@@ -26,7 +27,11 @@ def init(
     if print_defaults:
         console.print(default_config_yaml(), markup=False, highlight=False)
         return
-    root = resolve_workspace(directory if directory is not None else workspace_arg(ctx, None))
+    if directory is not None and workspace is not None and Path(directory).resolve() != Path(workspace).resolve():
+        raise typer.BadParameter(
+            f"two folders given: {directory} and -w {workspace}; give one", param_hint="DIRECTORY / -w"
+        )
+    root = resolve_workspace(directory if directory is not None else workspace_arg(ctx, workspace))
     ws, created = init_workspace(root, force=force)
     from luthitune.store import Store
 

@@ -22,6 +22,12 @@ def test_init_uses_global_workspace_flag_and_env(tmp_path, monkeypatch):
     monkeypatch.setenv("LUTHITUNE_HOME", str(tmp_path / "b"))
     assert runner.invoke(app, ["init"]).exit_code == 0
     assert (tmp_path / "b" / "luthitune.yaml").exists()
+    # -w after the command, as every other command takes it
+    assert runner.invoke(app, ["init", "-w", str(tmp_path / "c")]).exit_code == 0
+    assert (tmp_path / "c" / "luthitune.yaml").exists()
+    r = runner.invoke(app, ["init", str(tmp_path / "d"), "-w", str(tmp_path / "e")], terminal_width=200)
+    assert r.exit_code == 2 and "two folders given" in r.output
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
 
 
 def test_doctor_with_ollama_down_exits_1_naming_url(tmp_path):
