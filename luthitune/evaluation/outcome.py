@@ -128,13 +128,15 @@ def run_seed(
     *,
     on_line: Callable[[str], None] | None = None,
     on_progress: Callable[[dict], None] | None = None,
+    **inject: Any,
 ) -> SeedResult:
-    """One cycle with ``seed`` in a new workspace at ``root``; what it measured."""
+    """One cycle with ``seed`` in a new workspace at ``root``; what it measured. ``inject`` goes to the
+    :class:`~luthitune.protocol.Protocol` (its seams: ``llm=``, ``trainer=``, ``evaluator=``)."""
     from luthitune.narrate import narrator
     from luthitune.protocol import Protocol
 
     ws = workspace_for(source, root, seed)
-    p = Protocol(ws)
+    p = Protocol(ws, **inject)
     run_id = p.start(run_settings, run_id=f"outcome-s{seed}")
     phases: dict[str, float] = {}
     last = [time.perf_counter()]
