@@ -42,6 +42,20 @@ def test_demo_runs_a_full_cycle_and_its_database_shows_the_checks_held(tmp_path)
             )
         assert c["decision"] in {"yes", "no", "conditional", "unclear"}
 
+    # Every scenario ended generated or failed, each generated one has its pair, and every pair has a verdict: a
+    # quarantined one says why and keeps the raw text; the dataset's stats count them all.
+    from luthitune import dataset
+
+    scen = s.rows("scenarios", run_id=rid, cycle=0)
+    pairs = s.rows("pairs", run_id=rid, cycle=0)
+    assert scen and {x["status"] for x in scen} <= {"generated", "failed"}
+    assert len(pairs) == sum(x["status"] == "generated" for x in scen)
+    for pr in pairs:
+        assert pr["status"] in {"kept", "quarantined"} and pr["raw"]
+        assert pr["status"] == "kept" or json.loads(pr["reasons_json"])
+    st = dataset.stats(s, rid, 0)
+    assert st["kept"] + st["quarantined"] == len(pairs)
+
     # Every kept pair's request asks something, as the user, and each of its answers passes its step's checks.
     from luthitune.nodes.critique import chain_check
 

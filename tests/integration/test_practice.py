@@ -1,4 +1,5 @@
-"""Phase 2 on the real embedded model, and the exported dataset trained by plain TRL, unchanged."""
+"""The exported dataset trained by plain TRL, unchanged. (Phase 2 on the real embedded model, every item stored with
+a verdict, is checked on the demo's run: tests/integration/test_demo.py.)"""
 
 from __future__ import annotations
 
@@ -15,28 +16,6 @@ from luthitune import dataset
 from luthitune.backends import local_model_dir
 from luthitune.protocol import Protocol
 from luthitune.training.dpo import TrainResult
-
-
-def test_practice_on_the_embedded_model_stores_every_item_with_a_verdict(workspace):
-    """Interview on the fake model (fast), then scenarios → self-critique → validation on SmolLM2."""
-    from luthitune.graph.state import Context
-
-    p = Protocol(workspace)
-    run = p.start({"autopilot": True, "n_scenarios": 4, "interview_turns": 1})
-    settings, cfg = p.context(run).settings(), p.config(run)
-    fake = Context.from_settings(settings, llm=SchemaFakeModel())
-    p.graph.invoke({"run_id": run, "cycle": 0}, cfg, context=fake, interrupt_before=["generate_scenarios"])
-    real = Context.from_settings(settings)  # the workspace's backend: the embedded model
-    p.graph.invoke(None, cfg, context=real, interrupt_before=["train_dpo"])
-    scen = p.store.rows("scenarios", run_id=run)
-    pairs = p.store.rows("pairs", run_id=run)
-    assert len(scen) == 4 and {s["status"] for s in scen} <= {"generated", "failed"}
-    assert len(pairs) == sum(s["status"] == "generated" for s in scen)
-    for pr in pairs:  # every pair has a verdict; a quarantined one says why and keeps the raw text
-        assert pr["status"] in {"kept", "quarantined"} and pr["raw"]
-        assert pr["status"] == "kept" or json.loads(pr["reasons_json"])
-    st = dataset.stats(p.store, run, 0)
-    assert st["kept"] + st["quarantined"] == len(pairs)
 
 
 def test_stock_trl_dpo_trains_on_the_export_folder(workspace, tmp_path):
