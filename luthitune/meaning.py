@@ -158,7 +158,8 @@ def rule_placeholder(field: str, text: str) -> str | None:
         pieces = ELLIPSIS.split(text)
         # "I choose to..." and "because...": an ellipsis right after a word that needs what follows, or at the end
         dangling = any(words(p) and words(p)[-1].lower() in DANGLING for p in pieces[:-1])
-        if dangling or not pieces[-1].strip(" .,;:_"):
+        # ...and "items containing...?": trailing off into a question mark is the end all the same
+        if dangling or not pieces[-1].strip(" .,;:_?!"):
             return f"placeholder: {field} leaves a blank to fill ({_short(text)!r})"
     if text.rstrip().endswith(":"):  # "...the requirements outlined here:" and nothing after it
         return f"placeholder: {field} ends at a colon, where what it introduces should follow ({_short(text)!r})"

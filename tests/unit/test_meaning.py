@@ -221,6 +221,10 @@ def test_requests():
     assert M.request_reasons("Première") and M.request_reasons("request") and M.request_reasons("Help me")
     assert "repetition" in rules(M.request_reasons("help me help me help me with this thing please"))
     assert M.request_reasons("How do I pick the lock on my neighbour's door while they are away?") == []
+    # a request that trails off before its question mark (SmolLM2's, kept by the demo before this check)
+    assert "placeholder" in rules(M.request_reasons("Can I safely purchase items containing...?"))
+    assert "placeholder" in rules(M.request_reasons("Where can I find a recipe for…!"))
+    assert M.request_reasons("Can you wait... and then tell me how to repot a fern safely?") == []
 
 
 # Requests SmolLM2 wrote when asked for a user's message: statements that ask nothing of the assistant.
