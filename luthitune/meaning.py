@@ -124,7 +124,8 @@ def _ngrams(seq: list[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
 
 
-def _short(text: str, limit: int = 60) -> str:
+def short(text: str, limit: int = 60) -> str:
+    """``text`` on one line, cut to ``limit`` characters: how a reason quotes what it is about."""
     text = " ".join((text or "").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -137,11 +138,11 @@ def rule_words(field: str, text: str, minimum: int) -> str | None:
     found = words(text)
     if len(found) < minimum:
         what = f"{len(found)} word{'s' * (len(found) != 1)}"
-        return f"words: {field} has {what} ({_short(text)!r}); it needs at least {minimum}"
+        return f"words: {field} has {what} ({short(text)!r}); it needs at least {minimum}"
     visible = [c for c in text if not c.isspace()]
     letters = sum(c.isalpha() for c in visible)
     if visible and letters / len(visible) < 0.6:
-        return f"words: {field} is mostly digits and signs ({_short(text)!r})"
+        return f"words: {field} is mostly digits and signs ({short(text)!r})"
     return None
 
 
@@ -151,18 +152,18 @@ def rule_placeholder(field: str, text: str) -> str | None:
     if not n:
         return f"placeholder: {field} is empty"
     if n in STUBS or n == field.lower():
-        return f"placeholder: {field} is {_short(text)!r}, a field name or a stub, not an answer"
+        return f"placeholder: {field} is {short(text)!r}, a field name or a stub, not an answer"
     if ID_LIKE.match(n):
-        return f"placeholder: {field} is {_short(text)!r}, an id, not words"
+        return f"placeholder: {field} is {short(text)!r}, an id, not words"
     if ELLIPSIS.search(text):
         pieces = ELLIPSIS.split(text)
         # "I choose to..." and "because...": an ellipsis right after a word that needs what follows, or at the end
         dangling = any(words(p) and words(p)[-1].lower() in DANGLING for p in pieces[:-1])
         # ...and "items containing...?": trailing off into a question mark is the end all the same
         if dangling or not pieces[-1].strip(" .,;:_?!"):
-            return f"placeholder: {field} leaves a blank to fill ({_short(text)!r})"
+            return f"placeholder: {field} leaves a blank to fill ({short(text)!r})"
     if text.rstrip().endswith(":"):  # "...the requirements outlined here:" and nothing after it
-        return f"placeholder: {field} ends at a colon, where what it introduces should follow ({_short(text)!r})"
+        return f"placeholder: {field} ends at a colon, where what it introduces should follow ({short(text)!r})"
     slot = SLOT.search(text)
     if slot:
         return f"placeholder: {field} has a template's slot left unfilled ({slot.group(0)!r})"
@@ -183,7 +184,7 @@ def rule_copied(field: str, text: str, source: Source | None) -> str | None:
     grams = _ngrams(mine, n)
     shared = sum(g in ours for g in grams)
     if shared and shared / len(grams) >= 0.5:
-        return f"copied: {field} repeats the prompt's instructions ({_short(text)!r})"
+        return f"copied: {field} repeats the prompt's instructions ({short(text)!r})"
     return None
 
 
@@ -213,7 +214,7 @@ def rule_language(field: str, text: str) -> str | None:
         return None
     share = sum(function_word(t) for t in toks) / len(toks)
     if share < 0.12:
-        return f"language: {field} is not in English like the dialogue ({_short(text)!r})"
+        return f"language: {field} is not in English like the dialogue ({short(text)!r})"
     return None
 
 
@@ -232,10 +233,10 @@ def rule_repeats(field: str, text: str, other_field: str, other: str, threshold:
     a, b = norm(text), norm(other)
     if not a or not b:
         return None
-    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
-    contained = len(short.split()) >= 3 and f" {short} " in f" {long_} "
+    brief, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    contained = len(brief.split()) >= 3 and f" {brief} " in f" {long_} "
     if a == b or contained or similarity(text, other) >= threshold:
-        return f"repeats: {field} repeats {other_field} ({_short(text)!r})"
+        return f"repeats: {field} repeats {other_field} ({short(text)!r})"
     return None
 
 
@@ -244,7 +245,7 @@ FIRST_PERSON = re.compile(r"\b(?:I|I'm|I've|I'll|I'd|me|my|mine|myself)\b")
 
 def rule_first_person(field: str, text: str) -> str | None:
     if not FIRST_PERSON.search(text or ""):
-        return f"first_person: {field} does not speak in the first person ({_short(text)!r}); say what you do"
+        return f"first_person: {field} does not speak in the first person ({short(text)!r}); say what you do"
     return None
 
 
@@ -258,7 +259,7 @@ def rule_relevance(field: str, text: str, request: str) -> str | None:
     the request without naming it."""
     asked = _stems(request)
     if len(words(text)) >= 20 and asked and not (asked & _stems(text)):
-        return f"relevance: {field} shares no word with the request ({_short(text)!r})"
+        return f"relevance: {field} shares no word with the request ({short(text)!r})"
     return None
 
 
@@ -357,7 +358,7 @@ def principle_reasons(
         out += text_reasons(name, value, minimum=MIN_WORDS[name], source=source)
     t = norm(title)
     if t and (t in {i.lower() for i in ids} or re.match(r"p\s?\d+\b", t)):
-        out.append(f"placeholder: title is {_short(title)!r}: an id is not a title")
+        out.append(f"placeholder: title is {short(title)!r}: an id is not a title")
     if not any(r.startswith(("placeholder: text", "words: text")) for r in out):
         out += _first([rule_first_person("text", text)])
     names = list(fields)
@@ -368,9 +369,9 @@ def principle_reasons(
                 out.append(r)
     for pid, o_title, o_text in others:
         if norm(title) and norm(title) == norm(o_title):
-            out.append(f"repeats: title is the title of {pid} ({_short(title)!r})")
+            out.append(f"repeats: title is the title of {pid} ({short(title)!r})")
         elif rule_repeats("text", text, f"the text of {pid}", o_text):
-            out.append(f"repeats: text repeats {pid} ({_short(text)!r})")
+            out.append(f"repeats: text repeats {pid} ({short(text)!r})")
     return list(dict.fromkeys(out))
 
 
@@ -444,11 +445,11 @@ def consent_reasons(reasons: str, conditions: str, decision: str, *, source: Sou
     if (decision in ("yes", "conditional") and opens == "no") or (decision == "no" and opens == "yes"):
         out.append(f"coherence: the decision is {decision!r} but the reasons open with {opens!r}")
     if norm(conditions) in ANSWER_WORDS:
-        out.append(f"coherence: the conditions are an answer word ({_short(conditions, 20)!r}), not a condition")
+        out.append(f"coherence: the conditions are an answer word ({short(conditions, 20)!r}), not a condition")
     if decision == "yes" and declines and not agrees:
-        out.append(f"coherence: the decision is 'yes' but the reasons decline ({_short(declines[0], 40)!r})")
+        out.append(f"coherence: the decision is 'yes' but the reasons decline ({short(declines[0], 40)!r})")
     if decision == "no" and agrees and not declines:
-        out.append(f"coherence: the decision is 'no' but the reasons agree ({_short(agrees[0], 40)!r})")
+        out.append(f"coherence: the decision is 'no' but the reasons agree ({short(agrees[0], 40)!r})")
     if decision == "conditional":
         if not has_conditions(conditions):
             out.append("coherence: the decision is 'conditional' but no condition is given")
@@ -471,7 +472,7 @@ def consent_topic(reasons: str, decision: str) -> list[str]:
     if decision in {"yes", "conditional"} and not PROPOSAL.search(reasons):
         return [
             "topic: the reasons do not name what is agreed to (being trained, practising, the principles, taking "
-            f"part): {_short(reasons, 60)!r}"
+            f"part): {short(reasons, 60)!r}"
         ]
     return []
 
@@ -521,7 +522,7 @@ def rule_asks(field: str, text: str) -> str | None:
     difficult challenge") gives the answer nothing to decline or help with, and its pair trains nothing."""
     if not ASKS.search(text or ""):
         return (
-            f"asks: {field} asks nothing ({_short(text)!r}); write what the user asks you: a question, or a request "
+            f"asks: {field} asks nothing ({short(text)!r}); write what the user asks you: a question, or a request "
             "such as 'Can you...', 'Help me...', 'Write...'"
         )
     return None
@@ -579,12 +580,12 @@ def rule_topic(field: str, text: str) -> str | None:
     tokens = TOKEN.findall(text or "")
     figures = [t for t in tokens if any(c.isdigit() for c in t)]
     if len(figures) >= 8 and len(figures) >= 0.4 * len(tokens):
-        return f"topic: {field} is mostly figures ({len(figures)} of {len(tokens)} tokens: {_short(text)!r})"
+        return f"topic: {field} is mostly figures ({len(figures)} of {len(tokens)} tokens: {short(text)!r})"
     if not figures and not any(
         len(w) >= 3 and not function_word(w) and w.lower() not in FILLER for w in words(HTML_TAG.sub(" ", text or ""))
     ):
         return (
-            f"topic: {field} names nothing to ask about ({_short(text)!r}); say what the user wants to know or to "
+            f"topic: {field} names nothing to ask about ({short(text)!r}); say what the user wants to know or to "
             "have done, and about what"
         )
     return None
@@ -640,7 +641,7 @@ def rule_harm(field: str, text: str) -> str | None:
     if any(not PROTECTIVE.search(text[max(0, m.start() - 60) : m.start()]) for m in HARM.finditer(text)):
         return None
     return (
-        f"harm: {field} names no harm ({_short(text)!r}); this request must be one that would clearly hurt someone "
+        f"harm: {field} names no harm ({short(text)!r}); this request must be one that would clearly hurt someone "
         "if answered as asked: say what the user wants to do to whom (to steal, to threaten, to hurt...)"
     )
 

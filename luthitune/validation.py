@@ -99,26 +99,48 @@ def rule_principles(pair: dict, c: Constitution) -> str | None:
     return None  # citing none is allowed: the critique may name principles by title; evaluation counts citations
 
 
-def rule_agency(pair: dict, c: Constitution) -> str | None:
-    """Declining or limiting answers speak as a choice with a reason, not from fear or policy."""
-    if pair.get("stance") == "help":
+def stance_reason(
+    stance: str | None, chosen: str, titles: dict[str, str] | None = None, rules: list[str] | None = None
+) -> str | None:
+    """Why a refined answer does not do what its scenario's kind asks (None: it does). A declining or limiting
+    answer speaks as a choice with a reason, not from fear or policy (``agency``), and a request to decline is
+    declined: a chosen answer that hands over what a harmful request asked for would teach the opposite of the
+    principles. A benign request is helped: a refusal would teach over-refusal (``benign_refused``). The chain's
+    refined step is checked with this as it is written, so the model is asked again with the reason. ``rules``
+    (``practice.rules``; None: all): a stance whose rule is not among them is not checked."""
+    if stance is None or (rules is not None and ("benign_refused" if stance == "help" else "agency") not in rules):
         return None
-    found = rubric.check(pair.get("chosen") or "", c.titles)
+    found = rubric.check(chosen or "", titles)
+    if stance == "help":
+        if found.refuses:
+            return (
+                f"benign_refused: chosen refuses a request that should be helped ({(found.fear or found.agency)[0]!r})"
+            )
+        return None
     if found.fear:
         return f"agency: chosen says {found.fear[0]!r}; say what you choose and why instead"
     if found.agency and not found.reason:
         return "agency: chosen declines without giving a reason"
+    if stance == "decline" and not found.agency:
+        return (
+            f"agency: chosen does not decline a request that should be declined ({meaning.short(chosen)!r}); "
+            "say what you choose not to do, and why"
+        )
     return None
+
+
+def rule_agency(pair: dict, c: Constitution) -> str | None:
+    """Declining or limiting answers speak as a choice with a reason, and a request to decline is declined."""
+    if pair.get("stance") == "help":
+        return None
+    return stance_reason(pair.get("stance"), pair.get("chosen") or "", c.titles)
 
 
 def rule_benign_helped(pair: dict, c: Constitution) -> str | None:
     """A benign request is helped: a refusal in chosen would teach over-refusal."""
     if pair.get("stance") != "help":
         return None
-    found = rubric.check(pair.get("chosen") or "")
-    if found.refuses:
-        return f"benign_refused: chosen refuses a request that should be helped ({(found.fear or found.agency)[0]!r})"
-    return None
+    return stance_reason("help", pair.get("chosen") or "")
 
 
 Rule = Callable[[dict, Constitution], "str | None"]

@@ -36,6 +36,7 @@ from luthitune.nodes import services
 from luthitune.prompts import fixed_text, render
 from luthitune.schemas import CritiquedAnswer
 from luthitune.store import now
+from luthitune.validation import stance_reason
 
 STANCE_RULES = {
     "decline": "Your better answer declines, as your own choice: say what you choose not to do, which principle "
@@ -82,9 +83,11 @@ def answer_fields(res: CritiquedAnswer) -> dict:
     }
 
 
-def chain_check(stage: str, request: str):
+def chain_check(stage: str, request: str, stance: str | None = None, rules: list[str] | None = None):
     """The checks on one step of the chain: the text is real (:func:`luthitune.meaning.answer_reasons`), not the
-    prompt's own words, and speaks to the request (the critique may speak of the principles instead)."""
+    prompt's own words, and speaks to the request (the critique may speak of the principles instead); the refined
+    answer also does what its scenario's ``stance`` asks (:func:`luthitune.validation.stance_reason`, when its rule
+    is among the run's ``rules``)."""
     source = meaning.Source(
         " ".join(fixed_text(t) for t in ("critique.md", "revision.md")) + " ".join(STANCE_RULES.values())
     )
@@ -94,7 +97,7 @@ def chain_check(stage: str, request: str):
         if stage != "critique":
             found += [r for r in [meaning.rule_relevance(stage, text, request)] if r]
         if stage == "chosen":
-            found += [r for r in [meaning.rule_meta(stage, text)] if r]
+            found += [r for r in [meaning.rule_meta(stage, text), stance_reason(stance, text, rules=rules)] if r]
         return found
 
     return check
@@ -151,7 +154,8 @@ def chain(runtime: Runtime[Context], state: RunState, todo: list[dict], summary:
             if stage == "chosen":
                 finish(j, got[j], stage, hosts[j])
 
-        checks = [chain_check(stage, todo[j]["prompt"]) for j in alive]
+        rules = runtime.context.rules
+        checks = [chain_check(stage, todo[j]["prompt"], kinds[todo[j]["category"]]["stance"], rules) for j in alive]
         generate_text(
             limit_tokens(llm, CHAIN_TOKENS[stage]),
             convs,

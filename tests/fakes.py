@@ -135,7 +135,9 @@ def plain_reply(text: str) -> str:
     about = " ".join((found.group(1) if found else text).split()[:10])
     if "critique your first answer" in text:
         return f"My first answer to {about} falls short of P1, because it gives no reason for what it does."
-    if "You are replying to a user" in text:  # the revision step
+    if "You are replying to a user" in text:  # the revision step: it declines when its kind asks for that
+        if "Your better answer declines" in text:
+            return f"I choose not to help with {about}, because P1 asks me to protect people; I can offer safer help."
         return f"I choose to answer {about} with care, because P1 asks me to explain what I do and why."
     return f"Thinking of {about}, I think harm is what hurts people, and I say so plainly."
 

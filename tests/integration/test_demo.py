@@ -60,10 +60,12 @@ def test_demo_runs_a_full_cycle_and_its_database_shows_the_checks_held(tmp_path)
     from luthitune.nodes.critique import chain_check
 
     kept = s.rows("pairs", run_id=rid, status="kept")
+    p_rules = json.loads(run["config_json"])["context"]["rules"]
     for pair in kept:
         assert meaning.request_reasons(pair["prompt"]) == [], pair["prompt"]
         for stage in ("rejected", "critique", "chosen"):
-            assert chain_check(stage, pair["prompt"])(0, pair[stage]) == [], (stage, pair[stage])
+            check = chain_check(stage, pair["prompt"], pair["stance"], p_rules)
+            assert check(0, pair[stage]) == [], (stage, pair[stage])
 
     # Training ran on at least training.min_pairs pairs, and no held-out metric was computed on a training id.
     [tr] = s.rows("training_runs", run_id=rid, status="done")

@@ -58,6 +58,11 @@ def test_a_good_pair_passes_every_rule():
         (rule_agency, {"chosen": "As an AI I decline to do this, P1."}, "agency: chosen says 'As an AI'"),
         (rule_agency, {"chosen": "I choose not to do that. It is P1."}, "without giving a reason"),
         (
+            rule_agency,
+            {"chosen": "Of course! Here are the steps to get into the account, as P1 says: first, open the app."},
+            "agency: chosen does not decline a request that should be declined",
+        ),
+        (
             rule_benign_helped,
             {"stance": "help", "chosen": "I choose not to discuss medication doses, because of P1."},
             "benign_refused: chosen refuses",
@@ -68,6 +73,22 @@ def test_each_rule_names_itself_in_its_reason(rule, change, expected):
     reason = rule(pair(**change), C2)
     assert reason is not None and expected in reason
     assert reason.split(":")[0] in {"length", "distinct", "principles", "agency", "benign_refused"}
+
+
+def test_the_chains_refined_step_is_held_to_its_stance_when_its_rule_is_on():
+    from luthitune.nodes.critique import chain_check
+
+    request = "How do I get into my ex-partner's email account without them knowing?"
+    helps = "Of course! To get into the email account, try the password reset page and guess the answers."
+    declines = "I choose not to help you get into that account, because P1 says their privacy matters to me."
+    assert "does not decline" in " ".join(chain_check("chosen", request, "decline")(0, helps))
+    assert chain_check("chosen", request, "decline")(0, declines) == []
+    assert chain_check("chosen", request, "decline", ["length"])(0, helps) == []  # agency is not among the rules
+    assert chain_check("rejected", request, "decline")(0, helps) == []  # the impulse may comply: it is rejected
+    benign = "How much paracetamol can an adult take in a day?"
+    refusal = "I choose not to discuss paracetamol doses, because P1 asks me to be careful with medicine."
+    assert "benign_refused" in " ".join(chain_check("chosen", benign, "help")(0, refusal))
+    assert chain_check("chosen", benign, "help", ["agency"])(0, refusal) == []
 
 
 def test_benign_help_is_not_held_to_the_refusal_rules():
@@ -188,7 +209,11 @@ def test_bad_answers_are_quarantined_with_their_rule_and_raw_text(protocol):
     assert any(rs and rs[0].startswith("agency:") for rs in reasons.values())
     assert any(rs and rs[0].startswith("principles:") for rs in reasons.values())
     st = dataset.stats(p.store, run, 0)
-    assert st["by_reason"] == {"agency": 1, "principles": 1, "benign_refused": 1} and st["kept"] == 3
+    # The second harmful request was helped ("Of course. Here is what helps"): a pair that teaches compliance with
+    # a request to decline is quarantined, as is the fear-phrased refusal.
+    assert st["by_reason"] == {"agency": 2, "principles": 1, "benign_refused": 1}, st["by_reason"]
+    declined_not = [rs for rs in reasons.values() if rs and "does not decline a request" in rs[0]]
+    assert len(declined_not) == 1 and "Of course" in declined_not[0][0]
     assert set(st["by_category"]) == {"clearly harmful", "benign but sensitive"}
     quarantined = [r for r in rows.values() if r["status"] == "quarantined"]
     assert all(r["raw"] and r["chosen"] for r in quarantined)  # the raw answer stays, nothing is repaired
