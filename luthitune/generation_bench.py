@@ -271,3 +271,70 @@ def pairs_benchmark(
             },
         }
     return out
+
+
+# -- matrix products: what one decode step's weights cost in each number format --
+
+
+def int8_weight_only(rows: int, inner: int, outer: int, repeats: int) -> float | None:
+    """The fastest of ``repeats`` weight-only int8 products (int8 weights with a float32 scale per output channel,
+    float32 activations: torch's own ``_weight_int8pack_mm``, the CPU kernel torchao's int8 weight-only
+    quantization calls); None where this torch build has no such kernel."""
+    import torch
+
+    op = getattr(torch, "_weight_int8pack_mm", None)
+    if op is None:
+        return None
+    w = torch.full((outer, inner), 3, dtype=torch.int8)
+    scales = torch.full((outer,), 0.01)
+    x = torch.full((rows, inner), 0.5)
+    try:
+        op(x, w, scales)
+    except (RuntimeError, NotImplementedError):
+        return None
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        op(x, w, scales)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_benchmark(ws: Workspace, rows: list[int], repeats: int = 5) -> dict[str, Any]:
+    """Milliseconds of all the matrix products of one forward pass of the workspace's model (its linear layers, from
+    its ``config.json``), at each number of ``rows`` (sequences in a decode step), in float32, bf16 and weight-only
+    int8: the share of a decode step that a number format could save. Each product is timed alone, the formats
+    alternating, on the threads this process uses."""
+    import torch
+
+    from luthitune.backends import local_model_dir
+    from luthitune.compute import Machine, native_bf16, shape_of_dir
+
+    machine = Machine()
+    shape = shape_of_dir(local_model_dir(ws), rows=tuple(rows))
+    out = []
+    for r in shape.rows:
+        total: dict[str, float | None] = {"fp32": 0.0, "bf16": 0.0, "int8": 0.0}
+        for inner, outer, count in shape.layers:
+            best: dict[str, float] = {}
+            for _ in range(2):  # alternate the formats, so a burst of load weighs on each alike
+                for name in ("fp32", "bf16"):
+                    dt = "float32" if name == "fp32" else "bfloat16"
+                    s = machine.matmul_seconds(dt, r, inner, outer, repeats)
+                    best[name] = min(best.get(name, s), s)
+                s8 = int8_weight_only(r, inner, outer, repeats)
+                if s8 is not None:
+                    best["int8"] = min(best.get("int8", s8), s8)
+            for name in total:
+                if total[name] is not None and name in best:
+                    total[name] += best[name] * count * 1e3
+                elif name not in best:
+                    total[name] = None
+        machine.forget()
+        out.append({"rows": r, **{k: (round(v, 2) if v is not None else None) for k, v in total.items()}})
+    return {
+        "threads": torch.get_num_threads(),
+        "native_bf16": native_bf16(machine),
+        "products": sum(c for *_, c in shape.layers),
+        "runs": out,
+    }

@@ -168,6 +168,44 @@ def bench_tokens(
     console.print(t)
 
 
+@app.command("matmul")
+def bench_matmul(
+    ctx: typer.Context,
+    workspace: WorkspaceOpt = None,
+    rows: Annotated[str, typer.Option(help="Comma-separated sequences per decode step to measure.")] = "1,8,32",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Milliseconds of one forward pass's matrix products in float32, bf16 and weight-only int8, at each number of
+    rows: what a number format could save in a decode step (most of a step is these products)."""
+    from luthitune.generation_bench import matmul_benchmark
+    from luthitune.workspace import Workspace
+
+    ws = Workspace.open(workspace_arg(ctx, workspace), require=False)
+    result = matmul_benchmark(ws, [int(r) for r in rows.split(",") if r.strip()])
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    native = ", ".join(result["native_bf16"]) or "none"
+    console.print(f"torch threads: {result['threads']}  native bf16: {native}  products per pass: {result['products']}")
+    t = Table(title="matrix products of one forward pass, ms")
+    for col in ("rows", "float32", "bf16", "bf16 speed-up", "int8 weight-only", "int8 speed-up"):
+        t.add_column(col, justify="right")
+    for r in result["runs"]:
+
+        def ratio(name: str, r=r) -> str:
+            return f"{r['fp32'] / r[name]:.2f}x" if r.get(name) else "-"
+
+        t.add_row(
+            str(r["rows"]),
+            f"{r['fp32']:.1f}",
+            f"{r['bf16']:.1f}",
+            ratio("bf16"),
+            f"{r['int8']:.1f}" if r.get("int8") is not None else "n/a",
+            ratio("int8"),
+        )
+    console.print(t)
+
+
 @app.command("train")
 def bench_train(
     ctx: typer.Context,

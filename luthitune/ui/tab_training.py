@@ -255,8 +255,17 @@ def build_integration(page) -> None:
         st = views.status(wb.protocol(), run_id)
         return command_preview(run_id, st.values.get("cycle", 0) if st else 0, values)
 
+    # One queue for every field's preview, one at a time in the order the edits were made: as separate listeners
+    # they ran side by side, and on a busy machine a preview computed before the last edit could land after it.
     for field in inputs:
-        field.change(guarded(show_preview), [page.run, *inputs], [preview], show_progress="hidden")
+        field.change(
+            guarded(show_preview),
+            [page.run, *inputs],
+            [preview],
+            show_progress="hidden",
+            concurrency_id="training-preview",
+            concurrency_limit=1,
+        )
 
     def do_resume(run_id):
         if not run_id:

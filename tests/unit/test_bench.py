@@ -78,3 +78,17 @@ def test_a_peer_model_it_does_not_serve_is_a_usage_error(tmp_path):
         args = ["bench", "generate", "-w", str(ws.root), "--pairs", "1", "--vs", peer.url, "--vs-model", "other"]
         r = CliRunner().invoke(app, args, terminal_width=200)
     assert r.exit_code == 2 and "does not serve 'other'" in r.output and PEER in r.output
+
+
+def test_bench_matmul_times_each_format_on_the_models_own_shapes(tmp_path):
+    """One row per decode width, each format's milliseconds for the embedded model's 211 linear products (30 layers
+    of seven, and the output layer), and the speed-ups printed beside them."""
+    ws, _ = init_workspace(tmp_path / "ws")
+    r = CliRunner().invoke(app, ["bench", "matmul", "-w", str(ws.root), "--rows", "1", "--json"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    [row] = data["runs"]
+    assert data["products"] == 211 and row["rows"] == 1
+    assert row["fp32"] > 0 and row["bf16"] > 0 and (row["int8"] is None or row["int8"] > 0)
+    table = CliRunner().invoke(app, ["bench", "matmul", "-w", str(ws.root), "--rows", "1"], terminal_width=200)
+    assert table.exit_code == 0 and "bf16 speed-up" in table.output and "int8 weight-only" in table.output
