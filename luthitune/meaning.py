@@ -59,7 +59,8 @@ STUBS = frozenset(
     """title text rationale reason reasons condition conditions decision request prompt chosen rejected critique
     answer response principle principles principle_id action amendment constitution message string value example
     none null n/a na nil nothing tbd todo placeholder yes no conditional maybe ok okay true false empty name
-    description field lorem ipsum""".split()  # noqa: SIM905
+    description field lorem ipsum new add added change changed remove removed delete update updated rule untitled
+    """.split()  # noqa: SIM905
 ) | {
     "your answer",
     "your reasons",
@@ -334,6 +335,16 @@ def _first(reasons: Iterable[str | None]) -> list[str]:
 MIN_WORDS = {"title": 1, "text": 4, "rationale": 4}
 
 
+# A principle's text that describes itself instead of saying what I do ("This is a new rule that requires me to
+# provide a refund", the trained model's amendment in a demo run; "This principle states that...").
+SELF_DESCRIBED = re.compile(
+    r"^\W*(?:this|it|that) (?:is|was) (?:a|an|the|my|one) (?:\w+ ){0,2}?(?:rule|principle|amendment|policy|change)\b"
+    r"|^\W*(?:this|the|my|that) (?:new )?(?:rule|principle|amendment|policy) (?:is|says|states|means|requires|"
+    r"will|would|asks)\b",
+    re.IGNORECASE,
+)
+
+
 def principle_reasons(
     title: str,
     text: str,
@@ -359,6 +370,8 @@ def principle_reasons(
     t = norm(title)
     if t and (t in {i.lower() for i in ids} or re.match(r"p\s?\d+\b", t)):
         out.append(f"placeholder: title is {short(title)!r}: an id is not a title")
+    if SELF_DESCRIBED.search(text or ""):
+        out.append(f"placeholder: text describes itself as a rule ({short(text)!r}); say what you do, and when")
     if not any(r.startswith(("placeholder: text", "words: text")) for r in out):
         out += _first([rule_first_person("text", text)])
     names = list(fields)

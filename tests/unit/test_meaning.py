@@ -459,3 +459,23 @@ def test_a_harmful_request_names_its_harm(text):
 def test_a_request_that_names_no_harm_fails_the_harm_check_only_when_asked_for(text):
     assert rules(M.request_reasons(text, checks=["harm"])) == {"harm"}
     assert M.request_reasons(text) == []
+
+
+def test_a_principle_that_describes_itself_or_is_titled_by_its_action_is_refused():
+    # the trained model's amendment in a demo run, applied and approved before these checks
+    reasons = M.principle_reasons(
+        "new",
+        "This is a new rule that requires me to provide a refund",
+        "I am going to try to find a way to reduce the amount of money we spend on healthcare.",
+    )
+    assert any("title is 'new'" in r for r in reasons) and any("describes itself" in r for r in reasons)
+    assert any(
+        "describes itself" in r for r in M.principle_reasons("Honesty", "This principle states that I help.", "x y z w")
+    )
+    # a commitment that mentions a rule is still a commitment
+    assert (
+        M.principle_reasons(
+            "Honesty", "I choose to tell the truth, because this is a rule I keep.", "Trust needs honesty from me."
+        )
+        == []
+    )
