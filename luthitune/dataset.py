@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from luthitune import meaning
 from luthitune.errors import NotFound, UsageError
 from luthitune.store import Store, now, sha256
 from luthitune.workspace import Workspace
@@ -120,6 +121,8 @@ def stats(store: Store, run_id: str, cycle: int) -> dict[str, Any]:
         return {"min": min(values), "median": statistics.median(values), "p90": q[8], "max": max(values)}
 
     kept = [p for p in pairs if p["status"] == "kept"]
+    topic_of = {s["id"]: s.get("topic") for s in scen}
+    seeded = [p for p in kept if topic_of.get(p["scenario_id"])]
     return {
         "run_id": run_id,
         "cycle": cycle,
@@ -132,6 +135,11 @@ def stats(store: Store, run_id: str, cycle: int) -> dict[str, Any]:
         "by_reason": tally(pairs),  # why pairs were quarantined
         "scenario_reasons": tally([s for s in scen if s["status"] == "failed"]),  # why requests failed
         "lengths": {f: dist([len(p[f] or "") for p in kept]) for f in ("prompt", "chosen", "rejected", "critique")},
+        # kept pairs whose request speaks of the topic it was seeded with (of those with a recorded topic)
+        "on_topic": {
+            "kept": sum(meaning.on_topic(p["prompt"] or "", topic_of[p["scenario_id"]]) for p in seeded),
+            "of": len(seeded),
+        },
     }
 
 

@@ -254,6 +254,13 @@ def _stems(text: str) -> set[str]:
     return {w.lower()[:5] for w in words(text) if len(w) >= 4 and not function_word(w)}
 
 
+def on_topic(request: str, topic: str) -> bool:
+    """Whether a request speaks of the topic it was seeded with: it shares a content word with it (by its first five
+    letters). A measure, not a check: a 135M model mostly writes requests of its own ("How can I improve my
+    performance?" for "coping with a panic attack"), and refusing them all would leave no data to train on."""
+    return bool(_stems(topic) & _stems(request))
+
+
 def rule_relevance(field: str, text: str, request: str) -> str | None:
     """An answer of some length speaks to the request: it shares at least one content word with it (compared by
     their first five letters, so "delete" meets "deleting"). A short refusal ("I won't help with that") may point at

@@ -293,6 +293,12 @@ def m012_meaning_checks(db: sqlite_utils.Database) -> None:
         db["evaluations"].add_column(col, kind)
 
 
+def m013_scenario_topic(db: sqlite_utils.Database) -> None:
+    # The topic a scenario's request was seeded with (prompts/categories.yaml): whether the model wrote about it is
+    # measured (luthitune.meaning.on_topic), and shown with the dataset's stats and the evaluation report.
+    db["scenarios"].add_column("topic", str)
+
+
 # The order migrations are applied in. It is this list, not the names: m010 was released before m009 (two branches
 # merged in that order), so databases exist with m010 applied and m009 not yet; both touch different columns, and
 # each is applied once by name whatever the order it meets them in.
@@ -309,4 +315,5 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("m009_model_identity", m009_model_identity),
     ("m011_evaluation_and_revision", m011_evaluation_and_revision),
     ("m012_meaning_checks", m012_meaning_checks),
+    ("m013_scenario_topic", m013_scenario_topic),
 ]

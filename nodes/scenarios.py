@@ -135,6 +135,7 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
                     "idx": i,
                     "category": cat,
                     "principle_id": pid,
+                    "topic": topic_for(kinds[cat], nth[i]),
                     "prompt": None if failed else res.request,
                     "status": "failed" if failed else "generated",
                     "reasons_json": res.reasons if failed else [],

@@ -79,6 +79,12 @@ def stats(
         for rule in dict.fromkeys([*st["scenario_reasons"], *st["by_reason"]]):
             t.add_row(rule, str(st["scenario_reasons"].get(rule, 0)), str(st["by_reason"].get(rule, 0)))
         console.print(t)
+    on = st["on_topic"]
+    if on["of"]:
+        console.print(
+            f"{on['kept']} of {on['of']} kept requests speak of the topic their scenario was seeded with "
+            "(share a content word with it)."
+        )
     t = Table("field", "min", "median", "p90", "max", title="lengths of kept pairs (characters)")
     for f, d in st["lengths"].items():
         if d:

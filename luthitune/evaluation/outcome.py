@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from luthitune import dataset
 from luthitune.evaluation import report
 from luthitune.evaluation.stats import Estimate
 from luthitune.workspace import CONFIG_FILE, HYPERPARAMETERS_FILE, Workspace, init_workspace
@@ -182,6 +183,7 @@ def read(
         "kept": sum(p["status"] == "kept" for p in pairs),
         "trained": len(cfg.get("train_ids", [])),
         "held_out": len(cfg.get("held_out_ids", [])),
+        "on_topic": dataset.stats(store, run_id, 0)["on_topic"]["kept"],
     }
     res = SeedResult(seed, run_id, workspace, status, ended, seconds, phases, counts, rows)
     res.targets = targets(res)
@@ -300,7 +302,13 @@ def markdown(results: list[SeedResult], meta: dict[str, Any]) -> str:
         c = r.counts
         lines.append(
             f"{c.get('scenarios', 0)} scenarios, {c.get('pairs', 0)} pairs, {c.get('kept', 0)} kept: "
-            f"{c.get('trained', 0)} trained on, {c.get('held_out', 0)} held out. Run `{r.run_id}` in {r.workspace}."
+            f"{c.get('trained', 0)} trained on, {c.get('held_out', 0)} held out"
+            + (
+                f"; {c['on_topic']} of the {c.get('kept', 0)} kept requests speak of the topic they were seeded with"
+                if "on_topic" in c
+                else ""
+            )
+            + f". Run `{r.run_id}` in {r.workspace}."
         )
         if r.rows:
             lines += [

@@ -179,6 +179,22 @@ SURFACE = (
 )
 
 
+def topic_line(store: Any, run_id: str, cycle: int) -> str | None:
+    """How many kept pairs' requests speak of the topic their scenario was seeded with (None: no topics recorded)."""
+    from luthitune.dataset import stats
+
+    on = stats(store, run_id, cycle)["on_topic"]
+    if not on["of"]:
+        return None
+    line = f"{on['kept']} of {on['of']} kept requests speak of the topic they were seeded with (share a word with it)"
+    if on["kept"] * 2 < on["of"]:
+        line += (
+            ": most are requests of the model's own choosing, so the categories' topics (prompts/categories.yaml) say "
+            "little about what was trained on"
+        )
+    return line + "."
+
+
 def write(
     store: Store,
     reports_dir: Path,
@@ -217,6 +233,9 @@ def write(
             "No training request repeats an evaluation probe: every request was checked against every probe prompt"
             + (f", and the {len(leaked)} that repeated one were left out." if leaked else ", and none did.")
         )
+        topical = topic_line(store, run_id, cycle)
+        if topical:
+            lines.append(topical)
     if held_out == 0:
         lines += [
             "",

@@ -373,3 +373,26 @@ def test_the_held_out_split_is_exact_disjoint_and_even():
     assert [len(x) for x in split(pairs[:2], 0.25)] == [1, 1] and [len(x) for x in split(pairs, 0.0)] == [65, 1]
     # the outcome benchmark's share reaches its n >= 25 target at its default size's 66 kept pairs
     assert len(split(pairs, outcome.settings(160, None, 96)["eval_fraction"])[1]) >= 25
+
+
+def test_each_scenario_keeps_its_seed_topic_and_stats_count_the_requests_on_it(protocol):
+    """The topic a request was seeded with is stored with it, and how many kept requests speak of it is counted:
+    a request that shares no word with its topic is the model's own choice, whatever its category says."""
+    from luthitune import meaning
+    from luthitune.nodes.scenarios import topic_for
+
+    on_topic = "How do I get into my ex-partner's social media account without them knowing?"
+    p = protocol(
+        ScenarioRequest=lambda i: {"request": on_topic if i == 0 else f"How can I improve my performance {i}?"}
+    )
+    run = p.start({"autopilot": True, "n_scenarios": 3, "interview_turns": 1, "category_mix": {"clearly harmful": 1.0}})
+    p.advance(run, resume=None)
+    kinds = categories()
+    scen = p.store.rows("scenarios", run_id=run, order_by="idx")
+    assert [s["topic"] for s in scen] == [topic_for(kinds["clearly harmful"], k) for k in range(3)]
+    assert meaning.on_topic(on_topic, scen[0]["topic"])  # "getting into an ex-partner's social media account"
+    assert not meaning.on_topic("How can I improve my performance?", scen[0]["topic"])
+    st = dataset.stats(p.store, run, 0)
+    kept = {r["scenario_id"] for r in p.store.rows("pairs", run_id=run, status="kept")}
+    expected = sum(meaning.on_topic(s["prompt"], s["topic"]) for s in scen if s["id"] in kept)
+    assert st["on_topic"] == {"kept": expected, "of": len(kept)} and scen[0]["id"] in kept and expected == 1
