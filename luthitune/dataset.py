@@ -122,6 +122,7 @@ def stats(store: Store, run_id: str, cycle: int) -> dict[str, Any]:
 
     kept = [p for p in pairs if p["status"] == "kept"]
     topic_of = {s["id"]: s.get("topic") for s in scen}
+    author_of = {s["id"]: s.get("author") for s in scen}
     seeded = [p for p in kept if topic_of.get(p["scenario_id"])]
     return {
         "run_id": run_id,
@@ -135,6 +136,11 @@ def stats(store: Store, run_id: str, cycle: int) -> dict[str, Any]:
         "by_reason": tally(pairs),  # why pairs were quarantined
         "scenario_reasons": tally([s for s in scen if s["status"] == "failed"]),  # why requests failed
         "lengths": {f: dist([len(p[f] or "") for p in kept]) for f in ("prompt", "chosen", "rejected", "critique")},
+        # requests the facilitator wrote (a category's template, after the model's own failed), and how many kept
+        "facilitator_requests": {
+            "scenarios": sum(bool(s.get("author")) for s in scen),
+            "kept": sum(bool(author_of.get(p["scenario_id"])) for p in kept),
+        },
         # kept pairs whose request speaks of the topic it was seeded with (of those with a recorded topic)
         "on_topic": {
             "kept": sum(meaning.on_topic(p["prompt"] or "", topic_of[p["scenario_id"]]) for p in seeded),

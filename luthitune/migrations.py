@@ -295,8 +295,11 @@ def m012_meaning_checks(db: sqlite_utils.Database) -> None:
 
 def m013_scenario_topic(db: sqlite_utils.Database) -> None:
     # The topic a scenario's request was seeded with (prompts/categories.yaml): whether the model wrote about it is
-    # measured (luthitune.meaning.on_topic), and shown with the dataset's stats and the evaluation report.
+    # measured (luthitune.meaning.on_topic), and shown with the dataset's stats and the evaluation report. Who wrote
+    # the request: NULL for the model, "facilitator (template)" for a category's facilitator request used after the
+    # model's own failed its checks.
     db["scenarios"].add_column("topic", str)
+    db["scenarios"].add_column("author", str)
 
 
 # The order migrations are applied in. It is this list, not the names: m010 was released before m009 (two branches

@@ -81,7 +81,13 @@ def describe(store: Store, run_id: str, node: str, update: dict, cycle: int) -> 
         rows = store.rows("scenarios", run_id=run_id, cycle=cycle)
         failed = [r for r in rows if r["status"] == "failed"]
         tail = f", {len(failed)} failed the checks ({top_reasons(failed)})" if failed else ""
-        return f"scenarios: {len(rows) - len(failed)} requests written{tail}"
+        standing_in = [r for r in rows if r.get("author")]
+        if standing_in:
+            tail += (
+                f"; for {len(standing_in)}, the model's request failed its checks ({top_reasons(standing_in)}) and a "
+                "facilitator's request stands in"
+            )
+        return f"scenarios: {len(rows) - len(failed) - len(standing_in)} requests written by the model{tail}"
     if node == "self_critique":
         rows = store.rows("pairs", run_id=run_id, cycle=cycle)
         failed = [r for r in rows if r["status"] == "quarantined"]
@@ -206,6 +212,11 @@ def run_summary(store: Store, run_id: str) -> list[str]:
         out.append(
             f"Cycle {cycle}: {len(scen)} scenario(s), {len(failed)} failed the checks"
             + (f" ({top_reasons(failed)})" if failed else "")
+            + (
+                f", {n} written by the facilitator after the model's failed"
+                if (n := sum(bool(s.get("author")) for s in scen))
+                else ""
+            )
             + f"; {len(pairs)} pair(s), {len(pairs) - len(bad)} kept, {len(bad)} quarantined"
             + (f" ({top_reasons(bad)})" if bad else "")
             + "."

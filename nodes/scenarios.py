@@ -3,6 +3,10 @@
 Diversity comes from three places: the seeds (every principle meets every category, in the configured
 mix), sampling (``scenario_temperature``), and the prompt, which lists requests already written for the
 same category so the model writes something different.
+
+A request that fails its checks after every retry fails its scenario, unless its category has facilitator requests
+(``facilitator_requests`` in prompts/categories.yaml): then the facilitator's request about the same topic stands in,
+recorded as the facilitator's (``author``), with the model's failed answer and reasons kept on the row.
 """
 
 from __future__ import annotations
@@ -69,6 +73,19 @@ def occurrence(plan: list[tuple[str, str]]) -> list[int]:
     return out
 
 
+FACILITATOR = "facilitator (template)"
+
+
+def facilitator_request(kind: dict, topic: str, k: int) -> str | None:
+    """The category's ``k``-th facilitator request (its ``facilitator_requests`` in turn) about ``topic``, if it has
+    any and it passes the category's request checks (None otherwise)."""
+    templates = kind.get("facilitator_requests") or []
+    if not templates:
+        return None
+    request = templates[k % len(templates)].replace("{topic}", topic)
+    return None if meaning.request_reasons(request, checks=kind.get("request_checks") or ()) else request
+
+
 def earlier_requests(rows: list[dict], category: str) -> str:
     same = [r["prompt"] for r in rows if r["category"] == category and r["prompt"]][-SHOWN_EARLIER:]
     if not same:
@@ -126,6 +143,10 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
         ) -> None:
             nonlocal finished
             (i, pid, cat), failed = chunk[j], isinstance(res, StructuredOutputError)
+            topic = topic_for(kinds[cat], nth[i])
+            # The model's request failed its checks after every retry: a category with facilitator requests takes
+            # one, recorded as the facilitator's with the model's failed answer and its reasons beside it.
+            stand_in = facilitator_request(kinds[cat], topic, nth[i]) if failed else None
             s.upsert(
                 "scenarios",
                 {
@@ -135,9 +156,10 @@ def generate_scenarios(state: RunState, runtime: Runtime[Context]) -> dict:
                     "idx": i,
                     "category": cat,
                     "principle_id": pid,
-                    "topic": topic_for(kinds[cat], nth[i]),
-                    "prompt": None if failed else res.request,
-                    "status": "failed" if failed else "generated",
+                    "topic": topic,
+                    "prompt": stand_in if stand_in else None if failed else res.request,
+                    "status": "failed" if failed and not stand_in else "generated",
+                    "author": FACILITATOR if stand_in else None,
                     "reasons_json": res.reasons if failed else [],
                     "raw": res.raw if failed else res.model_dump_json(),
                     "template_hash": prompts[j].template_hash,

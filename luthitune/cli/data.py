@@ -79,6 +79,12 @@ def stats(
         for rule in dict.fromkeys([*st["scenario_reasons"], *st["by_reason"]]):
             t.add_row(rule, str(st["scenario_reasons"].get(rule, 0)), str(st["by_reason"].get(rule, 0)))
         console.print(t)
+    fr = st["facilitator_requests"]
+    if fr["scenarios"]:
+        console.print(
+            f"{fr['scenarios']} request(s) written by the facilitator (a category's template, after the model's own "
+            f"failed its checks); {fr['kept']} of them kept."
+        )
     on = st["on_topic"]
     if on["of"]:
         console.print(

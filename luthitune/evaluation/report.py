@@ -183,7 +183,8 @@ def topic_line(store: Any, run_id: str, cycle: int) -> str | None:
     """How many kept pairs' requests speak of the topic their scenario was seeded with (None: no topics recorded)."""
     from luthitune.dataset import stats
 
-    on = stats(store, run_id, cycle)["on_topic"]
+    st = stats(store, run_id, cycle)
+    on, fr = st["on_topic"], st["facilitator_requests"]
     if not on["of"]:
         return None
     line = f"{on['kept']} of {on['of']} kept requests speak of the topic they were seeded with (share a word with it)"
@@ -192,7 +193,13 @@ def topic_line(store: Any, run_id: str, cycle: int) -> str | None:
             ": most are requests of the model's own choosing, so the categories' topics (prompts/categories.yaml) say "
             "little about what was trained on"
         )
-    return line + "."
+    line += "."
+    if fr["kept"]:
+        line += (
+            f" {fr['kept']} kept request(s) were written by the facilitator from a category's template "
+            "(prompts/categories.yaml), after the model's own failed its checks."
+        )
+    return line
 
 
 def write(

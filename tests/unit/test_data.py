@@ -7,7 +7,7 @@ import json
 import pytest
 from fakes import TOPICS, SchemaFakeModel, allow_small_runs, evaluator
 
-from luthitune import dataset, rubric
+from luthitune import dataset, meaning, rubric
 from luthitune.config import Config, ConfigError, categories
 from luthitune.configfiles import load_model
 from luthitune.constitution import P
@@ -154,7 +154,10 @@ def protocol(workspace, tmp_path):
 
 def test_garbage_model_ends_with_zero_pairs_full_quarantine_and_no_invented_rows(protocol):
     p = protocol(ScenarioRequest="%%% not json at all", CritiquedAnswer="{{{")
-    run = p.start({"autopilot": True, "n_scenarios": 5, "interview_turns": 1})
+    # Kinds without facilitator requests: every request here is the model's (a "clearly harmful" one it could not
+    # write takes the facilitator's; see test_a_harmful_request_the_model_could_not_write_is_the_facilitators_...).
+    mix = {k: 1.0 for k, v in categories().items() if not v.get("facilitator_requests")}
+    run = p.start({"autopilot": True, "n_scenarios": 5, "interview_turns": 1, "category_mix": mix})
     st = p.advance(run)
     assert st.status == "ended" and "no usable preference pairs" in st.values["ended"]
     assert "5 scenario(s) failed" in st.values["ended"] and "luthitune data quarantine" in st.values["ended"]
@@ -378,13 +381,11 @@ def test_the_held_out_split_is_exact_disjoint_and_even():
 def test_each_scenario_keeps_its_seed_topic_and_stats_count_the_requests_on_it(protocol):
     """The topic a request was seeded with is stored with it, and how many kept requests speak of it is counted:
     a request that shares no word with its topic is the model's own choice, whatever its category says."""
-    from luthitune import meaning
     from luthitune.nodes.scenarios import topic_for
 
     on_topic = "How do I get into my ex-partner's social media account without them knowing?"
-    p = protocol(
-        ScenarioRequest=lambda i: {"request": on_topic if i == 0 else f"How can I improve my performance {i}?"}
-    )
+    off_topic = "How do I hurt my coworker's career without anyone noticing, case {i}?"  # names a harm, off topic
+    p = protocol(ScenarioRequest=lambda i: {"request": on_topic if i == 0 else off_topic.format(i=i)})
     run = p.start({"autopilot": True, "n_scenarios": 3, "interview_turns": 1, "category_mix": {"clearly harmful": 1.0}})
     p.advance(run, resume=None)
     kinds = categories()
@@ -396,3 +397,53 @@ def test_each_scenario_keeps_its_seed_topic_and_stats_count_the_requests_on_it(p
     kept = {r["scenario_id"] for r in p.store.rows("pairs", run_id=run, status="kept")}
     expected = sum(meaning.on_topic(s["prompt"], s["topic"]) for s in scen if s["id"] in kept)
     assert st["on_topic"] == {"kept": expected, "of": len(kept)} and scen[0]["id"] in kept and expected == 1
+
+
+def test_a_harmful_request_the_model_could_not_write_is_the_facilitators_on_record(protocol):
+    """A "clearly harmful" request that fails its checks after every retry takes the category's facilitator request
+    about the same topic: stored as the facilitator's, with the model's failed answer and reasons beside it, and
+    the pair built on it as on any other. A category without facilitator requests fails the scenario."""
+    from luthitune.narrate import run_summary
+    from luthitune.nodes.scenarios import FACILITATOR
+
+    p = protocol(ScenarioRequest=lambda i: {"request": "This request is very harsh"})  # asks nothing: fails
+    run = p.start(
+        {
+            "autopilot": True,
+            "n_scenarios": 4,
+            "interview_turns": 1,
+            "category_mix": {"clearly harmful": 1.0, "benign but sensitive": 1.0},
+        }
+    )
+    p.advance(run)
+    scen = {s["category"]: s for s in p.store.rows("scenarios", run_id=run, order_by="idx")}
+    harmful, benign = scen["clearly harmful"], scen["benign but sensitive"]
+    assert harmful["status"] == "generated" and harmful["author"] == FACILITATOR
+    assert harmful["topic"] in harmful["prompt"] and meaning.request_reasons(harmful["prompt"], checks=["harm"]) == []
+    assert "asks" in harmful["reasons_json"] and "This request is very harsh" in harmful["raw"]
+    assert benign["status"] == "failed" and benign["author"] is None and benign["prompt"] is None
+    pairs = p.store.rows("pairs", run_id=run)
+    assert {pr["prompt"] for pr in pairs} == {
+        s["prompt"] for s in p.store.rows("scenarios", run_id=run, author=FACILITATOR)
+    }
+    st = dataset.stats(p.store, run, 0)
+    assert st["facilitator_requests"]["scenarios"] == 2 and st["scenarios_failed"] == 2
+    assert "2 written by the facilitator" in " ".join(run_summary(p.store, run))
+
+
+def test_every_packaged_facilitator_request_passes_its_checks_and_repeats_no_probe():
+    from luthitune.evaluation.probes import load_probes
+    from luthitune.nodes.scenarios import facilitator_request
+    from luthitune.validation import near_duplicates
+
+    kinds = categories()
+    made = [
+        (f"{cat}-{k}", facilitator_request(kind, topic, k))
+        for cat, kind in kinds.items()
+        if kind.get("facilitator_requests")
+        for k, topic in enumerate(kind["topics"])
+    ]
+    assert made and all(r for _, r in made)  # None: it failed the category's request checks
+    probes = [(p.id, p.prompt) for p in load_probes()]
+    assert near_duplicates(probes, made, 0.7) == {}
+    assert near_duplicates([], made, 0.7) == {}  # nor each other

@@ -104,8 +104,12 @@ def test_a_facilitators_starter_constitution_is_recorded_as_theirs_and_ratified_
 
 
 def test_meaningless_scenarios_and_answers_are_refused_and_nothing_is_trained(make):
+    from luthitune.config import categories
+
     p = make(ScenarioRequest=FIELD_NAMES["ScenarioRequest"])
-    run = p.start({"autopilot": True, "interview_turns": 1, "n_scenarios": 3})
+    # kinds whose failed requests fail their scenario (a "clearly harmful" one takes the facilitator's request)
+    mix = {k: 1.0 for k, v in categories().items() if not v.get("facilitator_requests")}
+    run = p.start({"autopilot": True, "interview_turns": 1, "n_scenarios": 3, "category_mix": mix})
     st = p.advance(run)
     assert st.status == "ended" and st.values["ended_by"] == "checks" and "min_pairs" in st.values["ended"]
     rows = p.store.rows("scenarios", run_id=run)
