@@ -295,10 +295,13 @@ def m012_meaning_checks(db: sqlite_utils.Database) -> None:
 
 def m013_scenario_topic(db: sqlite_utils.Database) -> None:
     # The topic a scenario's request was seeded with (prompts/categories.yaml): whether the model wrote about it is
-    # measured (luthitune.meaning.on_topic), and shown with the dataset's stats and the evaluation report. Who wrote
-    # the request: NULL for the model, "facilitator (template)" for a category's facilitator request used after the
-    # model's own failed its checks.
+    # measured (luthitune.meaning.on_topic), and shown with the dataset's stats and the evaluation report.
     db["scenarios"].add_column("topic", str)
+
+
+def m014_scenario_author(db: sqlite_utils.Database) -> None:
+    # Who wrote a scenario's request: NULL for the model, "facilitator (template)" for a category's facilitator
+    # request used after the model's own failed its checks (prompts/categories.yaml, facilitator_requests).
     db["scenarios"].add_column("author", str)
 
 
@@ -319,4 +322,5 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("m011_evaluation_and_revision", m011_evaluation_and_revision),
     ("m012_meaning_checks", m012_meaning_checks),
     ("m013_scenario_topic", m013_scenario_topic),
+    ("m014_scenario_author", m014_scenario_author),
 ]
